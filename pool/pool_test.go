@@ -1,0 +1,67 @@
+package pool
+
+import (
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Every submitted task runs once, no more than size run at a time, and a
+// released pool refuses new tasks.
+func TestPoolBoundsAndRelease(t *testing.T) {
+	const size, tasks = 4, 200
+	p, err := New(size, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var running, maxRunning, done atomic.Int64
+	for i := 0; i < tasks; i++ {
+		if err := p.Submit(func() {
+			r := running.Add(1)
+			for {
+				m := maxRunning.Load()
+				if r <= m || maxRunning.CompareAndSwap(m, r) {
+					break
+				}
+			}
+			time.Sleep(100 * time.Microsecond)
+			running.Add(-1)
+			done.Add(1)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Release(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if done.Load() != tasks {
+		t.Fatalf("ran %d tasks, want %d", done.Load(), tasks)
+	}
+	if m := maxRunning.Load(); m > size {
+		t.Fatalf("%d tasks ran at once, pool size %d", m, size)
+	}
+	if err := p.Submit(func() {}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Submit after Release: %v, want ErrClosed", err)
+	}
+}
+
+func TestPoolPanicRecovered(t *testing.T) {
+	got := make(chan any, 1)
+	p, err := New(1, func(v any) { got <- v })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release(time.Second)
+	if err := p.Submit(func() { panic("boom") }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case v := <-got:
+		if v != "boom" {
+			t.Fatalf("panic value %v", v)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("panic handler not called")
+	}
+}
