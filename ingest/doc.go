@@ -1,3 +1,53 @@
 // Package ingest is deferd's HTTP front door: an nsqd-compatible /pub and
 // /mpub, plus delays, absolute due times, ids and cancel, on fasthttp.
+//
+// # Compatibility with nsqd 1.3.0
+//
+// For every request nsqd's HTTP API accepts on /pub, /mpub and /ping, the
+// Server answers with the same status code, body and content type, in the
+// same validation order: "OK" on success, and errors as
+// {"message":"CODE"} with Content-Type "application/json; charset=utf-8"
+// and nsqd's X-NSQ-Content-Type header. /pub checks the body (MSG_TOO_BIG,
+// MSG_EMPTY) before the query (INVALID_REQUEST, MISSING_ARG_TOPIC,
+// INVALID_TOPIC, INVALID_DEFER); /mpub checks Content-Length (BODY_TOO_BIG)
+// and the query before the body. Text /mpub drops empty lines; binary /mpub
+// (binary=true, or any value other than false/0/true/1) is nsqd's framing:
+// a 4-byte big-endian count, then per message a 4-byte big-endian size and
+// the body, with errors 413 BAD_BODY / BAD_MESSAGE. A wrong method gets 405
+// METHOD_NOT_ALLOWED with an Allow header, an unknown path 404 NOT_FOUND.
+//
+// # deferd extensions
+//
+//   - defer=MS on /pub and /mpub: publish MS milliseconds from now, 0 to
+//     Options.MaxDefer (nsqd: /pub only, at most 1h). The due time is
+//     ceil(now in ms) + MS, so a message is never published early.
+//   - at=UNIX_MS on /pub and /mpub: publish at that absolute time; a time in
+//     the past means at once. Both defer and at, a malformed, negative or
+//     out-of-range value (beyond now + MaxDefer) are 400 INVALID_DEFER. On
+//     /mpub these are checked after the topic and before the body.
+//   - id=ID on /pub: a client-chosen id that POST /cancel?id=ID removes while
+//     the message is pending. An ID is 1 to 128 bytes (after URL decoding),
+//     each a printable ASCII character from '!' to '~' (no space, no control
+//     or non-ASCII bytes); anything else is 400 INVALID_ID. id on /mpub is
+//     400 INVALID_ID too, since one id cannot name many messages.
+//   - POST /cancel?id=ID: 200 OK if the backend removed a pending message,
+//     404 NOT_FOUND if not, 400 MISSING_ARG_ID without id.
+//   - GET /info and GET /stats: the backend's Info and Stats as JSON;
+//     GET /metrics: Prometheus text of the VictoriaMetrics default set.
+//   - Backend errors: an *Error becomes its status and {"message":Text}
+//     (503 OVER_CAPACITY, 503 JOURNAL_UNAVAILABLE, 503 EXITING, ...), any
+//     other error 500 INTERNAL_ERROR.
+//
+// # Known differences from nsqd
+//
+//   - A binary /mpub body sent chunked (no Content-Length) whose messages run
+//     past MaxBodySize is 413 BODY_TOO_BIG; nsqd reads binary bodies without
+//     a total limit. With a Content-Length both reject it as BODY_TOO_BIG.
+//   - An empty /mpub (no non-empty line) is 200 OK without calling the
+//     backend; nsqd also answers OK (or 503 EXITING while it shuts down).
+//   - nsqd's /ping reports its health; deferd's always says OK while serving.
+//   - Request heads over 16 KiB get fasthttp's 431 (nsqd's limit is 1 MiB);
+//     fasthttp cleans paths like //pub to /pub where nsqd's router redirects.
+//   - nsqd multiplies defer by a millisecond without an overflow check, so a
+//     huge defer can wrap into range; deferd rejects it.
 package ingest

@@ -1,3 +1,0 @@
-package egress
-
-import _ "github.com/nsqio/go-nsq" // the nsqd client egress is built on

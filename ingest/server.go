@@ -1,0 +1,674 @@
+package ingest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/valyala/fasthttp"
+)
+
+// Options configure a Server. The zero value of every field means its
+// default.
+type Options struct {
+	Addr        string                           // listen address, default "127.0.0.1:4180"
+	MaxMsgSize  int64                            // default 1 MiB (nsqd's --max-msg-size)
+	MaxBodySize int64                            // default 5 MiB (nsqd's --max-body-size)
+	MaxDefer    time.Duration                    // default 365*24h
+	Logf        func(format string, args ...any) // nil = log.Printf
+}
+
+// Defaults of Options.
+const (
+	DefaultAddr        = "127.0.0.1:4180"
+	DefaultMaxMsgSize  = 1 << 20
+	DefaultMaxBodySize = 5 << 20
+	DefaultMaxDefer    = 365 * 24 * time.Hour
+)
+
+// PubRequest is one accepted /pub or /mpub: one or more messages for a topic,
+// all due at the same time.
+type PubRequest struct {
+	Topic  string
+	Bodies [][]byte // alias the request's memory: valid only during Backend.Publish; the backend must copy what it keeps
+	Due    int64    // unix ms, always set (now for no delay)
+	ID     string   // /pub only; "" if none
+}
+
+// Backend keeps what the Server accepts. Its methods are called from many
+// goroutines at once.
+type Backend interface {
+	// Publish durably accepts every body of req or none of them. It returns nil (→ 200 OK), an *Error (→ its status and
+	// {"message":Text}), or another error (→ 500 INTERNAL_ERROR).
+	Publish(req *PubRequest) error
+	Cancel(id string) error // nil → 200 OK; ErrNotFound → 404
+	Info() any              // JSON-encoded for /info
+	Stats() any             // JSON-encoded for /stats
+}
+
+// Error is an HTTP error: the status Code and the Text sent as
+// {"message":Text}, nsqd's error format.
+type Error struct {
+	Code int
+	Text string
+}
+
+func (e *Error) Error() string { return e.Text }
+
+// Errors a Backend returns.
+var (
+	ErrNotFound     = &Error{404, "NOT_FOUND"}
+	ErrOverCapacity = &Error{503, "OVER_CAPACITY"}       // pending message/byte limits reached
+	ErrUnavailable  = &Error{503, "JOURNAL_UNAVAILABLE"} // can't write to disk
+	ErrExiting      = &Error{503, "EXITING"}             // shutting down (nsqd's word)
+)
+
+// Server serves deferd's HTTP API. Its methods are safe for concurrent use.
+type Server struct {
+	b          Backend
+	logf       func(format string, args ...any)
+	ln         net.Listener
+	srv        *fasthttp.Server
+	maxMsg     int64
+	maxBody    int64
+	maxDeferMs int64
+	topics     topicCache
+
+	mu       sync.Mutex
+	state    int // stateNew, stateServing, stateShut
+	shutOnce sync.Once
+	shutErr  error
+}
+
+const (
+	stateNew = iota
+	stateServing
+	stateShut
+)
+
+// readBufferSize bounds a request's head (request line and headers).
+const readBufferSize = 16 << 10
+
+// NewServer validates opts and binds the listener, so Addr is known before
+// Serve.
+func NewServer(opts Options, b Backend) (*Server, error) {
+	if b == nil {
+		return nil, errors.New("ingest: nil Backend")
+	}
+	if opts.Addr == "" {
+		opts.Addr = DefaultAddr
+	}
+	switch {
+	case opts.MaxMsgSize < 0:
+		return nil, fmt.Errorf("ingest: MaxMsgSize must be >= 0, got %d", opts.MaxMsgSize)
+	case opts.MaxBodySize < 0:
+		return nil, fmt.Errorf("ingest: MaxBodySize must be >= 0, got %d", opts.MaxBodySize)
+	case opts.MaxDefer < 0:
+		return nil, fmt.Errorf("ingest: MaxDefer must be >= 0, got %v", opts.MaxDefer)
+	}
+	if opts.MaxMsgSize == 0 {
+		opts.MaxMsgSize = DefaultMaxMsgSize
+	}
+	if opts.MaxBodySize == 0 {
+		opts.MaxBodySize = DefaultMaxBodySize
+	}
+	if opts.MaxDefer == 0 {
+		opts.MaxDefer = DefaultMaxDefer
+	}
+	if opts.MaxBodySize > 1<<30 || opts.MaxMsgSize > 1<<30 {
+		return nil, fmt.Errorf("ingest: MaxMsgSize and MaxBodySize must be <= 1 GiB")
+	}
+	if opts.Logf == nil {
+		opts.Logf = log.Printf
+	}
+	ln, err := net.Listen("tcp", opts.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	s := &Server{
+		b:          b,
+		logf:       opts.Logf,
+		ln:         ln,
+		maxMsg:     opts.MaxMsgSize,
+		maxBody:    opts.MaxBodySize,
+		maxDeferMs: opts.MaxDefer.Milliseconds(),
+	}
+	s.srv = &fasthttp.Server{
+		Handler:         s.handle,
+		Name:            "deferd",
+		ReadBufferSize:  readBufferSize,
+		CloseOnShutdown: true,
+		// Bodies are read by the handler through the stream, with nsqd's
+		// limits and error codes; fasthttp only pre-reads up to 8 KiB.
+		StreamRequestBody:            true,
+		MaxRequestBodySize:           int(opts.MaxBodySize) + 1,
+		DisablePreParseMultipartForm: true,
+		Logger:                       logger{opts.Logf},
+	}
+	return s, nil
+}
+
+type logger struct{ f func(string, ...any) }
+
+func (l logger) Printf(format string, args ...any) { l.f("ingest: "+format, args...) }
+
+// Addr returns the bound host:port.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Serve serves HTTP until Shutdown, then returns nil. It returns at once if
+// Shutdown came first.
+func (s *Server) Serve() error {
+	s.mu.Lock()
+	switch s.state {
+	case stateShut:
+		s.mu.Unlock()
+		return nil
+	case stateServing:
+		s.mu.Unlock()
+		return errors.New("ingest: Serve called twice")
+	}
+	s.state = stateServing
+	s.mu.Unlock()
+	err := s.srv.Serve(s.ln)
+	s.mu.Lock()
+	shut := s.state == stateShut
+	s.mu.Unlock()
+	if shut {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting connections, waits for in-flight requests to
+// finish (closing idle keep-alive connections) and makes Serve return. It is
+// idempotent; later calls return the first call's result.
+func (s *Server) Shutdown() error {
+	s.shutOnce.Do(func() {
+		s.mu.Lock()
+		was := s.state
+		s.state = stateShut
+		s.mu.Unlock()
+		if was == stateServing {
+			s.shutErr = s.srv.Shutdown()
+		}
+		// Serve may not have registered the listener with fasthttp yet;
+		// closing it here makes that Serve return too.
+		if err := s.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) && s.shutErr == nil {
+			s.shutErr = err
+		}
+	})
+	return s.shutErr
+}
+
+// Response pieces, preallocated.
+var (
+	bodyOK        = []byte("OK")
+	hdrNSQCT      = []byte("X-NSQ-Content-Type")
+	valNSQCT      = []byte("nsq; version=1.0")
+	ctJSON        = []byte("application/json; charset=utf-8")
+	allowGET      = []byte("GET, OPTIONS")
+	allowPOST     = []byte("OPTIONS, POST") // sorted, as httprouter sends them
+	hdrAllow      = []byte("Allow")
+	ctPrometheus  = []byte("text/plain; version=0.0.4; charset=utf-8")
+	methodOptions = []byte(fasthttp.MethodOptions)
+)
+
+// Metrics in the VictoriaMetrics default set.
+var (
+	metricPubRequests  = metrics.NewCounter(`deferd_ingest_requests_total{path="/pub"}`)
+	metricMpubRequests = metrics.NewCounter(`deferd_ingest_requests_total{path="/mpub"}`)
+	metricCancels      = metrics.NewCounter(`deferd_ingest_requests_total{path="/cancel"}`)
+	metricMessages     = metrics.NewCounter(`deferd_ingest_messages_total`)
+	metricBytes        = metrics.NewCounter(`deferd_ingest_message_bytes_total`)
+)
+
+func countError(e *Error) {
+	metrics.GetOrCreateCounter(`deferd_ingest_errors_total{code="` + strconv.Itoa(e.Code) +
+		`",message=` + strconv.Quote(e.Text) + `}`).Inc()
+}
+
+// handle routes a request the way nsqd's httprouter does for deferd's
+// routes: the route's handler, 200 with Allow for OPTIONS, 405 with Allow for
+// another method, 404 for an unknown path.
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.logf("ingest: panic in HTTP handler: %v", p)
+			ctx.Response.Reset()
+			writeError(ctx, errInternal)
+		}
+	}()
+	var h func(*fasthttp.RequestCtx)
+	var allow []byte
+	get := false
+	switch string(ctx.Path()) {
+	case "/pub":
+		h, allow = s.pub, allowPOST
+	case "/mpub":
+		h, allow = s.mpub, allowPOST
+	case "/cancel":
+		h, allow = s.cancel, allowPOST
+	case "/ping":
+		h, allow, get = s.ping, allowGET, true
+	case "/info":
+		h, allow, get = s.info, allowGET, true
+	case "/stats":
+		h, allow, get = s.stats, allowGET, true
+	case "/metrics":
+		h, allow, get = s.metrics, allowGET, true
+	default:
+		writeError(ctx, errNotFound)
+		return
+	}
+	switch {
+	case get && ctx.IsGet(), !get && ctx.IsPost():
+		h(ctx)
+	case bytes.Equal(ctx.Method(), methodOptions):
+		ctx.Response.Header.SetBytesKV(hdrAllow, allow)
+	default:
+		ctx.Response.Header.SetBytesKV(hdrAllow, allow)
+		writeError(ctx, errMethodNotAllowed)
+	}
+}
+
+func writeOK(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.SetBytesKV(hdrNSQCT, valNSQCT)
+	ctx.Response.SetBodyRaw(bodyOK)
+}
+
+// writeError sends e as nsqd does: its status, {"message":Text}, JSON
+// content type.
+func writeError(ctx *fasthttp.RequestCtx, e *Error) {
+	countError(e)
+	ctx.Response.Header.SetContentTypeBytes(ctJSON)
+	ctx.Response.Header.SetBytesKV(hdrNSQCT, valNSQCT)
+	ctx.SetStatusCode(e.Code)
+	if plainText(e.Text) {
+		ctx.Response.ResetBody()
+		ctx.Response.AppendBodyString(`{"message":"`)
+		ctx.Response.AppendBodyString(e.Text)
+		ctx.Response.AppendBodyString(`"}`)
+		return
+	}
+	b, _ := json.Marshal(struct {
+		Message string `json:"message"`
+	}{e.Text})
+	ctx.SetBody(b)
+}
+
+// plainText reports whether json.Marshal leaves s as it is.
+func plainText(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeError(ctx, &Error{500, err.Error()})
+		return
+	}
+	ctx.Response.Header.SetContentTypeBytes(ctJSON)
+	ctx.Response.Header.SetBytesKV(hdrNSQCT, valNSQCT)
+	ctx.SetBody(b)
+}
+
+// reqState is the per-request memory of /pub and /mpub, pooled.
+type reqState struct {
+	args   fasthttp.Args
+	buf    []byte
+	bodies [][]byte
+	req    PubRequest
+}
+
+var statePool = sync.Pool{New: func() any { return new(reqState) }}
+
+// Pooled buffers larger than these are dropped rather than kept.
+const (
+	maxPooledBuf    = 1 << 20
+	maxPooledBodies = 1 << 12
+)
+
+func getState() *reqState { return statePool.Get().(*reqState) }
+
+func putState(st *reqState) {
+	st.args.Reset()
+	st.req = PubRequest{}
+	clear(st.bodies)
+	st.bodies = st.bodies[:0]
+	if cap(st.buf) > maxPooledBuf {
+		st.buf = nil
+	}
+	if cap(st.bodies) > maxPooledBodies {
+		st.bodies = nil
+	}
+	statePool.Put(st)
+}
+
+// parseQuery parses the raw query of the request URI into st.args. The raw
+// query is everything after the first '?', as Go's net/http (and so nsqd)
+// sees it, '#' included.
+func (st *reqState) parseQuery(ctx *fasthttp.RequestCtx) *Error {
+	uri := ctx.Request.Header.RequestURI()
+	var q []byte
+	if i := bytes.IndexByte(uri, '?'); i >= 0 {
+		q = uri[i+1:]
+	}
+	if !validQuery(q) {
+		return errInvalidRequest
+	}
+	st.args.ParseBytes(q)
+	return nil
+}
+
+// readBody reads at most limit bytes of the request body into st.buf, as
+// io.ReadAll(io.LimitReader(body, limit)) would.
+func (st *reqState) readBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, error) {
+	r := ctx.RequestBodyStream()
+	if r == nil {
+		b := ctx.Request.Body()
+		if int64(len(b)) > limit {
+			b = b[:limit]
+		}
+		return b, nil
+	}
+	want := limit
+	if cl := ctx.Request.Header.ContentLength(); cl >= 0 && int64(cl) < want {
+		want = int64(cl)
+	}
+	buf := st.buf[:0]
+	if int64(cap(buf)) < want && want <= 64<<10 {
+		buf = make([]byte, 0, want)
+	}
+	var err error
+	for int64(len(buf)) < want {
+		if len(buf) == cap(buf) {
+			n := int64(max(2*cap(buf), 16<<10))
+			nb := make([]byte, len(buf), min(n, want))
+			copy(nb, buf)
+			buf = nb
+		}
+		var n int
+		n, err = r.Read(buf[len(buf):min(int64(cap(buf)), want)])
+		buf = buf[:len(buf)+n]
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			break
+		}
+	}
+	st.buf = buf
+	return buf, err
+}
+
+// ceilMs is the unix time ns in milliseconds, rounded up so that a due time
+// computed from it is never early.
+func ceilMs(ns int64) int64 { return (ns + 999_999) / 1_000_000 }
+
+// due computes a request's due time from defer= or at=.
+func (s *Server) due(args *fasthttp.Args) (int64, *Error) {
+	now := ceilMs(time.Now().UnixNano())
+	hasDefer, hasAt := args.Has("defer"), args.Has("at")
+	switch {
+	case hasDefer && hasAt:
+		return 0, errInvalidDefer
+	case hasDefer:
+		d, ok := parseInt(args.Peek("defer"))
+		if !ok || d < 0 || d > s.maxDeferMs {
+			return 0, errInvalidDefer
+		}
+		return now + d, nil
+	case hasAt:
+		at, ok := parseInt(args.Peek("at"))
+		if !ok || at < 0 || at > now+s.maxDeferMs {
+			return 0, errInvalidDefer
+		}
+		return max(at, now), nil
+	}
+	return now, nil
+}
+
+// topic returns the request's topic, checked as nsqd checks it.
+func (s *Server) topic(args *fasthttp.Args) (string, *Error) {
+	if !args.Has("topic") {
+		return "", errMissingTopic
+	}
+	name := args.Peek("topic")
+	if !validTopic(name) {
+		return "", errInvalidTopic
+	}
+	return s.topics.get(name), nil
+}
+
+// pub is POST /pub, in nsqd's order: body size, empty body, query, topic,
+// defer; then deferd's at= and id=.
+func (s *Server) pub(ctx *fasthttp.RequestCtx) {
+	metricPubRequests.Inc()
+	st := getState()
+	defer putState(st)
+	if int64(ctx.Request.Header.ContentLength()) > s.maxMsg {
+		writeError(ctx, errMsgTooBig)
+		return
+	}
+	readMax := s.maxMsg + 1
+	body, err := st.readBody(ctx, readMax)
+	if err != nil {
+		writeError(ctx, errInternal)
+		return
+	}
+	if int64(len(body)) == readMax {
+		writeError(ctx, errMsgTooBig)
+		return
+	}
+	if len(body) == 0 {
+		writeError(ctx, errMsgEmpty)
+		return
+	}
+	if e := st.parseQuery(ctx); e != nil {
+		writeError(ctx, e)
+		return
+	}
+	topic, e := s.topic(&st.args)
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	due, e := s.due(&st.args)
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	var id string
+	if st.args.Has("id") {
+		v := st.args.Peek("id")
+		if !validID(v) {
+			writeError(ctx, errInvalidID)
+			return
+		}
+		id = string(v)
+	}
+	st.bodies = append(st.bodies[:0], body[:len(body):len(body)])
+	s.publish(ctx, st, topic, due, id)
+}
+
+// mpub is POST /mpub, in nsqd's order: Content-Length, query, topic,
+// binary; then deferd's defer=/at= and id=; then the body.
+func (s *Server) mpub(ctx *fasthttp.RequestCtx) {
+	metricMpubRequests.Inc()
+	st := getState()
+	defer putState(st)
+	if int64(ctx.Request.Header.ContentLength()) > s.maxBody {
+		writeError(ctx, errBodyTooBig)
+		return
+	}
+	if e := st.parseQuery(ctx); e != nil {
+		writeError(ctx, e)
+		return
+	}
+	topic, e := s.topic(&st.args)
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	binaryMode := false
+	if st.args.Has("binary") {
+		switch string(st.args.Peek("binary")) {
+		case "false", "0":
+		default: // "true", "1", and, as nsqd has it, anything else
+			binaryMode = true
+		}
+	}
+	due, e := s.due(&st.args)
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	if st.args.Has("id") {
+		writeError(ctx, errInvalidID)
+		return
+	}
+	readMax := s.maxBody + 1
+	body, err := st.readBody(ctx, readMax)
+	if binaryMode {
+		// A read error ends the body, as it ends nsqd's io.ReadFull.
+		truncated := err == nil && int64(len(body)) == readMax
+		st.bodies, e = splitBinary(st.bodies[:0], body, s.maxMsg, s.maxBody, truncated)
+	} else {
+		if err != nil {
+			// nsqd handles the complete lines before the error, then fails.
+			body = body[:bytes.LastIndexByte(body, '\n')+1]
+		}
+		st.bodies, e = splitText(st.bodies[:0], body, s.maxMsg, s.maxBody)
+		if e == nil && err != nil {
+			e = errInternal
+		}
+	}
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	if len(st.bodies) == 0 {
+		writeOK(ctx)
+		return
+	}
+	s.publish(ctx, st, topic, due, "")
+}
+
+// publish hands st.bodies to the backend and answers with its verdict.
+func (s *Server) publish(ctx *fasthttp.RequestCtx, st *reqState, topic string, due int64, id string) {
+	st.req = PubRequest{Topic: topic, Bodies: st.bodies, Due: due, ID: id}
+	if err := s.b.Publish(&st.req); err != nil {
+		s.writeBackendError(ctx, "publish", err)
+		return
+	}
+	n := 0
+	for _, b := range st.bodies {
+		n += len(b)
+	}
+	metricMessages.Add(len(st.bodies))
+	metricBytes.Add(n)
+	writeOK(ctx)
+}
+
+func (s *Server) writeBackendError(ctx *fasthttp.RequestCtx, op string, err error) {
+	var e *Error
+	if errors.As(err, &e) && e != nil {
+		writeError(ctx, e)
+		return
+	}
+	s.logf("ingest: %s: %v", op, err)
+	writeError(ctx, errInternal)
+}
+
+// cancel is POST /cancel?id=ID.
+func (s *Server) cancel(ctx *fasthttp.RequestCtx) {
+	metricCancels.Inc()
+	st := getState()
+	defer putState(st)
+	if e := st.parseQuery(ctx); e != nil {
+		writeError(ctx, e)
+		return
+	}
+	if !st.args.Has("id") {
+		writeError(ctx, errMissingID)
+		return
+	}
+	v := st.args.Peek("id")
+	if !validID(v) {
+		writeError(ctx, errInvalidID)
+		return
+	}
+	if err := s.b.Cancel(string(v)); err != nil {
+		s.writeBackendError(ctx, "cancel", err)
+		return
+	}
+	writeOK(ctx)
+}
+
+func (s *Server) ping(ctx *fasthttp.RequestCtx) { ctx.Response.SetBodyRaw(bodyOK) }
+
+func (s *Server) info(ctx *fasthttp.RequestCtx) { writeJSON(ctx, s.b.Info()) }
+
+func (s *Server) stats(ctx *fasthttp.RequestCtx) { writeJSON(ctx, s.b.Stats()) }
+
+func (s *Server) metrics(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.SetContentTypeBytes(ctPrometheus)
+	metrics.WritePrometheus(ctx, true)
+}
+
+// topicCache interns topic names so that a request for a known topic does
+// not allocate its name. Reads are lock-free; adding a topic copies the map
+// (O(n)), and past maxCachedTopics names are no longer cached.
+type topicCache struct {
+	mu sync.Mutex
+	m  atomic.Pointer[map[string]string]
+}
+
+const maxCachedTopics = 4096
+
+func (c *topicCache) get(name []byte) string {
+	// Fast path. The majority of calls must go here.
+	if m := c.m.Load(); m != nil {
+		if s, ok := (*m)[string(name)]; ok {
+			return s
+		}
+	}
+	s := string(name)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.m.Load()
+	if old != nil && len(*old) >= maxCachedTopics {
+		return s
+	}
+	m := make(map[string]string, 1+lenMap(old))
+	if old != nil {
+		for k, v := range *old {
+			m[k] = v
+		}
+	}
+	m[s] = s
+	c.m.Store(&m)
+	return s
+}
+
+func lenMap(m *map[string]string) int {
+	if m == nil {
+		return 0
+	}
+	return len(*m)
+}
