@@ -1,0 +1,529 @@
+package egress
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/nsqio/go-nsq"
+)
+
+// Defaults for the zero fields of Options.
+const (
+	DefaultConnsPerAddr  = 4
+	DefaultMaxBatchMsgs  = 200
+	DefaultMaxBatchBytes = 5 << 20 // nsqd's --max-body-size default
+	DefaultMaxMsgSize    = 1 << 20 // nsqd's --max-msg-size default
+	DefaultAttempts      = 3
+	DefaultBackoff       = 50 * time.Millisecond
+	DefaultMaxBackoff    = 2 * time.Second
+	DefaultTimeout       = 5 * time.Second
+	DefaultDialTimeout   = time.Second
+)
+
+// Options configure a Publisher. Zero fields take the Default* values.
+type Options struct {
+	// Addrs are the nsqd TCP addresses (host:port), at least one, no
+	// duplicates.
+	Addrs []string
+	// ConnsPerAddr is the number of go-nsq Producers (one TCP connection
+	// each) per nsqd. A Producer serialises its calls on its connection, so
+	// this bounds the batches in flight to one nsqd.
+	ConnsPerAddr int
+	// MaxBatchMsgs is the most messages per MPUB.
+	MaxBatchMsgs int
+	// MaxBatchBytes is the largest MPUB body as nsqd measures it: a 4-byte
+	// message count plus, per message, a 4-byte size and the body. Set it to
+	// nsqd's --max-body-size.
+	MaxBatchBytes int
+	// MaxMsgSize is nsqd's --max-msg-size: a longer body is a permanent error
+	// and is not sent. MaxMsgSize+8 must not exceed MaxBatchBytes.
+	MaxMsgSize int
+	// Attempts is the tries per batch, across connections and nsqds, before
+	// Publish gives up and returns the error.
+	Attempts int
+	// Backoff is the base wait between tries of a batch when no healthy nsqd
+	// is left, and the base time an nsqd stays marked down after a failure.
+	// Both grow exponentially with consecutive failures, up to MaxBackoff,
+	// with jitter.
+	Backoff    time.Duration
+	MaxBackoff time.Duration
+	// Timeout bounds the wait for nsqd's answer to one batch. An unanswered
+	// batch counts as a failed try (it may still have been queued: delivery
+	// is at-least-once).
+	Timeout time.Duration
+	// DialTimeout is go-nsq's dial timeout.
+	DialTimeout time.Duration
+	// Logf receives go-nsq warnings and errors and nsqd up/down transitions;
+	// nil means log.Printf.
+	Logf func(format string, args ...any)
+}
+
+func (o *Options) setDefaults() {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&o.ConnsPerAddr, DefaultConnsPerAddr)
+	def(&o.MaxBatchMsgs, DefaultMaxBatchMsgs)
+	def(&o.MaxBatchBytes, DefaultMaxBatchBytes)
+	def(&o.MaxMsgSize, DefaultMaxMsgSize)
+	def(&o.Attempts, DefaultAttempts)
+	defDur(&o.Backoff, DefaultBackoff)
+	defDur(&o.MaxBackoff, DefaultMaxBackoff)
+	defDur(&o.Timeout, DefaultTimeout)
+	defDur(&o.DialTimeout, DefaultDialTimeout)
+	if o.Logf == nil {
+		o.Logf = log.Printf
+	}
+}
+
+func (o *Options) validate() error {
+	if len(o.Addrs) == 0 {
+		return errors.New("egress: Addrs must name at least one nsqd")
+	}
+	seen := make(map[string]bool, len(o.Addrs))
+	for _, a := range o.Addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("egress: Addrs: %q is not host:port: %w", a, err)
+		}
+		if seen[a] {
+			return fmt.Errorf("egress: Addrs: %q listed twice", a)
+		}
+		seen[a] = true
+	}
+	switch {
+	case o.ConnsPerAddr < 0:
+		return fmt.Errorf("egress: ConnsPerAddr must be > 0, got %d", o.ConnsPerAddr)
+	case o.MaxBatchMsgs < 0:
+		return fmt.Errorf("egress: MaxBatchMsgs must be > 0, got %d", o.MaxBatchMsgs)
+	case o.MaxMsgSize < 0:
+		return fmt.Errorf("egress: MaxMsgSize must be > 0, got %d", o.MaxMsgSize)
+	case o.MaxBatchBytes < o.MaxMsgSize+8:
+		return fmt.Errorf("egress: MaxBatchBytes (%d) must be at least MaxMsgSize+8 (%d)", o.MaxBatchBytes, o.MaxMsgSize+8)
+	case o.Attempts < 0:
+		return fmt.Errorf("egress: Attempts must be > 0, got %d", o.Attempts)
+	case o.Backoff < 0 || o.MaxBackoff < o.Backoff:
+		return fmt.Errorf("egress: need 0 < Backoff (%v) <= MaxBackoff (%v)", o.Backoff, o.MaxBackoff)
+	case o.Timeout < 0 || o.DialTimeout < 0:
+		return fmt.Errorf("egress: Timeout and DialTimeout must be > 0")
+	}
+	return nil
+}
+
+// Publisher publishes batches of bodies to a set of nsqds. Its methods are
+// safe for concurrent use. Create it with New; stop it with Stop.
+type Publisher struct {
+	opts  Options
+	cfg   *nsq.Config
+	nodes []*node
+	conns []*conn // all connections of all nodes, node-major
+
+	set       *metrics.Set
+	retries   *metrics.Counter
+	permanent *metrics.Counter
+	gaveUp    *metrics.Counter
+
+	mu      sync.RWMutex // guards stopped against active.Add
+	stopped bool
+	stopCh  chan struct{}
+	active  sync.WaitGroup // Publish calls in progress
+	retired sync.WaitGroup // Stop of replaced Producers
+}
+
+// New validates opts and creates the Producers. go-nsq connects lazily, on a
+// Producer's first publish, so New does not fail when an nsqd is down.
+func New(opts Options) (*Publisher, error) {
+	opts.setDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	cfg := nsq.NewConfig()
+	cfg.DialTimeout = opts.DialTimeout
+	cfg.WriteTimeout = max(time.Second, opts.Timeout)
+	// go-nsq answers nsqd's heartbeats itself; they never reach a
+	// transaction. The read timeout also bounds go-nsq's IDENTIFY during a
+	// (re)connect, which Options.Timeout does not cover, so it is shortened
+	// from 60s to 10s, with heartbeats at half of it to keep idle
+	// connections alive.
+	cfg.HeartbeatInterval = 5 * time.Second
+	cfg.ReadTimeout = 10 * time.Second
+	cfg.UserAgent = "deferd-egress go-nsq/" + nsq.VERSION
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("egress: go-nsq config: %w", err)
+	}
+	p := &Publisher{
+		opts:   opts,
+		cfg:    cfg,
+		set:    metrics.NewSet(),
+		stopCh: make(chan struct{}),
+	}
+	p.retries = p.set.NewCounter("deferd_egress_retries_total")
+	p.permanent = p.set.NewCounter("deferd_egress_permanent_errors_total")
+	p.gaveUp = p.set.NewCounter("deferd_egress_gave_up_total")
+	for _, addr := range opts.Addrs {
+		n := newNode(addr, p.set)
+		for range opts.ConnsPerAddr {
+			prod, err := p.newProducer(addr)
+			if err != nil {
+				p.stopProducers()
+				return nil, err
+			}
+			c := &conn{node: n}
+			c.prod.Store(prod)
+			n.conns = append(n.conns, c)
+			p.conns = append(p.conns, c)
+		}
+		p.nodes = append(p.nodes, n)
+	}
+	return p, nil
+}
+
+// Metrics returns the Publisher's metrics (deferd_egress_*). Register it
+// with metrics.RegisterSet to export it; each Publisher has its own Set, so
+// several Publishers in one process (tests) never collide.
+func (p *Publisher) Metrics() *metrics.Set { return p.set }
+
+// Publish sends bodies to topic as MPUB batches of at most MaxBatchMsgs
+// messages and MaxBatchBytes bytes, one batch at a time and in order. It
+// returns how many leading bodies nsqd acknowledged and, if not all, the
+// error that stopped it (a *PublishError; see IsPermanent). A body counts as
+// acknowledged only once nsqd answered OK for its batch.
+//
+// A failed batch is retried on the least-busy connection of another healthy
+// nsqd at once, or after a backoff when none is left, up to Attempts tries.
+// A batch nsqd refuses for its content (E_BAD_MESSAGE, E_BAD_BODY) is halved
+// until the offending body is alone, which is then a permanent error.
+// Publish returns ErrStopped promptly once Stop is called. It does not keep
+// bodies after it returns.
+func (p *Publisher) Publish(topic string, bodies [][]byte) (acked int, err error) {
+	p.mu.RLock()
+	if p.stopped {
+		p.mu.RUnlock()
+		return 0, ErrStopped
+	}
+	p.active.Add(1)
+	p.mu.RUnlock()
+	defer p.active.Done()
+
+	if len(bodies) == 0 {
+		return 0, nil
+	}
+	if !nsq.IsValidTopicName(topic) {
+		p.permanent.Inc()
+		return 0, &PublishError{Topic: topic, Err: ErrBadTopic, permanent: true}
+	}
+	limit := p.opts.MaxBatchMsgs
+	for acked < len(bodies) {
+		n, verr := p.nextBatch(bodies[acked:], limit)
+		if n == 0 {
+			p.permanent.Inc()
+			return acked, &PublishError{Topic: topic, Index: acked, Err: verr, permanent: true}
+		}
+		batch := bodies[acked : acked+n]
+		addr, tries, err := p.sendBatch(topic, batch)
+		if err == nil {
+			acked += n
+			continue
+		}
+		if errors.Is(err, ErrStopped) {
+			return acked, err
+		}
+		switch classify(err) {
+		case classSplit:
+			if n > 1 {
+				limit = (n + 1) / 2
+				continue
+			}
+			fallthrough
+		case classPermanent:
+			p.permanent.Inc()
+			return acked, &PublishError{Topic: topic, Addr: addr, Index: acked, Attempts: tries, Err: err, permanent: true}
+		}
+		p.gaveUp.Inc()
+		return acked, &PublishError{Topic: topic, Addr: addr, Index: acked, Attempts: tries, Err: err}
+	}
+	return acked, nil
+}
+
+// nextBatch returns how many leading bodies fit in one batch of at most
+// limit messages. It returns 0 and the reason when the first body can never
+// be sent.
+func (p *Publisher) nextBatch(bodies [][]byte, limit int) (int, error) {
+	size := 4 // message count
+	n := 0
+	for n < len(bodies) && n < limit {
+		b := bodies[n]
+		switch {
+		case len(b) == 0:
+			return n, ErrEmptyBody
+		case len(b) > p.opts.MaxMsgSize:
+			return n, ErrBodyTooLarge
+		case size+4+len(b) > p.opts.MaxBatchBytes:
+			return n, nil
+		}
+		size += 4 + len(b)
+		n++
+	}
+	return n, nil
+}
+
+// sendBatch tries batch up to Attempts times. It returns the address of the
+// last try, the number of tries and the last error (nil on success). Errors
+// that are the batch's own fault end it at once.
+func (p *Publisher) sendBatch(topic string, batch [][]byte) (addr string, tries int, err error) {
+	c, _ := p.pick(nil)
+	for tries = 1; ; tries++ {
+		addr = c.node.addr
+		err = p.send(c, topic, batch)
+		if err == nil || errors.Is(err, ErrStopped) || classify(err) != classRetry {
+			return addr, tries, err
+		}
+		failed := c.node
+		failed.markDown(err, p)
+		if tries >= p.opts.Attempts {
+			return addr, tries, err
+		}
+		p.retries.Inc()
+		var healthy bool
+		if c, healthy = p.pick(failed); healthy && c.node != failed {
+			continue // fail over to another healthy nsqd at once
+		}
+		if !p.sleep(jitter(backoff(p.opts.Backoff, p.opts.MaxBackoff, tries))) {
+			return addr, tries, ErrStopped
+		}
+		c, _ = p.pick(failed)
+	}
+}
+
+// send publishes one batch on c and waits for nsqd's answer, Timeout or Stop.
+func (p *Publisher) send(c *conn, topic string, batch [][]byte) error {
+	n := c.node
+	n.inFlight.Add(1)
+	c.inFlight.Add(1)
+	defer func() {
+		c.inFlight.Add(-1)
+		n.inFlight.Add(-1)
+	}()
+	start := time.Now()
+	// Buffered: if we stop waiting, go-nsq's router can still deliver the
+	// answer without blocking.
+	done := make(chan *nsq.ProducerTransaction, 1)
+	prod := c.prod.Load()
+	if err := prod.MultiPublishAsync(topic, batch, done); err != nil {
+		return p.failed(c, prod, p.stoppedOr(err))
+	}
+	t := time.NewTimer(p.opts.Timeout)
+	defer t.Stop()
+	select {
+	case tr := <-done:
+		if tr.Error != nil {
+			return p.failed(c, prod, p.stoppedOr(tr.Error))
+		}
+	case <-t.C:
+		return p.failed(c, prod, ErrTimeout)
+	case <-p.stopCh:
+		return ErrStopped
+	}
+	c.used.Store(true)
+	n.batchDur.UpdateDuration(start)
+	n.batches.Inc()
+	n.published.Add(len(batch))
+	n.markUp(p)
+	return nil
+}
+
+// failed handles a failed send of prod on c and returns err. Every failure
+// from nsqd leaves the connection closed or in doubt (nsqd closes it after
+// any MPUB error), so prod is replaced by a new Producer.
+//
+// Why replace rather than let go-nsq reconnect: a go-nsq v1.1.0 Producer
+// that reconnects races with its previous connection's router goroutine
+// (producer.go: the router reads w.conn after wg.Done, connect writes it),
+// which the race detector reports. A Producer that never reconnects has no
+// such race.
+func (p *Publisher) failed(c *conn, prod *nsq.Producer, err error) error {
+	if errors.Is(err, ErrStopped) {
+		return err
+	}
+	p.replace(c, prod)
+	return err
+}
+
+// replace swaps c's Producer old for a new one unless another goroutine
+// already did, and stops old in the background.
+func (p *Publisher) replace(c *conn, old *nsq.Producer) {
+	fresh, err := p.newProducer(c.node.addr)
+	if err != nil {
+		panic("BUG: go-nsq config validated in New: " + err.Error())
+	}
+	if !c.prod.CompareAndSwap(old, fresh) {
+		fresh.Stop()
+		return
+	}
+	c.used.Store(false)
+	p.retired.Go(old.Stop)
+}
+
+// replaceUsed replaces the Producers of n that have had a connection: called
+// when n goes down, so none of them tries to reconnect (see failed).
+func (p *Publisher) replaceUsed(n *node) {
+	for _, c := range n.conns {
+		if c.used.Load() {
+			p.replace(c, c.prod.Load())
+		}
+	}
+}
+
+func (p *Publisher) newProducer(addr string) (*nsq.Producer, error) {
+	prod, err := nsq.NewProducer(addr, p.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("egress: %s: %w", addr, err)
+	}
+	prod.SetLogger(nsqLogger{logf: p.opts.Logf, addr: addr}, nsq.LogLevelWarning)
+	return prod, nil
+}
+
+// stoppedOr maps a go-nsq error to ErrStopped when the Publisher is stopping.
+func (p *Publisher) stoppedOr(err error) error {
+	select {
+	case <-p.stopCh:
+		return ErrStopped
+	default:
+		return err
+	}
+}
+
+// pick returns the least-busy connection, preferring nsqds that are not
+// marked down and not avoid, scanning from a random start so ties spread.
+// If every nsqd is down it returns a connection of the one whose backoff
+// ends first, to probe it; healthy is then false. O(len(conns)).
+func (p *Publisher) pick(avoid *node) (c *conn, healthy bool) {
+	now := time.Now().UnixNano()
+	var best, bestAvoid *conn
+	var bestLoad, bestAvoidLoad int32
+	var probe *node
+	start := rand.IntN(len(p.conns))
+	for i := range p.conns {
+		cc := p.conns[(start+i)%len(p.conns)]
+		until := cc.node.downUntil.Load()
+		if until != 0 && until > now {
+			if probe == nil || until < probe.downUntil.Load() {
+				probe = cc.node
+			}
+			continue
+		}
+		load := cc.inFlight.Load()
+		if cc.node == avoid {
+			if bestAvoid == nil || load < bestAvoidLoad {
+				bestAvoid, bestAvoidLoad = cc, load
+			}
+			continue
+		}
+		if best == nil || load < bestLoad {
+			best, bestLoad = cc, load
+		}
+	}
+	switch {
+	case best != nil:
+		return best, true
+	case bestAvoid != nil:
+		return bestAvoid, true
+	}
+	// All down: probe the least-busy connection of the first to recover.
+	c = probe.conns[0]
+	for _, cc := range probe.conns[1:] {
+		if cc.inFlight.Load() < c.inFlight.Load() {
+			c = cc
+		}
+	}
+	return c, false
+}
+
+// sleep waits d or until Stop; it reports whether it waited the full d.
+func (p *Publisher) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-p.stopCh:
+		return false
+	}
+}
+
+// Stats returns a snapshot of each nsqd's state, in Addrs order.
+func (p *Publisher) Stats() []NodeStats {
+	out := make([]NodeStats, 0, len(p.nodes))
+	for _, n := range p.nodes {
+		out = append(out, n.stats())
+	}
+	return out
+}
+
+// Stop makes Publish return ErrStopped, waits for running Publish calls to
+// return (they do so promptly), then stops all Producers. Batches in flight
+// are not acknowledged to the caller even if nsqd queued them. Idempotent;
+// safe to call concurrently with Publish.
+func (p *Publisher) Stop() {
+	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		return
+	}
+	p.stopped = true
+	close(p.stopCh)
+	p.mu.Unlock()
+	p.active.Wait()
+	p.stopProducers()
+}
+
+func (p *Publisher) stopProducers() {
+	var wg sync.WaitGroup
+	for _, c := range p.conns {
+		if prod := c.prod.Load(); prod != nil {
+			wg.Go(prod.Stop)
+		}
+	}
+	wg.Wait()
+	p.retired.Wait()
+}
+
+// backoff returns base*2^(n-1) capped at max, for n >= 1.
+func backoff(base, max time.Duration, n int) time.Duration {
+	d := base
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	return min(d, max)
+}
+
+// jitter returns a duration uniformly in [d/2, d].
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// nsqLogger routes go-nsq's log lines to Options.Logf.
+type nsqLogger struct {
+	logf func(format string, args ...any)
+	addr string
+}
+
+func (l nsqLogger) Output(_ int, s string) error {
+	l.logf("egress: nsqd %s: %s", l.addr, s)
+	return nil
+}

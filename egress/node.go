@@ -1,0 +1,119 @@
+package egress
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/nsqio/go-nsq"
+)
+
+// NodeStats is a snapshot of one nsqd as the Publisher sees it.
+type NodeStats struct {
+	Addr        string
+	Up          bool // false from a failed try until the next successful one
+	LastError   string
+	LastErrorAt time.Time
+	Published   uint64 // messages acknowledged
+	Batches     uint64 // MPUBs acknowledged
+	Errors      uint64 // failed tries
+	InFlight    int    // batches awaiting nsqd's answer
+}
+
+// node is one nsqd and its connections.
+type node struct {
+	addr  string
+	conns []*conn
+
+	// downUntil is 0 while the node is up, else the UnixNano time its
+	// backoff ends; it is read on every pick, so it is an atomic.
+	downUntil atomic.Int64
+	inFlight  atomic.Int64
+
+	mu        sync.Mutex // guards fails, lastErr, lastErrAt
+	fails     int        // consecutive failed tries
+	lastErr   string
+	lastErrAt time.Time
+
+	published *metrics.Counter
+	batches   *metrics.Counter
+	errors    *metrics.Counter
+	batchDur  *metrics.Histogram
+}
+
+// conn is one go-nsq Producer: one TCP connection, calls serialised.
+type conn struct {
+	node     *node
+	prod     atomic.Pointer[nsq.Producer]
+	used     atomic.Bool // prod has had a connection (see Publisher.failed)
+	inFlight atomic.Int32
+}
+
+func newNode(addr string, set *metrics.Set) *node {
+	n := &node{addr: addr}
+	label := fmt.Sprintf("{nsqd=%q}", addr)
+	n.published = set.NewCounter("deferd_egress_published_total" + label)
+	n.batches = set.NewCounter("deferd_egress_batches_total" + label)
+	n.errors = set.NewCounter("deferd_egress_errors_total" + label)
+	n.batchDur = set.NewHistogram("deferd_egress_batch_duration_seconds" + label)
+	set.NewGauge("deferd_egress_inflight_batches"+label, func() float64 { return float64(n.inFlight.Load()) })
+	set.NewGauge("deferd_egress_up"+label, func() float64 {
+		if n.downUntil.Load() == 0 {
+			return 1
+		}
+		return 0
+	})
+	return n
+}
+
+// markDown records a failed try and keeps the node out of picks for a
+// backoff that doubles with each consecutive failure.
+func (n *node) markDown(err error, p *Publisher) {
+	n.errors.Inc()
+	now := time.Now()
+	n.mu.Lock()
+	n.fails++
+	fails := n.fails
+	n.lastErr = err.Error()
+	n.lastErrAt = now
+	d := jitter(backoff(p.opts.Backoff, p.opts.MaxBackoff, fails))
+	wasUp := n.downUntil.Swap(now.Add(d).UnixNano()) == 0
+	n.mu.Unlock()
+	if wasUp {
+		p.opts.Logf("egress: nsqd %s marked down: %v", n.addr, err)
+		p.replaceUsed(n)
+	}
+}
+
+// markUp records a successful try. Fast path: one atomic load when the node
+// is already up.
+func (n *node) markUp(p *Publisher) {
+	if n.downUntil.Load() == 0 {
+		return
+	}
+	n.mu.Lock()
+	n.fails = 0
+	wasDown := n.downUntil.Swap(0) != 0
+	n.mu.Unlock()
+	if wasDown {
+		p.opts.Logf("egress: nsqd %s is up again", n.addr)
+	}
+}
+
+func (n *node) stats() NodeStats {
+	n.mu.Lock()
+	s := NodeStats{
+		Addr:        n.addr,
+		Up:          n.downUntil.Load() == 0,
+		LastError:   n.lastErr,
+		LastErrorAt: n.lastErrAt,
+	}
+	n.mu.Unlock()
+	s.Published = n.published.Get()
+	s.Batches = n.batches.Get()
+	s.Errors = n.errors.Get()
+	s.InFlight = int(n.inFlight.Load())
+	return s
+}
