@@ -13,6 +13,10 @@ import (
 // caps the delay at --max-req-timeout (1 h by default). nsqd runs in this
 // process, so its CPU and memory are this process's.
 type NSQDefer struct {
+	// ScanRefresh is how long Start waits for nsqd to pick up the run's new
+	// channel (default nsqd's QueueScanRefreshInterval, 5 s, + 200 ms).
+	ScanRefresh time.Duration
+
 	env  Env
 	prod *nsq.Producer
 }
@@ -27,6 +31,15 @@ func (n *NSQDefer) Start(env Env) error {
 		return err
 	}
 	n.env, n.prod = env, p
+	// nsqd's queue scan loop, which moves due deferred messages to
+	// consumers, learns of new channels only every QueueScanRefreshInterval
+	// (5 s). The harness made this run's channel a moment ago; wait until
+	// nsqd scans it, as it would in a long-running deployment.
+	w := n.ScanRefresh
+	if w <= 0 {
+		w = 5200 * time.Millisecond
+	}
+	time.Sleep(w)
 	return nil
 }
 
