@@ -1,0 +1,700 @@
+// Package engine is deferd's scheduler core: it ties the journal (durability),
+// the timing wheel (when), the ants pool (who publishes) and egress (to
+// nsqd) into the life of a message:
+//
+//	ingest → journal.Append (group commit; the 200 goes out after it)
+//	       → wheel.Add (a 16-byte pointer-free journal.Pos)
+//	       → tick → pool task per due bucket → journal.Read → egress MPUB
+//	       → journal.Done(Published)
+//
+// A message leaves the journal's live set only after nsqd answered OK, so
+// deferd is at-least-once: a crash between nsqd's OK and the Done record
+// reaching the OS publishes that message again after restart.
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/deferd/deferd/egress"
+	"github.com/deferd/deferd/ingest"
+	"github.com/deferd/deferd/journal"
+	"github.com/deferd/deferd/pool"
+	"github.com/deferd/deferd/wheel"
+)
+
+// Options configures an Engine. NewOptions sets every default; the zero
+// value is not usable (Journal.Dir and Egress.Addrs are required).
+type Options struct {
+	Journal journal.Options
+	Egress  egress.Options
+
+	// Tick is the timing wheel's resolution: a message is published at
+	// most about one tick after its due time. Default 1ms.
+	Tick time.Duration
+	// PoolSize is the number of ants workers publishing due buckets.
+	PoolSize int
+	// TaskSize splits a large due bucket into tasks of at most this many
+	// messages, so a burst is published on several connections at once.
+	TaskSize int
+	// MaxPending and MaxPendingBytes bound what deferd holds; past them
+	// Publish answers 503 OVER_CAPACITY. Bytes count journal record bytes.
+	MaxPending      int64
+	MaxPendingBytes int64
+	// RetryBackoff is how long a message waits in the wheel after a failed
+	// publish before it is tried again; ParkBackoff is the wait after nsqd
+	// rejected the message itself (a permanent error).
+	RetryBackoff time.Duration
+	ParkBackoff  time.Duration
+	// CompactEvery is how often the journal is checked for a segment worth
+	// compacting. 0 disables compaction.
+	CompactEvery time.Duration
+
+	Logf func(format string, args ...any)
+}
+
+// NewOptions returns Options with every default set, for journal directory
+// dir and the nsqd TCP addresses addrs.
+func NewOptions(dir string, addrs []string) Options {
+	return Options{
+		Journal: journal.Options{
+			Dir:           dir,
+			SegmentBytes:  64 << 20,
+			Fsync:         journal.FsyncInterval,
+			FsyncInterval: 100 * time.Millisecond,
+		},
+		Egress: egress.Options{
+			Addrs:         addrs,
+			ConnsPerAddr:  4,
+			MaxBatchMsgs:  100,
+			MaxBatchBytes: 5<<20 - 4096,
+			MaxMsgSize:    1 << 20,
+			Attempts:      3,
+			Backoff:       50 * time.Millisecond,
+		},
+		Tick:            time.Millisecond,
+		PoolSize:        16,
+		TaskSize:        1000,
+		MaxPending:      20_000_000,
+		MaxPendingBytes: 32 << 30,
+		RetryBackoff:    time.Second,
+		ParkBackoff:     time.Minute,
+		CompactEvery:    10 * time.Second,
+	}
+}
+
+// ref is what the wheel holds per pending message: where its record lives.
+type ref = journal.Pos
+
+// Engine is a running scheduler. Its methods are safe for concurrent use.
+// It implements ingest.Backend.
+type Engine struct {
+	opts Options
+	logf func(string, ...any)
+
+	j    *journal.Journal
+	w    *wheel.Wheel[ref]
+	pool *pool.Pool
+	pub  *egress.Publisher
+
+	// mu guards ids, segs and topics. It is never held across I/O.
+	mu sync.Mutex
+	// ids maps a client id to its pending message. A zero handle means
+	// "being written" or "being moved": the id is taken but its handle is
+	// not known yet.
+	ids map[string]idRef
+	// segs maps a journal segment to the wheel handles of its messages by
+	// ordinal, so compaction can find and move pending ones.
+	segs map[uint32]*segTable
+	// topics counts pending messages per topic.
+	topics map[string]int64
+
+	pending      atomic.Int64
+	pendingBytes atomic.Int64
+	accepted     atomic.Uint64
+	published    atomic.Uint64
+	cancelled    atomic.Uint64
+	retried      atomic.Uint64
+	failed       atomic.Uint64
+	readErrors   atomic.Uint64
+	moved        atomic.Uint64
+	early        atomic.Uint64
+
+	set      *metrics.Set
+	lateness *metrics.Histogram
+
+	recovery journal.Report
+
+	exiting  atomic.Bool
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+	startAt  time.Time
+}
+
+type idRef struct {
+	h wheel.Handle
+	p journal.Pos
+}
+
+type segTable struct {
+	h       []wheel.Handle
+	pending int
+}
+
+// New opens the journal, recovers what it holds into the wheel, connects
+// egress and starts publishing. Messages whose due time passed while deferd
+// was down go out at once; the others keep their due time.
+func New(opts Options) (*Engine, error) {
+	if opts.Logf == nil {
+		opts.Logf = log.Printf
+	}
+	if opts.Tick <= 0 {
+		opts.Tick = time.Millisecond
+	}
+	if opts.PoolSize <= 0 {
+		return nil, errors.New("--pool-size must be > 0")
+	}
+	if opts.TaskSize <= 0 {
+		return nil, errors.New("--task-size must be > 0")
+	}
+	if opts.RetryBackoff <= 0 {
+		opts.RetryBackoff = time.Second
+	}
+	if opts.ParkBackoff <= 0 {
+		opts.ParkBackoff = time.Minute
+	}
+	if opts.Journal.Logf == nil {
+		opts.Journal.Logf = opts.Logf
+	}
+	if opts.Egress.Logf == nil {
+		opts.Egress.Logf = opts.Logf
+	}
+	e := &Engine{
+		opts:    opts,
+		logf:    opts.Logf,
+		w:       wheel.New[ref](wheel.Options{Tick: opts.Tick}),
+		ids:     make(map[string]idRef),
+		segs:    make(map[uint32]*segTable),
+		topics:  make(map[string]int64),
+		stop:    make(chan struct{}),
+		startAt: time.Now(),
+	}
+	j, err := journal.Open(opts.Journal)
+	if err != nil {
+		return nil, err
+	}
+	e.j = j
+	rep, err := j.Recover(func(p journal.Pos, m *journal.Message) error {
+		e.schedule(p, m.ID, m.Topic, m.Due)
+		return nil
+	})
+	if err != nil {
+		j.Close()
+		return nil, fmt.Errorf("recover journal: %w", err)
+	}
+	e.recovery = rep
+	e.logf("journal: recovered %d live of %d records in %d segments (%d bytes) in %v; torn tails %d (%d bytes truncated); corrupt %d",
+		rep.Live, rep.Records, rep.Segments, rep.Bytes, rep.Duration, rep.TornTails, rep.TruncatedBytes, len(rep.Corrupt))
+	for _, c := range rep.Corrupt {
+		e.logf("journal: CORRUPT: %s", c)
+	}
+
+	e.pub, err = egress.New(opts.Egress)
+	if err != nil {
+		j.Close()
+		return nil, err
+	}
+	e.pool, err = pool.New(opts.PoolSize, func(v any) { e.logf("BUG: publish task panicked: %v", v) })
+	if err != nil {
+		e.pub.Stop()
+		j.Close()
+		return nil, err
+	}
+	e.initMetrics()
+
+	out := make(chan *wheel.Batch[ref], 4)
+	e.goFunc(func() { e.w.Run(e.stop, out) })
+	e.goFunc(func() { e.dispatch(out) })
+	if opts.CompactEvery > 0 {
+		e.goFunc(e.compactLoop)
+	}
+	return e, nil
+}
+
+func (e *Engine) goFunc(f func()) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		f()
+	}()
+}
+
+// wheelDue converts a due time in unix milliseconds to the wheel's clock.
+func (e *Engine) wheelDue(dueMs int64) int64 {
+	return e.w.Now() + (dueMs*int64(time.Millisecond) - time.Now().UnixNano())
+}
+
+// schedule puts a journaled message into the wheel. The caller must not
+// hold e.mu.
+func (e *Engine) schedule(p journal.Pos, id, topic string, dueMs int64) {
+	due := e.wheelDue(dueMs)
+	e.mu.Lock()
+	h := e.w.Add(due, p)
+	e.trackLocked(p, h)
+	if id != "" {
+		e.ids[id] = idRef{h, p}
+	}
+	e.topics[topic]++
+	e.mu.Unlock()
+	e.pending.Add(1)
+	e.pendingBytes.Add(int64(p.Len))
+}
+
+func (e *Engine) trackLocked(p journal.Pos, h wheel.Handle) {
+	st := e.segs[p.Seg]
+	if st == nil {
+		st = &segTable{}
+		e.segs[p.Seg] = st
+	}
+	for uint32(len(st.h)) <= p.Ord {
+		st.h = append(st.h, 0)
+	}
+	if st.h[p.Ord] == 0 {
+		st.pending++
+	}
+	st.h[p.Ord] = h
+}
+
+// untrackLocked forgets the handle of a message that left the wheel for
+// good (published or cancelled).
+func (e *Engine) untrackLocked(p journal.Pos) {
+	st := e.segs[p.Seg]
+	if st == nil || uint32(len(st.h)) <= p.Ord || st.h[p.Ord] == 0 {
+		return
+	}
+	st.h[p.Ord] = 0
+	st.pending--
+	if st.pending == 0 {
+		delete(e.segs, p.Seg)
+	}
+}
+
+// Publish implements ingest.Backend: it journals every body of req (or
+// none), then schedules them. It returns after the journal's group commit.
+func (e *Engine) Publish(req *ingest.PubRequest) error {
+	if e.exiting.Load() {
+		return ingest.ErrExiting
+	}
+	n := int64(len(req.Bodies))
+	if n == 0 {
+		return nil
+	}
+	if e.pending.Load()+n > e.opts.MaxPending {
+		return ingest.ErrOverCapacity
+	}
+	var size int64
+	for _, b := range req.Bodies {
+		size += int64(len(b))
+	}
+	if e.pendingBytes.Load()+size > e.opts.MaxPendingBytes {
+		return ingest.ErrOverCapacity
+	}
+
+	if req.ID != "" {
+		// Reserve the id before writing, so two concurrent publishes with
+		// the same id schedule it once.
+		e.mu.Lock()
+		if _, ok := e.ids[req.ID]; ok {
+			e.mu.Unlock()
+			return nil
+		}
+		e.ids[req.ID] = idRef{}
+		e.mu.Unlock()
+	}
+
+	b := getPubBuf(len(req.Bodies))
+	defer putPubBuf(b)
+	for i, body := range req.Bodies {
+		b.msgs[i] = journal.Message{ID: req.ID, Topic: req.Topic, Due: req.Due, Body: body}
+	}
+	if err := e.j.Append(b.msgs, b.pos); err != nil {
+		if req.ID != "" {
+			e.mu.Lock()
+			if r, ok := e.ids[req.ID]; ok && r.h == 0 {
+				delete(e.ids, req.ID)
+			}
+			e.mu.Unlock()
+		}
+		if errors.Is(err, journal.ErrClosed) {
+			return ingest.ErrExiting
+		}
+		e.logf("journal: append: %v", err)
+		return ingest.ErrUnavailable
+	}
+
+	due := e.wheelDue(req.Due)
+	var bytes int64
+	e.mu.Lock()
+	for _, p := range b.pos[:n] {
+		h := e.w.Add(due, p)
+		e.trackLocked(p, h)
+		bytes += int64(p.Len)
+		if req.ID != "" {
+			e.ids[req.ID] = idRef{h, p}
+		}
+	}
+	e.topics[req.Topic] += n
+	e.mu.Unlock()
+	e.pending.Add(n)
+	e.pendingBytes.Add(bytes)
+	e.accepted.Add(uint64(n))
+	return nil
+}
+
+// Cancel implements ingest.Backend: it removes the pending message with
+// client id, or returns ingest.ErrNotFound if there is none (unknown,
+// already handed to egress, already cancelled).
+func (e *Engine) Cancel(id string) error {
+	if e.exiting.Load() {
+		return ingest.ErrExiting
+	}
+	var (
+		r  idRef
+		ok bool
+	)
+	// A zero handle means the message is being written or moved; that
+	// lasts one group commit, so wait for it rather than answer wrongly.
+	for i := 0; ; i++ {
+		e.mu.Lock()
+		r, ok = e.ids[id]
+		if !ok {
+			e.mu.Unlock()
+			return ingest.ErrNotFound
+		}
+		if r.h != 0 {
+			break
+		}
+		e.mu.Unlock()
+		if i == 5000 {
+			return ingest.ErrUnavailable
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	p := r.p
+	if !e.w.Cancel(r.h) {
+		e.mu.Unlock()
+		return ingest.ErrNotFound
+	}
+	delete(e.ids, id)
+	e.untrackLocked(p)
+	e.mu.Unlock()
+
+	var topic string
+	if m, _, err := e.j.Read(p, nil); err == nil {
+		topic = m.Topic
+	}
+	if err := e.j.Done(journal.Cancelled, []journal.Key{p.Key()}); err != nil {
+		e.logf("journal: cancel mark for %v: %v", p.Key(), err)
+	}
+	e.mu.Lock()
+	e.decTopicLocked(topic, 1)
+	e.mu.Unlock()
+	e.pending.Add(-1)
+	e.pendingBytes.Add(-int64(p.Len))
+	e.cancelled.Add(1)
+	return nil
+}
+
+func (e *Engine) decTopicLocked(topic string, n int64) {
+	if v := e.topics[topic] - n; v > 0 {
+		e.topics[topic] = v
+	} else {
+		delete(e.topics, topic)
+	}
+}
+
+// dispatch hands due buckets to the pool, split into tasks of at most
+// TaskSize messages. It returns when out is closed or the engine stops.
+func (e *Engine) dispatch(out <-chan *wheel.Batch[ref]) {
+	for {
+		var b *wheel.Batch[ref]
+		select {
+		case b = <-out:
+		case <-e.stop:
+			return
+		}
+		items := b.Items
+		for len(items) > 0 {
+			k := min(len(items), e.opts.TaskSize)
+			t := getTask()
+			t.items = append(t.items[:0], items[:k]...)
+			items = items[k:]
+			if err := e.pool.Submit(func() { e.publishTask(t) }); err != nil {
+				// The pool is closed: deferd is stopping. The messages stay
+				// live in the journal and go out after restart.
+				putTask(t)
+			}
+		}
+		b.Release()
+	}
+}
+
+// publishTask reads a bucket's bodies from the journal, publishes them per
+// topic and marks what nsqd acknowledged as published.
+func (e *Engine) publishTask(t *task) {
+	defer putTask(t)
+	t.reset()
+	for i := range t.items {
+		it := &t.items[i]
+		m, buf, err := e.j.Read(it.Value, t.scratch)
+		t.scratch = buf
+		if err != nil {
+			e.readErrors.Add(1)
+			e.logf("journal: read %v: %v (message stays in the journal)", it.Value.Key(), err)
+			continue
+		}
+		start := len(t.arena)
+		t.arena = append(t.arena, m.Body...)
+		t.add(m.Topic, msgRef{item: i, id: m.ID, due: m.Due, start: start, end: len(t.arena)})
+	}
+	for _, g := range t.groups {
+		t.bodies = t.bodies[:0]
+		for _, r := range g.msgs {
+			t.bodies = append(t.bodies, t.arena[r.start:r.end])
+		}
+		acked, err := e.pub.Publish(g.topic, t.bodies)
+		now := time.Now()
+		nowMs := now.UnixMilli()
+		if acked > 0 {
+			t.keys = t.keys[:0]
+			var bytes int64
+			e.mu.Lock()
+			for _, r := range g.msgs[:acked] {
+				it := &t.items[r.item]
+				t.keys = append(t.keys, it.Value.Key())
+				bytes += int64(it.Value.Len)
+				e.untrackLocked(it.Value)
+				if r.id != "" && e.ids[r.id].h == it.Handle {
+					delete(e.ids, r.id)
+				}
+			}
+			e.decTopicLocked(g.topic, int64(acked))
+			e.mu.Unlock()
+			if err := e.j.Done(journal.Published, t.keys); err != nil {
+				e.logf("journal: published marks: %v (these may be published again after restart)", err)
+			}
+			for _, r := range g.msgs[:acked] {
+				late := now.Sub(time.UnixMilli(r.due))
+				if nowMs < r.due {
+					e.early.Add(1)
+				}
+				if late < 0 {
+					late = 0
+				}
+				e.lateness.Update(late.Seconds())
+			}
+			e.pending.Add(-int64(acked))
+			e.pendingBytes.Add(-bytes)
+			e.published.Add(uint64(acked))
+		}
+		if acked == len(g.msgs) {
+			continue
+		}
+		// The rest waits in the wheel and is tried again: never dropped.
+		backoff := e.opts.RetryBackoff
+		if egress.IsPermanent(err) {
+			backoff = e.opts.ParkBackoff
+			e.failed.Add(1)
+			e.logf("egress: nsqd rejected a message for topic %q: %v; retrying in %v", g.topic, err, backoff)
+		}
+		rest := g.msgs[acked:]
+		e.retried.Add(uint64(len(rest)))
+		due := e.w.Now() + int64(backoff)
+		e.mu.Lock()
+		for _, r := range rest {
+			it := &t.items[r.item]
+			h := e.w.Add(due, it.Value)
+			e.trackLocked(it.Value, h)
+			if r.id != "" && e.ids[r.id].h == it.Handle {
+				e.ids[r.id] = idRef{h, it.Value}
+			}
+		}
+		e.mu.Unlock()
+	}
+}
+
+// compactLoop moves the pending messages out of segments that keep the
+// journal from reclaiming space, so disk use stays near twice the live data.
+func (e *Engine) compactLoop() {
+	t := time.NewTicker(e.opts.CompactEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+		}
+		for !e.exiting.Load() {
+			seg, ok := e.j.Compactable()
+			if !ok {
+				break
+			}
+			if err := e.compact(seg); err != nil {
+				e.logf("journal: compact segment %d: %v", seg, err)
+				break
+			}
+		}
+	}
+}
+
+// compact rewrites the pending messages of segment seg at the journal head.
+// Messages being published are left alone; the segment goes away when they
+// are marked published.
+func (e *Engine) compact(seg uint32) error {
+	return e.j.ScanLive(seg, func(p journal.Pos, m *journal.Message) error {
+		if e.exiting.Load() {
+			return ErrStopping
+		}
+		e.mu.Lock()
+		st := e.segs[p.Seg]
+		if st == nil || uint32(len(st.h)) <= p.Ord || st.h[p.Ord] == 0 {
+			e.mu.Unlock()
+			return nil
+		}
+		h := st.h[p.Ord]
+		if !e.w.Cancel(h) {
+			e.mu.Unlock() // being published now
+			return nil
+		}
+		e.untrackLocked(p)
+		if m.ID != "" && e.ids[m.ID].h == h {
+			e.ids[m.ID] = idRef{} // moving: Cancel waits
+		}
+		e.mu.Unlock()
+
+		np, err := e.j.AppendMoved(p.Key(), m)
+		if err != nil {
+			np = p // keep it where it is
+		}
+		due := e.wheelDue(m.Due)
+		e.mu.Lock()
+		nh := e.w.Add(due, np)
+		e.trackLocked(np, nh)
+		if m.ID != "" {
+			if cur, ok := e.ids[m.ID]; ok && cur.h == 0 {
+				e.ids[m.ID] = idRef{nh, np}
+			}
+		}
+		e.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		e.pendingBytes.Add(int64(np.Len) - int64(p.Len))
+		e.moved.Add(1)
+		return nil
+	})
+}
+
+// ErrStopping is returned by operations interrupted by Stop.
+var ErrStopping = errors.New("engine: stopping")
+
+// Stop stops publishing and closes the journal. Pending messages stay in
+// the journal and are recovered by the next New on the same directory.
+// Tasks publishing when Stop is called get up to grace to finish. Call it
+// after the HTTP server stopped taking requests. Idempotent.
+func (e *Engine) Stop(grace time.Duration) error {
+	var err error
+	e.stopOnce.Do(func() {
+		e.exiting.Store(true)
+		close(e.stop)
+		e.wg.Wait()
+		if perr := e.pool.Release(grace); perr != nil {
+			e.logf("stop: publish tasks still running after %v: %v", grace, perr)
+		}
+		e.pub.Stop()
+		err = e.j.Close()
+		metrics.UnregisterSet(e.set, true)
+	})
+	return err
+}
+
+// Pending is the number of messages accepted and not yet published or
+// cancelled.
+func (e *Engine) Pending() int64 { return e.pending.Load() }
+
+// Recovery is the journal's report from this engine's start.
+func (e *Engine) Recovery() journal.Report { return e.recovery }
+
+func (e *Engine) initMetrics() {
+	s := metrics.NewSet()
+	e.set = s
+	e.lateness = s.NewHistogram("deferd_delivery_lateness_seconds")
+	gauge := func(name string, f func() float64) { s.NewGauge(name, f) }
+	gauge("deferd_pending_messages", func() float64 { return float64(e.pending.Load()) })
+	gauge("deferd_pending_bytes", func() float64 { return float64(e.pendingBytes.Load()) })
+	gauge("deferd_wheel_entries", func() float64 { return float64(e.w.Len()) })
+	gauge("deferd_pool_running", func() float64 { return float64(e.pool.Running()) })
+	gauge("deferd_pool_waiting", func() float64 { return float64(e.pool.Waiting()) })
+	counter := func(name string, v *atomic.Uint64) {
+		s.NewGauge(name, func() float64 { return float64(v.Load()) })
+	}
+	counter("deferd_accepted_total", &e.accepted)
+	counter("deferd_published_total", &e.published)
+	counter("deferd_cancelled_total", &e.cancelled)
+	counter("deferd_retried_total", &e.retried)
+	counter("deferd_failed_total", &e.failed)
+	counter("deferd_journal_read_errors_total", &e.readErrors)
+	counter("deferd_journal_moved_total", &e.moved)
+	counter("deferd_delivered_early_total", &e.early)
+	gauge("deferd_journal_corrupt_records", func() float64 { return float64(len(e.recovery.Corrupt)) })
+	gauge("deferd_journal_recovery_seconds", func() float64 { return e.recovery.Duration.Seconds() })
+	metrics.RegisterSet(s)
+}
+
+// Percentiles returns the delivery lateness at the given quantiles (0..1),
+// in seconds, from the lateness histogram (bucket upper bounds: about 12%
+// resolution).
+func (e *Engine) Percentiles(qs ...float64) []float64 {
+	type bucket struct {
+		upper float64
+		n     uint64
+	}
+	var bs []bucket
+	var total uint64
+	e.lateness.VisitNonZeroBuckets(func(vmrange string, n uint64) {
+		var upper float64
+		if i := strings.Index(vmrange, "..."); i >= 0 {
+			fmt.Sscan(vmrange[i+3:], &upper)
+		}
+		bs = append(bs, bucket{upper, n})
+		total += n
+	})
+	out := make([]float64, len(qs))
+	if total == 0 {
+		return out
+	}
+	// VisitNonZeroBuckets visits in increasing order of bucket.
+	for qi, q := range qs {
+		want := uint64(q*float64(total) + 0.5)
+		if want < 1 {
+			want = 1
+		}
+		var seen uint64
+		for _, b := range bs {
+			seen += b.n
+			if seen >= want {
+				out[qi] = b.upper
+				break
+			}
+		}
+	}
+	return out
+}

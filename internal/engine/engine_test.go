@@ -1,0 +1,486 @@
+package engine
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nsqio/go-nsq"
+
+	"github.com/deferd/deferd/ingest"
+	"github.com/deferd/deferd/internal/nsqdnode"
+)
+
+// harness is one deferd (engine + HTTP server) publishing to a real nsqd.
+type harness struct {
+	t    testing.TB
+	e    *Engine
+	srv  *ingest.Server
+	base string
+	dir  string
+	opts Options
+}
+
+func testOptions(dir string, addrs ...string) Options {
+	o := NewOptions(dir, addrs)
+	o.Journal.SegmentBytes = 1 << 20
+	o.PoolSize = 8
+	o.RetryBackoff = 200 * time.Millisecond
+	o.Egress.Backoff = 20 * time.Millisecond
+	o.Egress.ConnsPerAddr = 2
+	o.CompactEvery = 0
+	return o
+}
+
+func startHarness(t testing.TB, opts Options) *harness {
+	t.Helper()
+	opts.Logf = t.Logf
+	e, err := New(opts)
+	if err != nil {
+		t.Fatalf("engine.New: %v", err)
+	}
+	srv, err := ingest.NewServer(ingest.Options{Addr: "127.0.0.1:0", Logf: t.Logf}, e)
+	if err != nil {
+		e.Stop(time.Second)
+		t.Fatalf("ingest.NewServer: %v", err)
+	}
+	go srv.Serve()
+	h := &harness{t: t, e: e, srv: srv, base: "http://" + srv.Addr(), dir: opts.Journal.Dir, opts: opts}
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *harness) stop() {
+	h.srv.Shutdown()
+	h.e.Stop(5 * time.Second)
+}
+
+// post sends a POST and returns status and body.
+func (h *harness) post(path string, body []byte) (int, string) {
+	h.t.Helper()
+	resp, err := http.Post(h.base+path, "application/octet-stream", bytes.NewReader(body))
+	if err != nil {
+		h.t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (h *harness) mustPost(path string, body []byte) {
+	h.t.Helper()
+	if code, b := h.post(path, body); code != 200 || b != "OK" {
+		h.t.Fatalf("POST %s: %d %q", path, code, b)
+	}
+}
+
+func (h *harness) stats() Stats {
+	h.t.Helper()
+	resp, err := http.Get(h.base + "/stats")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s Stats
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		h.t.Fatalf("decode /stats: %v", err)
+	}
+	return s
+}
+
+// received is one message seen by the consumer.
+type received struct {
+	body []byte
+	at   time.Time
+}
+
+// collector consumes a topic from nsqd and records every message.
+type collector struct {
+	mu   sync.Mutex
+	msgs []received
+	c    *nsq.Consumer
+}
+
+func consume(t testing.TB, addr, topic string) *collector {
+	t.Helper()
+	col := &collector{}
+	cfg := nsq.NewConfig()
+	cfg.MaxInFlight = 1000
+	cfg.LookupdPollInterval = time.Second
+	c, err := nsq.NewConsumer(topic, "test", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetLoggerLevel(nsq.LogLevelError)
+	c.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
+		now := time.Now()
+		col.mu.Lock()
+		col.msgs = append(col.msgs, received{append([]byte(nil), m.Body...), now})
+		col.mu.Unlock()
+		return nil
+	}))
+	if err := c.ConnectToNSQD(addr); err != nil {
+		t.Fatal(err)
+	}
+	col.c = c
+	t.Cleanup(c.Stop)
+	return col
+}
+
+func (c *collector) snapshot() []received {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]received(nil), c.msgs...)
+}
+
+// waitCount waits until the collector has at least n messages.
+func (c *collector) waitCount(t testing.TB, n int, timeout time.Duration) []received {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := c.snapshot()
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("received %d messages, want %d, within %v", len(got), n, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// testBody makes a recognisable binary-safe body: seq, the earliest time
+// it may arrive (unix ns) and padding that includes '\n' and 0 bytes only
+// for binary mode.
+func testBody(seq int, notBefore time.Time, size int, binarySafe bool) []byte {
+	b := make([]byte, 16, size)
+	binary.BigEndian.PutUint64(b[0:], uint64(seq))
+	binary.BigEndian.PutUint64(b[8:], uint64(notBefore.UnixNano()))
+	for len(b) < size {
+		c := byte('a' + len(b)%26)
+		if binarySafe && len(b)%7 == 0 {
+			c = byte(len(b) % 3 * 5) // 0, 5 ('\x05'), 10 ('\n')
+		}
+		b = append(b, c)
+	}
+	if !binarySafe {
+		// text mode: no '\n' anywhere, including in the binary header
+		for i := 0; i < 16; i++ {
+			if b[i] == '\n' || b[i] == 0 {
+				b[i] |= 0x80
+			}
+		}
+	}
+	return b
+}
+
+func mpubBinary(bodies [][]byte) []byte {
+	var buf bytes.Buffer
+	binary.Write(&buf, binary.BigEndian, uint32(len(bodies)))
+	for _, b := range bodies {
+		binary.Write(&buf, binary.BigEndian, uint32(len(b)))
+		buf.Write(b)
+	}
+	return buf.Bytes()
+}
+
+// Thousands of messages through /pub and /mpub (text and binary) with
+// mixed delays arrive at an nsqd consumer exactly once, unchanged, and
+// never before their due time.
+func TestEndToEndMixedDelays(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
+	colA := consume(t, node.TCPAddr, "a")
+	colB := consume(t, node.TCPAddr, "b#ephemeral")
+
+	rng := rand.New(rand.NewSource(1))
+	want := map[string]time.Time{} // body → not before
+	var wantA, wantB int
+	seq := 0
+	for round := 0; round < 30; round++ {
+		delay := time.Duration(rng.Intn(1500)) * time.Millisecond
+		ms := delay.Milliseconds()
+		sent := time.Now()
+		notBefore := sent.Add(delay)
+		switch round % 3 {
+		case 0: // single /pub
+			for i := 0; i < 20; i++ {
+				b := testBody(seq, notBefore, 200+rng.Intn(600), true)
+				seq++
+				h.mustPost(fmt.Sprintf("/pub?topic=a&defer=%d", ms), b)
+				want[string(b)] = notBefore
+				wantA++
+			}
+		case 1: // text /mpub
+			var lines [][]byte
+			for i := 0; i < 100; i++ {
+				b := testBody(seq, notBefore, 100+rng.Intn(400), false)
+				seq++
+				lines = append(lines, b)
+				want[string(b)] = notBefore
+			}
+			h.mustPost(fmt.Sprintf("/mpub?topic=b%%23ephemeral&defer=%d", ms), bytes.Join(lines, []byte("\n")))
+			wantB += len(lines)
+		case 2: // binary /mpub
+			var bodies [][]byte
+			for i := 0; i < 100; i++ {
+				b := testBody(seq, notBefore, 50+rng.Intn(900), true)
+				seq++
+				bodies = append(bodies, b)
+				want[string(b)] = notBefore
+			}
+			h.mustPost(fmt.Sprintf("/mpub?topic=a&binary=true&defer=%d", ms), mpubBinary(bodies))
+			wantA += len(bodies)
+		}
+	}
+	got := append(colA.waitCount(t, wantA, 30*time.Second), colB.waitCount(t, wantB, 30*time.Second)...)
+	time.Sleep(300 * time.Millisecond) // let any duplicate arrive
+	got = append(colA.snapshot(), colB.snapshot()...)
+	if len(got) != len(want) {
+		t.Fatalf("received %d messages, sent %d", len(got), len(want))
+	}
+	seen := map[string]bool{}
+	for _, r := range got {
+		nb, ok := want[string(r.body)]
+		if !ok {
+			t.Fatalf("received a body that was never sent (or was altered): % x", r.body[:16])
+		}
+		if seen[string(r.body)] {
+			t.Fatalf("message %d received twice", binary.BigEndian.Uint64(r.body))
+		}
+		seen[string(r.body)] = true
+		if r.at.Before(nb) {
+			t.Fatalf("message %d arrived %v early", binary.BigEndian.Uint64(r.body), nb.Sub(r.at))
+		}
+	}
+	s := h.stats()
+	if s.Published != uint64(len(want)) || s.Accepted != uint64(len(want)) || s.Pending != 0 || s.Early != 0 {
+		t.Fatalf("stats: accepted %d published %d pending %d early %d, want %d/%d/0/0",
+			s.Accepted, s.Published, s.Pending, s.Early, len(want), len(want))
+	}
+	if s.Lateness.P99 <= 0 || s.Lateness.Max < s.Lateness.P50 {
+		t.Fatalf("lateness percentiles look wrong: %+v", s.Lateness)
+	}
+}
+
+// A second /pub with a pending id is accepted and not scheduled twice;
+// /cancel removes a pending message once; a published id cannot be
+// cancelled; a cancelled message never arrives.
+func TestCancelAndIDDedupe(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
+	col := consume(t, node.TCPAddr, "c")
+
+	h.mustPost("/pub?topic=c&defer=60000&id=order-1", []byte("first"))
+	h.mustPost("/pub?topic=c&defer=60000&id=order-1", []byte("second"))
+	if s := h.stats(); s.Pending != 1 || s.Accepted != 1 {
+		t.Fatalf("after dedupe: pending %d accepted %d, want 1/1", s.Pending, s.Accepted)
+	}
+	if code, b := h.post("/cancel?id=order-1", nil); code != 200 || b != "OK" {
+		t.Fatalf("cancel pending: %d %q", code, b)
+	}
+	if code, b := h.post("/cancel?id=order-1", nil); code != 404 || b != `{"message":"NOT_FOUND"}` {
+		t.Fatalf("cancel twice: %d %q", code, b)
+	}
+	if code, _ := h.post("/cancel?id=never-seen", nil); code != 404 {
+		t.Fatalf("cancel unknown: %d", code)
+	}
+	// The id is free again after a cancel.
+	h.mustPost("/pub?topic=c&defer=100&id=order-1", []byte("third"))
+	h.mustPost("/pub?topic=c&defer=150&id=order-2", []byte("fourth"))
+	h.mustPost("/pub?topic=c&defer=60000&id=order-3", []byte("fifth"))
+	got := col.waitCount(t, 2, 10*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	got = col.snapshot()
+	var bodies []string
+	for _, r := range got {
+		bodies = append(bodies, string(r.body))
+	}
+	if strings.Join(bodies, ",") != "third,fourth" {
+		t.Fatalf("received %q, want third,fourth", bodies)
+	}
+	if code, _ := h.post("/cancel?id=order-2", nil); code != 404 {
+		t.Fatalf("cancel of a published message: %d, want 404", code)
+	}
+	if code, _ := h.post("/cancel?id=order-3", nil); code != 200 {
+		t.Fatalf("cancel order-3: %d", code)
+	}
+	s := h.stats()
+	if s.Pending != 0 || s.Cancelled != 2 || s.Published != 2 {
+		t.Fatalf("stats: pending %d cancelled %d published %d, want 0/2/2", s.Pending, s.Cancelled, s.Published)
+	}
+}
+
+// at= is an absolute due time; a time in the past publishes at once.
+func TestAbsoluteDueTime(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
+	col := consume(t, node.TCPAddr, "at")
+	at := time.Now().Add(700 * time.Millisecond)
+	atMs := at.UnixMilli() + 1
+	h.mustPost(fmt.Sprintf("/pub?topic=at&at=%d", atMs), []byte("later"))
+	h.mustPost(fmt.Sprintf("/pub?topic=at&at=%d", time.Now().Add(-time.Hour).UnixMilli()), []byte("past"))
+	got := col.waitCount(t, 2, 10*time.Second)
+	if string(got[0].body) != "past" || string(got[1].body) != "later" {
+		t.Fatalf("order %q, %q", got[0].body, got[1].body)
+	}
+	if got[1].at.UnixMilli() < atMs {
+		t.Fatalf("at= message arrived %v early", time.UnixMilli(atMs).Sub(got[1].at))
+	}
+}
+
+// Bad requests of every kind get their 4xx and leave pending messages
+// intact: everything accepted before and after still arrives.
+func TestBadInputKeepsPending(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
+	col := consume(t, node.TCPAddr, "k")
+	for i := 0; i < 50; i++ {
+		h.mustPost("/pub?topic=k&defer=800", []byte(fmt.Sprintf("m%d", i)))
+	}
+	bad := []struct {
+		path string
+		body []byte
+		code int
+	}{
+		{"/pub", []byte("x"), 400},
+		{"/pub?topic=", []byte("x"), 400},
+		{"/pub?topic=bad%20name", []byte("x"), 400},
+		{"/pub?topic=k", nil, 400},
+		{"/pub?topic=k&defer=-1", []byte("x"), 400},
+		{"/pub?topic=k&defer=abc", []byte("x"), 400},
+		{"/pub?topic=k&defer=99999999999999", []byte("x"), 400},
+		{"/mpub?topic=k&binary=true", []byte{0, 0, 0, 5, 0, 0}, 413}, // nsqd: 413 BAD_BODY
+		{"/pub?topic=k", bytes.Repeat([]byte("x"), 2<<20), 413},
+		{"/nope", nil, 404},
+	}
+	for _, c := range bad {
+		if code, _ := h.post(c.path, c.body); code != c.code {
+			t.Errorf("POST %s: %d, want %d", c.path, code, c.code)
+		}
+	}
+	if s := h.stats(); s.Pending != 50 {
+		t.Fatalf("pending %d after bad input, want 50", s.Pending)
+	}
+	h.mustPost("/pub?topic=k", []byte("after"))
+	got := col.waitCount(t, 51, 10*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	if got = col.snapshot(); len(got) != 51 {
+		t.Fatalf("received %d, want 51", len(got))
+	}
+}
+
+// Past --max-pending deferd answers 503 OVER_CAPACITY and keeps what it
+// holds.
+func TestCapacityLimit(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	o := testOptions(t.TempDir(), node.TCPAddr)
+	o.MaxPending = 10
+	h := startHarness(t, o)
+	for i := 0; i < 10; i++ {
+		h.mustPost("/pub?topic=cap&defer=60000", []byte("x"))
+	}
+	if code, b := h.post("/pub?topic=cap&defer=60000", []byte("x")); code != 503 || b != `{"message":"OVER_CAPACITY"}` {
+		t.Fatalf("over capacity: %d %q", code, b)
+	}
+	if code, _ := h.post("/mpub?topic=cap", []byte("a\nb")); code != 503 {
+		t.Fatalf("mpub over capacity: %d", code)
+	}
+	if s := h.stats(); s.Pending != 10 {
+		t.Fatalf("pending %d, want 10", s.Pending)
+	}
+}
+
+// nsqd stopped and restarted mid-run loses nothing: messages due while it
+// is down wait and go out when it is back.
+func TestNSQDRestartLosesNothing(t *testing.T) {
+	dataDir := t.TempDir()
+	node, err := nsqdnode.Start(nsqdnode.Config{DataPath: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, httpAddr := node.TCPAddr, node.HTTPAddr
+	h := startHarness(t, testOptions(t.TempDir(), addr))
+
+	const n = 600
+	for i := 0; i < n; i++ {
+		h.mustPost(fmt.Sprintf("/pub?topic=r&defer=%d", i*3), []byte(fmt.Sprintf("r%d", i)))
+	}
+	time.Sleep(400 * time.Millisecond)
+	node.Exit() // down for a while: messages fall due meanwhile
+	time.Sleep(1500 * time.Millisecond)
+	if s := h.stats(); s.Retried == 0 {
+		t.Errorf("expected failed publishes to be retried while nsqd was down; stats %+v", s)
+	}
+	node2, err := nsqdnode.Start(nsqdnode.Config{DataPath: dataDir, TCPAddress: addr, HTTPAddress: httpAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node2.Exit)
+	col := consume(t, addr, "r")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		seen := map[string]bool{}
+		for _, r := range col.snapshot() {
+			seen[string(r.body)] = true
+		}
+		if len(seen) == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d distinct messages of %d after nsqd restart; stats %+v", len(seen), n, h.stats())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if s := h.stats(); s.Pending != 0 {
+		t.Fatalf("pending %d after everything arrived", s.Pending)
+	}
+}
+
+// A graceful stop keeps what is pending; a restart on the same journal
+// recovers it with its due time kept (long delays stay pending and can be
+// cancelled by id; short ones arrive after, never before, their due time).
+func TestRestartKeepsDelays(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	dir := t.TempDir()
+	h := startHarness(t, testOptions(dir, node.TCPAddr))
+	sent := time.Now()
+	for i := 0; i < 20; i++ {
+		h.mustPost(fmt.Sprintf("/pub?topic=long&defer=%d&id=long-%d", 2*3600*1000, i), []byte("long"))
+	}
+	for i := 0; i < 30; i++ {
+		h.mustPost("/pub?topic=short&defer=1500", []byte(fmt.Sprintf("s%d", i)))
+	}
+	h.stop()
+
+	h2 := startHarness(t, testOptions(dir, node.TCPAddr))
+	if r := h2.e.Recovery(); r.Live != 50 {
+		t.Fatalf("recovered %d live, want 50 (%+v)", r.Live, r)
+	}
+	col := consume(t, node.TCPAddr, "short")
+	got := col.waitCount(t, 30, 15*time.Second)
+	for _, r := range got {
+		if r.at.Before(sent.Add(1500 * time.Millisecond)) {
+			t.Fatalf("%s arrived %v before its due time", r.body, sent.Add(1500*time.Millisecond).Sub(r.at))
+		}
+	}
+	if code, b := h2.post("/cancel?id=long-7", nil); code != 200 {
+		t.Fatalf("cancel after restart: %d %q", code, b)
+	}
+	if s := h2.stats(); s.Pending != 19 || s.PendingByTopic["long"] != 19 {
+		t.Fatalf("pending %d (long %d), want 19", s.Pending, s.PendingByTopic["long"])
+	}
+	// The dedupe index survived too.
+	h2.mustPost("/pub?topic=long&defer=1000&id=long-3", []byte("dup"))
+	if s := h2.stats(); s.Pending != 19 {
+		t.Fatalf("pending %d after a duplicate id, want 19", s.Pending)
+	}
+}

@@ -1,0 +1,99 @@
+package engine
+
+import (
+	"sync"
+
+	"github.com/deferd/deferd/journal"
+	"github.com/deferd/deferd/wheel"
+)
+
+// task is one pool task: up to TaskSize due messages, their bodies read
+// back from the journal into one arena, grouped by topic. Tasks are pooled;
+// a task's memory is reused, never kept by anyone after putTask.
+type task struct {
+	items   []wheel.Item[ref]
+	scratch []byte
+	arena   []byte
+	groups  []*group
+	byTopic map[string]*group
+	bodies  [][]byte
+	keys    []journal.Key
+	spare   []*group
+}
+
+type group struct {
+	topic string
+	msgs  []msgRef
+}
+
+// msgRef locates one message of a task: its wheel item, client id, due time
+// (unix ms) and body in the task's arena.
+type msgRef struct {
+	item       int
+	id         string
+	due        int64
+	start, end int
+}
+
+var taskPool = sync.Pool{New: func() any { return &task{byTopic: make(map[string]*group)} }}
+
+func getTask() *task { return taskPool.Get().(*task) }
+
+func putTask(t *task) {
+	t.reset()
+	t.items = t.items[:0]
+	taskPool.Put(t)
+}
+
+func (t *task) reset() {
+	t.arena = t.arena[:0]
+	for _, g := range t.groups {
+		g.msgs = g.msgs[:0]
+		t.spare = append(t.spare, g)
+	}
+	t.groups = t.groups[:0]
+	clear(t.byTopic)
+}
+
+func (t *task) add(topic string, r msgRef) {
+	g := t.byTopic[topic]
+	if g == nil {
+		if n := len(t.spare); n > 0 {
+			g = t.spare[n-1]
+			t.spare = t.spare[:n-1]
+		} else {
+			g = &group{}
+		}
+		g.topic = topic
+		t.byTopic[topic] = g
+		t.groups = append(t.groups, g)
+	}
+	g.msgs = append(g.msgs, r)
+}
+
+// pubBuf holds the per-request journal messages and positions of Publish.
+type pubBuf struct {
+	msgs []journal.Message
+	pos  []journal.Pos
+}
+
+var pubBufPool sync.Pool
+
+func getPubBuf(n int) *pubBuf {
+	b, _ := pubBufPool.Get().(*pubBuf)
+	if b == nil {
+		b = &pubBuf{}
+	}
+	if cap(b.msgs) < n {
+		b.msgs = make([]journal.Message, n)
+		b.pos = make([]journal.Pos, n)
+	}
+	b.msgs = b.msgs[:n]
+	b.pos = b.pos[:n]
+	return b
+}
+
+func putPubBuf(b *pubBuf) {
+	clear(b.msgs) // drop references to request memory
+	pubBufPool.Put(b)
+}
