@@ -1,0 +1,268 @@
+package journal
+
+import (
+	"fmt"
+	"os"
+	"time"
+)
+
+// run is the flusher goroutine: it swaps the current group out, writes it
+// (one write(2) per segment touched), fsyncs per mode, updates liveness,
+// releases the group's waiters and deletes dead segments oldest-first. It
+// is started by Recover and stopped by Close.
+func (j *Journal) run() {
+	defer close(j.stopped)
+	var tick <-chan time.Time
+	if j.opts.Fsync == FsyncInterval {
+		t := time.NewTicker(j.opts.FsyncInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-j.kick:
+			j.flush()
+		case <-tick:
+			j.syncDirty()
+		case <-j.stop:
+			for j.flush() {
+			}
+			j.syncDirty()
+			return
+		}
+	}
+}
+
+// flush writes the current group, if any; it reports whether it did.
+func (j *Journal) flush() bool {
+	j.mu.Lock()
+	g := j.cur
+	if len(g.buf) == 0 {
+		j.mu.Unlock()
+		return false
+	}
+	j.newGroupLocked()
+	j.cond.Broadcast()
+	j.mu.Unlock()
+
+	if err := j.writeGroup(g); err != nil {
+		j.fail(g, err)
+		return true
+	}
+
+	j.mu.Lock()
+	var nmsg, ndone uint64
+	for i := range g.ranges {
+		r := &g.ranges[i]
+		s := r.seg
+		s.written = r.off + int64(r.end-r.start)
+		s.count += r.nmsg
+		s.live += int64(r.nmsg)
+		s.msgBytes += r.msgBytes
+		nmsg += uint64(r.nmsg)
+		ndone += r.ndone
+	}
+	t := j.table.Load()
+	for _, k := range g.moved {
+		if s := t.get(k.Seg); s != nil {
+			s.kill(k.Ord)
+		}
+	}
+	dels := j.collectDeletableLocked()
+	if cap(g.buf) <= 2*j.opts.GroupBytes {
+		j.spare = g.buf[:0]
+	}
+	j.mu.Unlock()
+	j.stats.appends.Add(nmsg)
+	j.stats.doneRecs.Add(ndone)
+	j.stats.groups.Add(1)
+	close(g.done)
+	j.deleteSegments(dels)
+	return true
+}
+
+// writeGroup writes g's ranges and fsyncs per mode. Flusher only.
+func (j *Journal) writeGroup(g *group) error {
+	for i := range g.ranges {
+		r := &g.ranges[i]
+		s := r.seg
+		if s != j.wseg {
+			// Rolling over: make the sealed segment durable first.
+			if j.opts.Fsync != FsyncNever {
+				if err := j.syncDirty(); err != nil {
+					return err
+				}
+			}
+			j.wseg, j.dirty = s, false
+		}
+		if s.f == nil {
+			f, err := os.OpenFile(j.segPath(s.id), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+			if err != nil {
+				return fmt.Errorf("journal: create segment %d: %w", s.id, err)
+			}
+			s.fmu.Lock()
+			s.f = f
+			s.fmu.Unlock()
+			if j.opts.Fsync != FsyncNever {
+				syncDir(j.opts.Dir)
+			}
+		}
+		if r.end > r.start {
+			j.dirty = true
+			if _, err := j.writeAt(s.f, g.buf[r.start:r.end], r.off); err != nil {
+				return fmt.Errorf("journal: write segment %d at %d: %w", s.id, r.off, err)
+			}
+		}
+	}
+	if j.opts.Fsync == FsyncAlways {
+		return j.syncDirty()
+	}
+	return nil
+}
+
+// syncDirty fsyncs the segment last written if it has unsynced writes.
+// Flusher only.
+func (j *Journal) syncDirty() error {
+	if j.wseg == nil || !j.dirty || j.wseg.f == nil {
+		return nil
+	}
+	if err := j.wseg.f.Sync(); err != nil {
+		j.logf("journal: fsync segment %d: %v", j.wseg.id, err)
+		return fmt.Errorf("journal: fsync segment %d: %w", j.wseg.id, err)
+	}
+	j.dirty = false
+	j.stats.fsyncs.Add(1)
+	return nil
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
+
+// fail handles a failed group write: it truncates the partial write away,
+// rewinds the writer to the group's start, fails the group being filled
+// behind it (its positions assumed g's bytes), re-queues the Done records
+// of both, and releases both groups' waiters with err. Flusher only.
+func (j *Journal) fail(g *group, err error) {
+	j.stats.writeErrs.Add(1)
+	j.logf("journal: %v (group of %d bytes failed; journal stays open)", err, len(g.buf))
+	j.mu.Lock()
+	next := j.cur // the group being filled behind g
+	r0 := g.ranges[0]
+	rs := r0.seg
+	t := j.table.Load()
+	var drop []*segment
+	keep := t.segs
+	for i, s := range t.segs {
+		if s != nil && s.id > rs.id {
+			drop = append(drop, t.segs[i:]...)
+			keep = t.segs[:i:i]
+			break
+		}
+	}
+	if len(drop) > 0 {
+		j.table.Store(&segTable{base: t.base, segs: keep})
+	}
+	rs.end, rs.nextOrd = r0.off, r0.ord0
+	j.active = rs
+	if rs.f != nil {
+		if terr := rs.f.Truncate(r0.off); terr != nil {
+			j.logf("journal: truncate segment %d to %d after write error: %v", rs.id, r0.off, terr)
+		}
+	}
+	for _, s := range drop {
+		s.fmu.Lock()
+		if s.f != nil {
+			s.f.Close()
+			s.f = nil
+			os.Remove(j.segPath(s.id))
+		}
+		s.fmu.Unlock()
+	}
+	j.wseg, j.dirty = rs, true
+
+	// Re-queue Done records: their marks are already applied in memory.
+	j.newGroupLocked()
+	requeued := 0
+	for _, src := range []*group{g, next} {
+		for _, d := range src.dones {
+			frame := src.buf[d[0]:d[1]]
+			ng, r := j.placeLocked(len(frame))
+			st := len(ng.buf)
+			ng.buf = append(ng.buf, frame...)
+			r.end = len(ng.buf)
+			r.ndone++
+			r.seg.end += int64(len(frame))
+			ng.dones = append(ng.dones, [2]int{st, len(ng.buf)})
+			requeued++
+		}
+	}
+	j.cond.Broadcast()
+	j.mu.Unlock()
+
+	g.err = err
+	close(g.done)
+	if next != g {
+		next.err = err
+		close(next.done)
+	}
+	if requeued > 0 {
+		j.kickFlusher()
+	}
+}
+
+// collectDeletableLocked removes from the table the oldest segments that are
+// sealed, fully written and have no live message, stopping at the first
+// that is not (oldest-first: a newer segment may hold the Done marks of an
+// older one). j.mu held.
+func (j *Journal) collectDeletableLocked() []*segment {
+	t := j.table.Load()
+	i := 0
+	for i < len(t.segs) {
+		s := t.segs[i]
+		if s != nil && (s == j.active || s.live > 0 || s.written != s.end) {
+			break
+		}
+		i++
+	}
+	if i == 0 {
+		return nil
+	}
+	var dels []*segment
+	for _, s := range t.segs[:i] {
+		if s != nil {
+			dels = append(dels, s)
+		}
+	}
+	j.table.Store(&segTable{base: t.base + uint32(i), segs: t.segs[i:]})
+	return dels
+}
+
+// deleteSegments closes and unlinks dels after making the head durable (so
+// Moved records that killed their messages cannot be lost while the old
+// copies are gone). It waits for concurrent Reads of those segments.
+// Flusher only.
+func (j *Journal) deleteSegments(dels []*segment) {
+	if len(dels) == 0 {
+		return
+	}
+	if j.opts.Fsync != FsyncNever {
+		j.syncDirty()
+	}
+	for _, s := range dels {
+		s.fmu.Lock()
+		if s.f != nil {
+			s.f.Close()
+			s.f = nil
+		}
+		s.fmu.Unlock()
+		if err := os.Remove(j.segPath(s.id)); err != nil && !os.IsNotExist(err) {
+			j.logf("journal: delete segment %d: %v", s.id, err)
+			continue
+		}
+		j.stats.deleted.Add(1)
+	}
+}

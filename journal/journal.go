@@ -1,0 +1,766 @@
+package journal
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Key identifies an accepted message: its segment id and its ordinal among
+// that segment's message records (Accept and Moved). The zero Key is never
+// assigned (segment ids start at 1).
+type Key struct{ Seg, Ord uint32 }
+
+// Pos is where a message record lives: its Key plus the byte offset and
+// length of its frame in the segment file. It is pointer-free (16 bytes) so
+// the timing wheel can hold millions of them without GC cost.
+type Pos struct{ Seg, Ord, Off, Len uint32 }
+
+// Key returns the message's key.
+func (p Pos) Key() Key { return Key{p.Seg, p.Ord} }
+
+// Message is one delayed message as journaled.
+type Message struct {
+	ID    string // client id, may be ""
+	Topic string
+	Due   int64 // unix milliseconds
+	Body  []byte
+}
+
+// FsyncMode says when appended records are fsynced. The zero value is
+// FsyncInterval.
+type FsyncMode uint8
+
+const (
+	// FsyncInterval fsyncs the active segment every Options.FsyncInterval
+	// if it was written; Append returns once data is in the OS.
+	FsyncInterval FsyncMode = iota
+	// FsyncAlways fsyncs every group before Append returns.
+	FsyncAlways
+	// FsyncNever leaves flushing to the OS (Close still fsyncs).
+	FsyncNever
+)
+
+// ParseFsyncMode parses "always", "interval" or "never".
+func ParseFsyncMode(s string) (FsyncMode, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "interval", "":
+		return FsyncInterval, nil
+	case "always":
+		return FsyncAlways, nil
+	case "never":
+		return FsyncNever, nil
+	}
+	return 0, fmt.Errorf("journal: fsync mode %q: want always, interval or never", s)
+}
+
+// String returns "interval", "always" or "never".
+func (m FsyncMode) String() string {
+	switch m {
+	case FsyncInterval:
+		return "interval"
+	case FsyncAlways:
+		return "always"
+	case FsyncNever:
+		return "never"
+	}
+	return "FsyncMode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// DoneKind is why a message is finished.
+type DoneKind uint8
+
+const (
+	Published DoneKind = 1
+	Cancelled DoneKind = 2
+)
+
+// Options configures Open. The zero value of each field but Dir selects its
+// default.
+type Options struct {
+	Dir           string                           // required; created if missing
+	SegmentBytes  int64                            // roll over past this size; default 64 MiB
+	Fsync         FsyncMode                        // default FsyncInterval
+	FsyncInterval time.Duration                    // default 100ms (FsyncInterval mode)
+	Logf          func(format string, args ...any) // nil = log.Printf
+
+	// GroupBytes caps one write group's buffer; appenders wait while the
+	// group is full. Default 4 MiB. Memory use is about twice this.
+	GroupBytes int
+}
+
+// Errors.
+var (
+	ErrClosed       = errors.New("journal: closed")
+	ErrTooLarge     = errors.New("journal: record larger than MaxRecordBytes")
+	ErrNotLive      = errors.New("journal: message is not live")
+	ErrNotFound     = errors.New("journal: segment not found (deleted)")
+	ErrNotRecovered = errors.New("journal: Recover must be called once before appending")
+	ErrBadPos       = errors.New("journal: position does not hold a message record")
+)
+
+// Report describes one recovery.
+type Report struct {
+	Segments       int      // segment files scanned
+	Records        int      // valid records (all types)
+	Live           int      // live messages passed to fn
+	Bytes          int64    // bytes scanned
+	TornTails      int      // torn tails truncated (last segment only)
+	TruncatedBytes int64    // bytes removed by truncation
+	Corrupt        []string // one line per corrupt region; never empty when data was lost
+	Duration       time.Duration
+}
+
+// Stats is a snapshot of counters. See Journal.Stats.
+type Stats struct {
+	Segments     int
+	DiskBytes    int64  // bytes written to segment files still present
+	Live         int64  // live messages
+	LiveBytes    int64  // estimated bytes of live message records
+	Appends      uint64 // message records written (Accept+Moved)
+	DoneRecords  uint64 // Done records written
+	Groups       uint64 // write groups (one write(2) per segment touched)
+	Fsyncs       uint64
+	WriteErrors  uint64
+	Corrupt      uint64 // corrupt regions found (recovery, ScanLive, Read)
+	Deleted      uint64 // segments deleted
+	LastRecovery Report
+}
+
+// segment is one segment file plus its liveness.
+type segment struct {
+	id uint32
+
+	fmu sync.RWMutex // guards f against close during ReadAt
+	f   *os.File     // nil until the flusher creates the file, and after deletion
+
+	// Guarded by Journal.mu.
+	end      int64    // logical end: bytes encoded for this segment
+	nextOrd  uint32   // ordinals assigned
+	written  int64    // bytes written to the OS
+	count    uint32   // ordinals written (messages + lost)
+	live     int64    // written messages not marked dead
+	msgBytes int64    // bytes of written message frames
+	dead     []uint64 // bit per ordinal
+}
+
+func (s *segment) isDead(ord uint32) bool {
+	w := int(ord >> 6)
+	return w < len(s.dead) && s.dead[w]&(1<<(ord&63)) != 0
+}
+
+// kill marks ord dead; it reports whether it was live.
+func (s *segment) kill(ord uint32) bool {
+	if ord >= s.count || s.isDead(ord) {
+		return false
+	}
+	w := int(ord >> 6)
+	for w >= len(s.dead) {
+		s.dead = append(s.dead, 0)
+	}
+	s.dead[w] |= 1 << (ord & 63)
+	s.live--
+	return true
+}
+
+// liveBytes estimates the live bytes as the average message frame size
+// times the live count (per-ordinal sizes are not kept, to keep liveness at
+// one bit per message).
+func (s *segment) liveBytes() int64 {
+	if s.count == 0 || s.live <= 0 {
+		return 0
+	}
+	return int64(float64(s.msgBytes) * float64(s.live) / float64(s.count))
+}
+
+// segTable is an immutable snapshot of the segment list, replaced
+// copy-on-write under Journal.mu and read lock-free by Read.
+type segTable struct {
+	base uint32 // id of segs[0]
+	segs []*segment
+}
+
+func (t *segTable) get(id uint32) *segment {
+	if t == nil || id < t.base || int(id-t.base) >= len(t.segs) {
+		return nil
+	}
+	return t.segs[id-t.base]
+}
+
+// rng is a run of a group's buffer that goes to one segment.
+type rng struct {
+	seg        *segment
+	start, end int   // in group.buf
+	off        int64 // file offset of start
+	nmsg       uint32
+	msgBytes   int64
+	ndone      uint64
+	ord0       uint32 // seg.nextOrd when the range began
+}
+
+// group is one group commit: records encoded by many callers, written by
+// the flusher with one write(2) per segment touched.
+type group struct {
+	buf    []byte
+	ranges []rng
+	dones  [][2]int // Done frames in buf, re-queued if the group fails
+	moved  []Key    // old keys to mark dead once written
+	done   chan struct{}
+	err    error
+}
+
+// Journal is a durable, segmented, group-committed log. All methods are
+// safe for concurrent use. Use Open, then Recover once, then the rest.
+type Journal struct {
+	opts   Options
+	logf   func(string, ...any)
+	lock   *os.File
+	table  atomic.Pointer[segTable]
+	closed atomic.Bool
+
+	mu        sync.Mutex
+	cond      *sync.Cond // signalled when cur is swapped or the journal closes
+	cur       *group
+	spare     []byte
+	active    *segment
+	recovered bool
+	closing   bool
+
+	kick    chan struct{}
+	stop    chan struct{}
+	stopped chan struct{}
+	closeMu sync.Mutex
+
+	// Flusher-owned.
+	wseg  *segment // segment last written
+	dirty bool     // wseg written since its last fsync
+
+	// writeAt is the file write used by the flusher; tests inject errors.
+	writeAt func(f *os.File, b []byte, off int64) (int, error)
+
+	stats struct {
+		appends, doneRecs, groups, fsyncs, writeErrs, corrupt, deleted atomic.Uint64
+	}
+	lastReport Report
+}
+
+const segSuffix = ".seg"
+
+func (j *Journal) segPath(id uint32) string {
+	return filepath.Join(j.opts.Dir, fmt.Sprintf("%08d%s", id, segSuffix))
+}
+
+// Open creates Dir if needed, takes an exclusive flock on Dir/LOCK so that
+// two processes cannot share it, and checks that Dir is writable. It does
+// not read segments: call Recover next. Cost: a few syscalls.
+func Open(opts Options) (*Journal, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("journal: Options.Dir is required")
+	}
+	if opts.SegmentBytes <= 0 {
+		opts.SegmentBytes = 64 << 20
+	}
+	if opts.FsyncInterval <= 0 {
+		opts.FsyncInterval = 100 * time.Millisecond
+	}
+	if opts.GroupBytes <= 0 {
+		opts.GroupBytes = 4 << 20
+	}
+	if opts.Fsync > FsyncNever {
+		return nil, fmt.Errorf("journal: bad fsync mode %d", opts.Fsync)
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("journal: create dir: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(opts.Dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("journal: dir %s not writable: %w", opts.Dir, err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lf.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("journal: dir %s is in use by another process (LOCK held)", opts.Dir)
+		}
+		return nil, fmt.Errorf("journal: lock %s: %w", opts.Dir, err)
+	}
+	if err := probeWritable(opts.Dir); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("journal: dir %s not writable: %w", opts.Dir, err)
+	}
+	j := &Journal{
+		opts:    opts,
+		logf:    opts.Logf,
+		lock:    lf,
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		stopped: make(chan struct{}),
+		writeAt: func(f *os.File, b []byte, off int64) (int, error) { return f.WriteAt(b, off) },
+	}
+	if j.logf == nil {
+		j.logf = log.Printf
+	}
+	j.cond = sync.NewCond(&j.mu)
+	j.table.Store(&segTable{})
+	return j, nil
+}
+
+func probeWritable(dir string) error {
+	f, err := os.CreateTemp(dir, ".probe-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	defer os.Remove(name)
+	if _, err := f.Write([]byte{0}); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// listSegments returns the segment ids in Dir, ascending.
+func listSegments(dir string) ([]uint32, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var ids []uint32
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasSuffix(name, segSuffix) || e.IsDir() {
+			continue
+		}
+		id, err := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 10, 32)
+		if err != nil || id == 0 {
+			continue
+		}
+		ids = append(ids, uint32(id))
+	}
+	sort.Slice(ids, func(a, b int) bool { return ids[a] < ids[b] })
+	return ids, nil
+}
+
+// newGroupLocked installs a fresh current group starting at the writer's
+// position. j.mu held.
+func (j *Journal) newGroupLocked() {
+	buf := j.spare
+	j.spare = nil
+	j.cur = &group{buf: buf[:0], done: make(chan struct{})}
+}
+
+// placeLocked makes room for an n-byte frame in the current group, rolling
+// the segment over if needed, and returns the group and its range for the
+// frame. It does not wait. j.mu held.
+func (j *Journal) placeLocked(n int) (*group, *rng) {
+	s := j.active
+	if s.end > 0 && s.end+int64(n) > j.opts.SegmentBytes {
+		ns := &segment{id: s.id + 1}
+		t := j.table.Load()
+		nt := &segTable{base: t.base, segs: append(t.segs[:len(t.segs):len(t.segs)], ns)}
+		if len(t.segs) == 0 {
+			nt.base = ns.id
+		}
+		j.table.Store(nt)
+		j.active = ns
+		s = ns
+	}
+	g := j.cur
+	if k := len(g.ranges); k == 0 || g.ranges[k-1].seg != s {
+		g.ranges = append(g.ranges, rng{seg: s, start: len(g.buf), end: len(g.buf), off: s.end, ord0: s.nextOrd})
+	}
+	return g, &g.ranges[len(g.ranges)-1]
+}
+
+// roomLocked waits until the current group can take n more bytes (an
+// empty group takes any size), then places the frame. j.mu held; it may be
+// released while waiting.
+func (j *Journal) roomLocked(n int) (*group, *rng, error) {
+	for {
+		if j.closing {
+			return nil, nil, ErrClosed
+		}
+		if !j.recovered {
+			return nil, nil, ErrNotRecovered
+		}
+		if len(j.cur.buf) == 0 || len(j.cur.buf)+n <= j.opts.GroupBytes {
+			break
+		}
+		j.kickFlusher()
+		j.cond.Wait()
+	}
+	g, r := j.placeLocked(n)
+	return g, r, nil
+}
+
+func (j *Journal) kickFlusher() {
+	select {
+	case j.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Append journals msgs, group-committing them with other callers' records
+// into one write(2) per segment (and one fsync per group in FsyncAlways
+// mode). It returns once they are written to the OS (FsyncAlways: on disk).
+// pos[i] receives msgs[i]'s position; len(pos) must be >= len(msgs).
+// Safe for concurrent use; the caller keeps ownership of msgs (they are
+// copied). Cost: one memcpy and CRC per message under j.mu, plus waiting
+// for the group. On a write error (e.g. ENOSPC) the partial write is
+// truncated away and the error returned; both the failing group and the
+// group being filled behind it fail, and the journal stays usable.
+func (j *Journal) Append(msgs []Message, pos []Pos) error {
+	if len(pos) < len(msgs) {
+		return errors.New("journal: Append: len(pos) < len(msgs)")
+	}
+	for i := range msgs {
+		if msgFrameLen(&msgs[i], false) > MaxRecordBytes {
+			return ErrTooLarge
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	var groups [4]*group
+	gs := groups[:0]
+	j.mu.Lock()
+	for i := range msgs {
+		m := &msgs[i]
+		n := msgFrameLen(m, false)
+		g, r, err := j.roomLocked(n)
+		if err != nil {
+			j.mu.Unlock()
+			j.waitGroups(gs) // earlier messages may be in flight; let them land
+			return err
+		}
+		s := r.seg
+		pos[i] = Pos{Seg: s.id, Ord: s.nextOrd, Off: uint32(s.end), Len: uint32(n)}
+		g.buf = appendMsgFrame(g.buf, s.nextOrd, nil, m)
+		r.end = len(g.buf)
+		r.nmsg++
+		r.msgBytes += int64(n)
+		s.end += int64(n)
+		s.nextOrd++
+		if len(gs) == 0 || gs[len(gs)-1] != g {
+			gs = append(gs, g)
+		}
+	}
+	j.mu.Unlock()
+	j.kickFlusher()
+	return j.waitGroups(gs)
+}
+
+func (j *Journal) waitGroups(gs []*group) error {
+	var first error
+	for _, g := range gs {
+		<-g.done
+		if g.err != nil && first == nil {
+			first = g.err
+		}
+	}
+	return first
+}
+
+// AppendMoved rewrites m at the log head in one Moved record that also
+// marks old dead (compaction). It returns once written, like Append; old is
+// marked dead in memory only after the write succeeded. It returns
+// ErrNotLive if old is not live (the caller must not Done old concurrently).
+func (j *Journal) AppendMoved(old Key, m *Message) (Pos, error) {
+	n := msgFrameLen(m, true)
+	if n > MaxRecordBytes {
+		return Pos{}, ErrTooLarge
+	}
+	j.mu.Lock()
+	if olds := j.table.Load().get(old.Seg); olds == nil || old.Ord >= olds.count || olds.isDead(old.Ord) {
+		j.mu.Unlock()
+		return Pos{}, ErrNotLive
+	}
+	g, r, err := j.roomLocked(n)
+	if err != nil {
+		j.mu.Unlock()
+		return Pos{}, err
+	}
+	s := r.seg
+	p := Pos{Seg: s.id, Ord: s.nextOrd, Off: uint32(s.end), Len: uint32(n)}
+	g.buf = appendMsgFrame(g.buf, s.nextOrd, &old, m)
+	r.end = len(g.buf)
+	r.nmsg++
+	r.msgBytes += int64(n)
+	s.end += int64(n)
+	s.nextOrd++
+	g.moved = append(g.moved, old)
+	j.mu.Unlock()
+	j.kickFlusher()
+	<-g.done
+	if g.err != nil {
+		return Pos{}, g.err
+	}
+	return p, nil
+}
+
+// Done marks keys finished (in memory at once) and queues one Done record
+// listing them, which goes out with the next group; it does not wait for
+// the write, so a crash just after Done may redeliver (at-least-once).
+// Idempotent per key: keys already dead, unknown, or in deleted segments
+// are ignored. Safe for concurrent use. Cost: O(len(keys)) under j.mu; it
+// waits only if the current group is full.
+func (j *Journal) Done(kind DoneKind, keys []Key) error {
+	if kind != Published && kind != Cancelled {
+		return fmt.Errorf("journal: bad DoneKind %d", kind)
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.closing {
+		return ErrClosed
+	}
+	if !j.recovered {
+		return ErrNotRecovered
+	}
+	t := j.table.Load()
+	var batch []Key
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		n := headerLen + 2 + 8*len(batch)
+		g, r, err := j.roomLocked(n)
+		if err != nil {
+			return err
+		}
+		st := len(g.buf)
+		g.buf = appendDoneFrame(g.buf, kind, batch)
+		r.end = len(g.buf)
+		r.ndone++
+		r.seg.end += int64(n)
+		g.dones = append(g.dones, [2]int{st, len(g.buf)})
+		batch = batch[:0]
+		return nil
+	}
+	for i, k := range keys {
+		s := t.get(k.Seg)
+		if s == nil || !s.kill(k.Ord) {
+			continue
+		}
+		if batch == nil {
+			batch = make([]Key, 0, min(len(keys)-i, maxDoneKeys))
+		}
+		batch = append(batch, k)
+		if len(batch) == maxDoneKeys {
+			if err := flush(); err != nil {
+				return err
+			}
+			t = j.table.Load()
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	j.kickFlusher()
+	return nil
+}
+
+// Read reads the record at p with one pread (page cache) into buf, grown if
+// short, and decodes it. The returned Message's Body aliases the returned
+// buffer; ID and Topic are fresh strings. Safe for concurrent use,
+// including with Append and segment deletion (a deleted segment gives
+// ErrNotFound). Cost: one pread, one CRC, two small allocations.
+func (j *Journal) Read(p Pos, buf []byte) (Message, []byte, error) {
+	s := j.table.Load().get(p.Seg)
+	if s == nil {
+		return Message{}, buf, ErrNotFound
+	}
+	if p.Len < minMsgFrame || p.Len > MaxRecordBytes {
+		return Message{}, buf, ErrBadPos
+	}
+	if cap(buf) < int(p.Len) {
+		buf = make([]byte, p.Len)
+	}
+	buf = buf[:p.Len]
+	s.fmu.RLock()
+	if s.f == nil {
+		s.fmu.RUnlock()
+		if j.closed.Load() {
+			return Message{}, buf, ErrClosed
+		}
+		return Message{}, buf, ErrNotFound
+	}
+	_, err := s.f.ReadAt(buf, int64(p.Off))
+	s.fmu.RUnlock()
+	if err != nil {
+		return Message{}, buf, fmt.Errorf("journal: read segment %d at %d: %w", p.Seg, p.Off, err)
+	}
+	typ, payload, n, err := decodeFrame(buf)
+	if err != nil || n != int(p.Len) || typ == recDone {
+		if err == nil {
+			err = ErrBadPos
+		}
+		j.stats.corrupt.Add(1)
+		return Message{}, buf, fmt.Errorf("journal: record at segment %d offset %d: %w", p.Seg, p.Off, err)
+	}
+	var r rawMsg
+	if err := decodeMsg(typ, payload, &r); err != nil || r.ord != p.Ord {
+		if err == nil {
+			err = ErrBadPos
+		}
+		return Message{}, buf, fmt.Errorf("journal: record at segment %d offset %d: %w", p.Seg, p.Off, err)
+	}
+	return Message{ID: string(r.id), Topic: string(r.topic), Due: r.due, Body: r.body}, buf, nil
+}
+
+// Compactable returns a sealed segment worth compacting: the oldest sealed
+// segment with live messages, provided total segment bytes exceed twice the
+// (estimated) live bytes plus one segment of slack. ok is false when none.
+// Cost: O(segments) under j.mu.
+func (j *Journal) Compactable() (seg uint32, ok bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.active == nil {
+		return 0, false
+	}
+	var total, live int64
+	var cand *segment
+	for _, s := range j.table.Load().segs {
+		if s == nil {
+			continue
+		}
+		total += s.end
+		live += s.liveBytes()
+		if cand == nil && s != j.active && s.live > 0 {
+			cand = s
+		}
+	}
+	if cand == nil || total <= 2*live+j.opts.SegmentBytes {
+		return 0, false
+	}
+	return cand.id, true
+}
+
+// ScanLive calls fn for each still-live message of sealed segment seg, in
+// order. fn's Message is valid only during the call (Body aliases a scan
+// buffer); fn may call AppendMoved and Done. Corrupt regions are skipped
+// and reported (Logf, Stats.Corrupt). Cost: reads the whole segment.
+func (j *Journal) ScanLive(seg uint32, fn func(p Pos, m *Message) error) error {
+	j.mu.Lock()
+	s := j.table.Load().get(seg)
+	if s == nil {
+		j.mu.Unlock()
+		return ErrNotFound
+	}
+	if s == j.active {
+		j.mu.Unlock()
+		return fmt.Errorf("journal: segment %d is active, not sealed", seg)
+	}
+	size := s.written
+	j.mu.Unlock()
+	data := make([]byte, size)
+	s.fmu.RLock()
+	if s.f == nil {
+		s.fmu.RUnlock()
+		return ErrNotFound
+	}
+	_, err := s.f.ReadAt(data, 0)
+	s.fmu.RUnlock()
+	if err != nil {
+		return fmt.Errorf("journal: scan segment %d: %w", seg, err)
+	}
+	var r rawMsg
+	var m Message
+	res := scanSegment(data, false, func(off, n int, typ byte, payload []byte) error {
+		if typ == recDone {
+			return nil
+		}
+		if err := decodeMsg(typ, payload, &r); err != nil {
+			return err
+		}
+		j.mu.Lock()
+		dead := s.isDead(r.ord) || r.ord >= s.count
+		j.mu.Unlock()
+		if dead {
+			return nil
+		}
+		m = Message{ID: string(r.id), Topic: string(r.topic), Due: r.due, Body: r.body}
+		return fn(Pos{Seg: seg, Ord: r.ord, Off: uint32(off), Len: uint32(n)}, &m)
+	}, func(line string) {
+		j.stats.corrupt.Add(1)
+		j.logf("journal: CORRUPT (scan) segment %08d: %s", seg, line)
+	})
+	return res.err
+}
+
+// Stats returns a snapshot of the counters. Safe for concurrent use; cost
+// O(segments) under j.mu.
+func (j *Journal) Stats() Stats {
+	var st Stats
+	j.mu.Lock()
+	for _, s := range j.table.Load().segs {
+		if s == nil {
+			continue
+		}
+		st.Segments++
+		st.DiskBytes += s.written
+		st.Live += s.live
+		st.LiveBytes += s.liveBytes()
+	}
+	st.LastRecovery = j.lastReport
+	j.mu.Unlock()
+	st.Appends = j.stats.appends.Load()
+	st.DoneRecords = j.stats.doneRecs.Load()
+	st.Groups = j.stats.groups.Load()
+	st.Fsyncs = j.stats.fsyncs.Load()
+	st.WriteErrors = j.stats.writeErrs.Load()
+	st.Corrupt = j.stats.corrupt.Load()
+	st.Deleted = j.stats.deleted.Load()
+	return st
+}
+
+// Close flushes pending records, fsyncs, closes the files and releases the
+// LOCK. Idempotent and safe for concurrent use; Append, AppendMoved and
+// Done after Close return ErrClosed, Read returns ErrClosed.
+func (j *Journal) Close() error {
+	j.closeMu.Lock()
+	defer j.closeMu.Unlock()
+	if j.closed.Load() {
+		return nil
+	}
+	j.mu.Lock()
+	j.closing = true
+	j.cond.Broadcast()
+	started := j.recovered
+	j.mu.Unlock()
+	var err error
+	if started {
+		close(j.stop)
+		<-j.stopped
+		if j.cur != nil && j.cur.err != nil {
+			err = j.cur.err
+		}
+	}
+	j.closed.Store(true)
+	for _, s := range j.table.Load().segs {
+		if s == nil {
+			continue
+		}
+		s.fmu.Lock()
+		if s.f != nil {
+			if e := s.f.Close(); e != nil && err == nil {
+				err = e
+			}
+			s.f = nil
+		}
+		s.fmu.Unlock()
+	}
+	j.lock.Close()
+	return err
+}

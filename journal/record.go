@@ -1,0 +1,244 @@
+package journal
+
+import (
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+)
+
+// On-disk frame (little endian):
+//
+//	[u32 len][u32 crc][u8 type][payload]
+//
+// len counts type+payload (so a frame is 8+len bytes, len >= 1); crc is
+// CRC-32C (Castagnoli) over type+payload.
+//
+// Payloads:
+//
+//	Accept: [u32 ord][i64 due][uvarint len(id)][id][uvarint len(topic)][topic][body...]
+//	Moved:  [u32 ord][u32 oldSeg][u32 oldOrd][i64 due][uvarint len(id)][id][uvarint len(topic)][topic][body...]
+//	Done:   [u8 kind]{[u32 seg][u32 ord]}*
+//
+// A message record carries its own ordinal so that records found after a
+// corrupt region (by resynchronising on the next valid frame) keep their
+// exact Key, and the number of lost messages in the region is known.
+const (
+	recAccept byte = 1
+	recDone   byte = 2
+	recMoved  byte = 3
+
+	headerLen = 8
+	// minMsgFrame is the smallest possible message frame: header, type,
+	// ord, due, two empty uvarint lengths.
+	minMsgFrame = headerLen + 1 + 4 + 8 + 1 + 1
+
+	// MaxRecordBytes bounds one frame (header included). Append rejects a
+	// message whose record would be larger with ErrTooLarge; the decoder
+	// treats a larger length as corruption.
+	MaxRecordBytes = 8 << 20
+
+	// maxDoneKeys bounds the keys in one Done record (512 KiB payload).
+	maxDoneKeys = 64 << 10
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+var (
+	errShort   = errors.New("short record")
+	errZeroLen = errors.New("zero length")
+	errBadLen  = errors.New("length out of range")
+	errCRC     = errors.New("crc mismatch")
+	errBadType = errors.New("unknown record type")
+	errBadBody = errors.New("malformed payload")
+)
+
+func uvarintLen(x int) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}
+
+// msgFrameLen returns the frame size of a message record for m. O(1).
+func msgFrameLen(m *Message, moved bool) int {
+	n := headerLen + 1 + 4 + 8 + uvarintLen(len(m.ID)) + len(m.ID) +
+		uvarintLen(len(m.Topic)) + len(m.Topic) + len(m.Body)
+	if moved {
+		n += 8
+	}
+	return n
+}
+
+// appendMsgFrame appends an Accept (old == nil) or Moved frame to dst.
+func appendMsgFrame(dst []byte, ord uint32, old *Key, m *Message) []byte {
+	start := len(dst)
+	typ := recAccept
+	if old != nil {
+		typ = recMoved
+	}
+	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0, typ)
+	dst = binary.LittleEndian.AppendUint32(dst, ord)
+	if old != nil {
+		dst = binary.LittleEndian.AppendUint32(dst, old.Seg)
+		dst = binary.LittleEndian.AppendUint32(dst, old.Ord)
+	}
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(m.Due))
+	dst = binary.AppendUvarint(dst, uint64(len(m.ID)))
+	dst = append(dst, m.ID...)
+	dst = binary.AppendUvarint(dst, uint64(len(m.Topic)))
+	dst = append(dst, m.Topic...)
+	dst = append(dst, m.Body...)
+	finishFrame(dst[start:])
+	return dst
+}
+
+// appendDoneFrame appends a Done frame listing keys to dst.
+func appendDoneFrame(dst []byte, kind DoneKind, keys []Key) []byte {
+	start := len(dst)
+	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0, recDone, byte(kind))
+	for _, k := range keys {
+		dst = binary.LittleEndian.AppendUint32(dst, k.Seg)
+		dst = binary.LittleEndian.AppendUint32(dst, k.Ord)
+	}
+	finishFrame(dst[start:])
+	return dst
+}
+
+func finishFrame(frame []byte) {
+	body := frame[headerLen:]
+	binary.LittleEndian.PutUint32(frame[0:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(frame[4:], crc32.Checksum(body, crcTable))
+}
+
+// decodeFrame checks the frame at the start of b and returns its type,
+// payload (aliasing b) and total size. It never allocates.
+func decodeFrame(b []byte) (typ byte, payload []byte, n int, err error) {
+	if len(b) < headerLen {
+		return 0, nil, 0, errShort
+	}
+	l := binary.LittleEndian.Uint32(b)
+	if l == 0 {
+		return 0, nil, 0, errZeroLen
+	}
+	if l > MaxRecordBytes-headerLen {
+		return 0, nil, 0, errBadLen
+	}
+	n = headerLen + int(l)
+	if n > len(b) {
+		return 0, nil, 0, errShort
+	}
+	body := b[headerLen:n]
+	if crc32.Checksum(body, crcTable) != binary.LittleEndian.Uint32(b[4:]) {
+		return 0, nil, 0, errCRC
+	}
+	typ = body[0]
+	switch typ {
+	case recAccept, recMoved, recDone:
+	default:
+		return 0, nil, 0, errBadType
+	}
+	return typ, body[1:], n, nil
+}
+
+// rawMsg is a decoded message record whose slices alias the frame.
+type rawMsg struct {
+	ord   uint32
+	moved bool
+	old   Key
+	due   int64
+	id    []byte
+	topic []byte
+	body  []byte
+}
+
+// decodeMsg decodes an Accept or Moved payload. It never allocates.
+func decodeMsg(typ byte, p []byte, r *rawMsg) error {
+	hdr := 12
+	if typ == recMoved {
+		hdr = 20
+	}
+	if len(p) < hdr+2 {
+		return errBadBody
+	}
+	r.ord = binary.LittleEndian.Uint32(p)
+	r.moved = typ == recMoved
+	r.old = Key{}
+	if r.moved {
+		r.old = Key{binary.LittleEndian.Uint32(p[4:]), binary.LittleEndian.Uint32(p[8:])}
+	}
+	r.due = int64(binary.LittleEndian.Uint64(p[hdr-8:]))
+	p = p[hdr:]
+	var ok bool
+	if r.id, p, ok = lenPrefixed(p); !ok {
+		return errBadBody
+	}
+	if r.topic, p, ok = lenPrefixed(p); !ok {
+		return errBadBody
+	}
+	r.body = p
+	return nil
+}
+
+func lenPrefixed(p []byte) (v, rest []byte, ok bool) {
+	l, n := binary.Uvarint(p)
+	if n <= 0 || l > uint64(len(p)-n) {
+		return nil, nil, false
+	}
+	end := n + int(l)
+	return p[n:end:end], p[end:], true
+}
+
+// decodeDone validates a Done payload and returns its kind and raw keys
+// (8 bytes each).
+func decodeDone(p []byte) (DoneKind, []byte, error) {
+	if len(p) < 1 || (len(p)-1)%8 != 0 {
+		return 0, nil, errBadBody
+	}
+	k := DoneKind(p[0])
+	if k != Published && k != Cancelled {
+		return 0, nil, errBadBody
+	}
+	return k, p[1:], nil
+}
+
+func doneKey(keys []byte, i int) Key {
+	return Key{binary.LittleEndian.Uint32(keys[i*8:]), binary.LittleEndian.Uint32(keys[i*8+4:])}
+}
+
+// resync returns the offset of the first plausible valid frame at or after
+// from, or -1. A candidate must pass cheap structural checks (length in
+// range, known type, a message ordinal not below minOrd and not beyond what
+// the remaining bytes could hold, a well-formed Done kind) before its CRC is
+// computed, so scanning garbage costs little more than reading it.
+func resync(data []byte, from int, minOrd uint32) int {
+	maxOrd := uint64(minOrd) + uint64((len(data)-from)/minMsgFrame) + 1
+	for i := from; i+headerLen < len(data); i++ {
+		l := int(binary.LittleEndian.Uint32(data[i:]))
+		if l < 2 || l > MaxRecordBytes-headerLen || i+headerLen+l > len(data) {
+			continue
+		}
+		switch data[i+headerLen] {
+		case recAccept, recMoved:
+			if l < 1+12+2 {
+				continue
+			}
+			ord := binary.LittleEndian.Uint32(data[i+headerLen+1:])
+			if ord < minOrd || uint64(ord) > maxOrd {
+				continue
+			}
+		case recDone:
+			k := DoneKind(data[i+headerLen+1])
+			if (l-2)%8 != 0 || (k != Published && k != Cancelled) {
+				continue
+			}
+		default:
+			continue
+		}
+		if _, _, _, err := decodeFrame(data[i:]); err == nil {
+			return i
+		}
+	}
+	return -1
+}
