@@ -115,6 +115,12 @@ func finishFrame(frame []byte) {
 // decodeFrame checks the frame at the start of b and returns its type,
 // payload (aliasing b) and total size. It never allocates.
 func decodeFrame(b []byte) (typ byte, payload []byte, n int, err error) {
+	return decodeFrameCRC(b, true)
+}
+
+// decodeFrameCRC is decodeFrame with the CRC check optional, for data
+// already verified.
+func decodeFrameCRC(b []byte, verify bool) (typ byte, payload []byte, n int, err error) {
 	if len(b) < headerLen {
 		return 0, nil, 0, errShort
 	}
@@ -130,7 +136,7 @@ func decodeFrame(b []byte) (typ byte, payload []byte, n int, err error) {
 		return 0, nil, 0, errShort
 	}
 	body := b[headerLen:n]
-	if crc32.Checksum(body, crcTable) != binary.LittleEndian.Uint32(b[4:]) {
+	if verify && crc32.Checksum(body, crcTable) != binary.LittleEndian.Uint32(b[4:]) {
 		return 0, nil, 0, errCRC
 	}
 	typ = body[0]

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 )
 
@@ -31,6 +32,12 @@ type scanResult struct {
 // so are message payloads that fail to decode (visit returns errBadBody).
 // Each corrupt region is passed to report (may be nil) as it is found.
 func scanSegment(data []byte, last bool, visit func(off, n int, typ byte, payload []byte) error, report func(string)) scanResult {
+	return scanSegmentCRC(data, last, true, visit, report)
+}
+
+// scanSegmentCRC is scanSegment with the CRC check optional (verify=false
+// only for a segment already scanned clean in this process).
+func scanSegmentCRC(data []byte, last, verify bool, visit func(off, n int, typ byte, payload []byte) error, report func(string)) scanResult {
 	var res scanResult
 	addCorrupt := func(line string) {
 		res.corrupt++
@@ -41,7 +48,7 @@ func scanSegment(data []byte, last bool, visit func(off, n int, typ byte, payloa
 	off := 0
 	nextOrd := uint32(0)
 	for off < len(data) {
-		typ, payload, n, err := decodeFrame(data[off:])
+		typ, payload, n, err := decodeFrameCRC(data[off:], verify)
 		if err == nil && typ != recDone {
 			if len(payload) < 4 {
 				err = errBadBody
@@ -138,8 +145,19 @@ func (j *Journal) Recover(fn func(p Pos, m *Message) error) (Report, error) {
 		}
 	}
 
-	// Pass 1: verify, truncate a torn tail, rebuild liveness.
+	// Pass 1: verify, truncate a torn tail, rebuild liveness. Segments are
+	// mmapped (read(2) into one reused buffer if mmap fails) and stay mapped
+	// for pass 2 if they have live messages.
 	var buf []byte
+	maps := make([][]byte, len(ids))
+	clean := make([]bool, len(ids))
+	defer func() {
+		for _, d := range maps {
+			if d != nil {
+				syscall.Munmap(d)
+			}
+		}
+	}()
 	var r rawMsg
 	for idx, id := range ids {
 		s := t.get(id)
@@ -154,14 +172,19 @@ func (j *Journal) Recover(fn func(p Pos, m *Message) error) (Report, error) {
 			return rep, fmt.Errorf("journal: open segment %d: %w", id, err)
 		}
 		s.f = f
-		buf, err = readAll(f, buf)
+		data, mapped, err := loadSegment(f, buf)
 		if err != nil {
 			j.closeSegs(t)
 			return rep, fmt.Errorf("journal: read segment %d: %w", id, err)
 		}
+		if mapped {
+			maps[idx] = data
+		} else {
+			buf = data
+		}
 		rep.Segments++
-		rep.Bytes += int64(len(buf))
-		res := scanSegment(buf, last, func(off, n int, typ byte, payload []byte) error {
+		rep.Bytes += int64(len(data))
+		res := scanSegment(data, last, func(off, n int, typ byte, payload []byte) error {
 			rep.Records++
 			if typ == recDone {
 				_, keys, err := decodeDone(payload)
@@ -193,7 +216,8 @@ func (j *Journal) Recover(fn func(p Pos, m *Message) error) (Report, error) {
 			}
 			return nil
 		}, func(line string) { corrupt("segment %08d: %s", id, line) })
-		size := int64(len(buf))
+		clean[idx] = res.corrupt == 0
+		size := int64(len(data))
 		if res.torn {
 			cut := size - int64(res.end)
 			if err := f.Truncate(int64(res.end)); err != nil {
@@ -215,21 +239,34 @@ func (j *Journal) Recover(fn func(p Pos, m *Message) error) (Report, error) {
 	// Pass 2: hand live messages to fn, in log order.
 	topics := make(map[string]string)
 	var m Message
-	for _, id := range ids {
+	for idx, id := range ids {
+		s := t.get(id)
+		if s.live == 0 {
+			if maps[idx] != nil {
+				syscall.Munmap(maps[idx])
+				maps[idx] = nil
+			}
+			continue
+		}
+	}
+	for idx, id := range ids {
 		s := t.get(id)
 		if s.live == 0 {
 			continue
 		}
-		buf = buf[:0]
-		if cap(buf) < int(s.written) {
-			buf = make([]byte, s.written)
+		data := maps[idx]
+		if data == nil {
+			if cap(buf) < int(s.written) {
+				buf = make([]byte, s.written)
+			}
+			data = buf[:s.written]
+			if _, err := s.f.ReadAt(data, 0); err != nil {
+				j.closeSegs(t)
+				return rep, fmt.Errorf("journal: read segment %d: %w", id, err)
+			}
 		}
-		buf = buf[:s.written]
-		if _, err := s.f.ReadAt(buf, 0); err != nil {
-			j.closeSegs(t)
-			return rep, fmt.Errorf("journal: read segment %d: %w", id, err)
-		}
-		res := scanSegment(buf, false, func(off, n int, typ byte, payload []byte) error {
+		data = data[:s.written]
+		res := scanSegmentCRC(data, false, !clean[idx], func(off, n int, typ byte, payload []byte) error {
 			if typ == recDone {
 				return nil
 			}
@@ -299,13 +336,27 @@ func (j *Journal) closeSegs(t *segTable) {
 	}
 }
 
-// readAll reads f from offset 0 into buf (reused if large enough).
-func readAll(f *os.File, buf []byte) ([]byte, error) {
+// loadSegment maps f read-only (mapped=true; the caller munmaps), or if
+// that fails reads it into buf (reused if large enough).
+func loadSegment(f *os.File, buf []byte) (data []byte, mapped bool, err error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return buf, err
+		return nil, false, err
 	}
-	size := int(fi.Size())
+	if size := int(fi.Size()); size > 0 {
+		if d, err := syscall.Mmap(int(f.Fd()), 0, size, syscall.PROT_READ, syscall.MAP_SHARED); err == nil {
+			syscall.Madvise(d, syscall.MADV_SEQUENTIAL)
+			return d, true, nil
+		}
+	}
+	data, err = readAll(f, fi.Size(), buf)
+	return data, false, err
+}
+
+// readAll reads size bytes of f from offset 0 into buf (reused if large
+// enough).
+func readAll(f *os.File, size64 int64, buf []byte) ([]byte, error) {
+	size := int(size64)
 	if cap(buf) < size {
 		buf = make([]byte, size)
 	}
