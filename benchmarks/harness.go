@@ -27,9 +27,9 @@ type Load struct {
 	// MinDelay and MaxDelay bound each message's delay, uniform between
 	// them; equal for a fixed delay.
 	MinDelay, MaxDelay time.Duration
-	// DueAt, if set, is the one due time of every message (burst); it
-	// overrides the delays.
-	DueAt time.Time
+	// DueAfter, if set, makes every message due at the same millisecond,
+	// this long after the load starts (burst); it overrides the delays.
+	DueAfter time.Duration
 	// Grace is how long after the last due time the harness waits for
 	// stragglers before counting the rest lost (default 15 s).
 	Grace time.Duration
@@ -293,6 +293,10 @@ func (h *Harness) Run(d Design, l Load) (Result, error) {
 	rng := rand.New(rand.NewPCG(uint64(n), 42))
 	start := time.Now()
 	lastProgress := start
+	var dueAt time.Time
+	if l.DueAfter > 0 {
+		dueAt = start.Add(l.DueAfter).Truncate(time.Millisecond)
+	}
 	sent := 0
 	for sent < l.Count && !full.Load() {
 		target := l.Count
@@ -304,7 +308,7 @@ func (h *Harness) Run(d Design, l Load) (Result, error) {
 			b := make([]Msg, k)
 			now := time.Now()
 			for i := range b {
-				due := l.DueAt
+				due := dueAt
 				if due.IsZero() {
 					dl := l.MinDelay
 					if l.MaxDelay > l.MinDelay {
@@ -382,11 +386,14 @@ func (h *Harness) Run(d Design, l Load) (Result, error) {
 		res.P99 = time.Duration(res.Lateness[min(k-1, k*99/100)])
 		res.Max = time.Duration(res.Lateness[k-1])
 	}
-	if span := rec.last - rec.first; span > 0 && res.Delivered > 1 {
+	// Throughput means something when every message has the same delay
+	// (or due time): then deliveries track the offer one for one.
+	sameDelay := l.MinDelay == l.MaxDelay || l.DueAfter > 0
+	if span := rec.last - rec.first; sameDelay && l.CrashAfter == 0 && span > 0 && res.Delivered > 1 {
 		res.Sustained = float64(res.Delivered-1) / (float64(span) / 1e9)
 	}
-	if !l.DueAt.IsZero() && rec.last > 0 {
-		res.Span = time.Duration(rec.last - l.DueAt.UnixNano())
+	if !dueAt.IsZero() && rec.last > 0 {
+		res.Span = time.Duration(rec.last - dueAt.UnixNano())
 	}
 	if l.CrashAfter == 0 {
 		res.CPUTotal = perMillion(cpu1-cpu0, res.Delivered)
