@@ -405,23 +405,35 @@ func (p *Publisher) stoppedOr(err error) error {
 	}
 }
 
-// pick returns the least-busy connection, preferring nsqds that are not
-// marked down and not avoid, scanning from a random start so ties spread.
-// If every nsqd is down it returns a connection of the one whose backoff
-// ends first, to probe it; healthy is then false. O(len(conns)).
+// pick returns the connection for the next try, avoiding avoid when it can:
+//
+//   - a connection of an nsqd whose down backoff has just expired, claimed
+//     so that only one caller probes it at a time;
+//   - else the least-busy connection of an up nsqd, scanning from a random
+//     start so ties spread;
+//   - else, with every nsqd down, a connection of the one whose backoff ends
+//     first; healthy is then false and the caller should back off first.
+//
+// O(len(conns)), a few atomic loads per connection.
 func (p *Publisher) pick(avoid *node) (c *conn, healthy bool) {
 	now := time.Now().UnixNano()
+	// Probe an nsqd whose backoff expired. Claiming pushes its downUntil
+	// past the longest a try can take, so others keep skipping it; the
+	// probe's markUp or markDown then sets it.
+	for _, n := range p.nodes {
+		if until := n.downUntil.Load(); until != 0 && until <= now && n != avoid {
+			claim := now + int64(p.opts.DialTimeout+p.opts.Timeout)
+			if n.downUntil.CompareAndSwap(until, claim) {
+				return n.leastBusy(), true
+			}
+		}
+	}
 	var best, bestAvoid *conn
 	var bestLoad, bestAvoidLoad int32
-	var probe *node
 	start := rand.IntN(len(p.conns))
 	for i := range p.conns {
 		cc := p.conns[(start+i)%len(p.conns)]
-		until := cc.node.downUntil.Load()
-		if until != 0 && until > now {
-			if probe == nil || until < probe.downUntil.Load() {
-				probe = cc.node
-			}
+		if cc.node.downUntil.Load() != 0 {
 			continue
 		}
 		load := cc.inFlight.Load()
@@ -441,14 +453,13 @@ func (p *Publisher) pick(avoid *node) (c *conn, healthy bool) {
 	case bestAvoid != nil:
 		return bestAvoid, true
 	}
-	// All down: probe the least-busy connection of the first to recover.
-	c = probe.conns[0]
-	for _, cc := range probe.conns[1:] {
-		if cc.inFlight.Load() < c.inFlight.Load() {
-			c = cc
+	probe := p.nodes[0]
+	for _, n := range p.nodes[1:] {
+		if n.downUntil.Load() < probe.downUntil.Load() {
+			probe = n
 		}
 	}
-	return c, false
+	return probe.leastBusy(), false
 }
 
 // sleep waits d or until Stop; it reports whether it waited the full d.

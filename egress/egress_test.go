@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -392,9 +393,7 @@ func TestFailoverAndRestart(t *testing.T) {
 // including ones waiting in backoff.
 func TestStop(t *testing.T) {
 	node := nsqdnode.StartTest(t, nsqdnode.Config{})
-	dead := nsqdnode.StartTest(t, nsqdnode.Config{})
-	deadAddr := dead.TCPAddr
-	dead.Exit()
+	deadAddr := closedAddr(t)
 
 	p := newTestPublisher(t, Options{Addrs: []string{node.TCPAddr}, MaxBatchMsgs: 10})
 	body := bytes.Repeat([]byte("x"), 500)
@@ -453,6 +452,19 @@ func TestStop(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Fatalf("Stop during backoff took %v", took)
 	}
+}
+
+// closedAddr returns a loopback address nothing listens on. (Exiting an
+// nsqdnode right after Start races inside nsqd v1.3.0's Main.)
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
 }
 
 func TestNewValidates(t *testing.T) {

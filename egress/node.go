@@ -51,6 +51,17 @@ type conn struct {
 	inFlight atomic.Int32
 }
 
+// leastBusy returns n's connection with the fewest batches in flight.
+func (n *node) leastBusy() *conn {
+	c := n.conns[0]
+	for _, cc := range n.conns[1:] {
+		if cc.inFlight.Load() < c.inFlight.Load() {
+			c = cc
+		}
+	}
+	return c
+}
+
 func newNode(addr string, set *metrics.Set) *node {
 	n := &node{addr: addr}
 	label := fmt.Sprintf("{nsqd=%q}", addr)
