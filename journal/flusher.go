@@ -3,6 +3,7 @@ package journal
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"time"
 )
 
@@ -27,7 +28,7 @@ func (j *Journal) run() {
 		case <-j.stop:
 			for j.flush() {
 			}
-			j.syncDirty()
+			j.closeErr = j.syncDirty()
 			return
 		}
 	}
@@ -35,6 +36,9 @@ func (j *Journal) run() {
 
 // flush writes the current group, if any; it reports whether it did.
 func (j *Journal) flush() bool {
+	// The appender that kicked us usually makes us runnable next on its P,
+	// ahead of the other appenders; yield once so they can join this group.
+	runtime.Gosched()
 	j.mu.Lock()
 	g := j.cur
 	if len(g.buf) == 0 {

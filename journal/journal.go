@@ -251,6 +251,7 @@ type Journal struct {
 		appends, doneRecs, groups, fsyncs, writeErrs, corrupt, deleted atomic.Uint64
 	}
 	lastReport Report
+	closeErr   error // final flush/fsync error, set by the flusher before it stops
 }
 
 const segSuffix = ".seg"
@@ -420,7 +421,10 @@ func (j *Journal) kickFlusher() {
 // copied). Cost: one memcpy and CRC per message under j.mu, plus waiting
 // for the group. On a write error (e.g. ENOSPC) the partial write is
 // truncated away and the error returned; both the failing group and the
-// group being filled behind it fail, and the journal stays usable.
+// group being filled behind it fail, and the journal stays usable. If
+// Append returns an error other than a write error (ErrClosed while
+// waiting for room), a prefix of msgs may already be journaled (their pos
+// entries are set): at-least-once, never silent loss.
 func (j *Journal) Append(msgs []Message, pos []Pos) error {
 	if len(pos) < len(msgs) {
 		return errors.New("journal: Append: len(pos) < len(msgs)")
@@ -743,9 +747,7 @@ func (j *Journal) Close() error {
 	if started {
 		close(j.stop)
 		<-j.stopped
-		if j.cur != nil && j.cur.err != nil {
-			err = j.cur.err
-		}
+		err = j.closeErr
 	}
 	j.closed.Store(true)
 	for _, s := range j.table.Load().segs {

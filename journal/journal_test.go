@@ -657,3 +657,54 @@ func FuzzDecodeRecord(f *testing.F) {
 		}
 	})
 }
+
+func TestReadDuringDeletion(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir, SegmentBytes: 2048, Fsync: FsyncAlways}
+	j, _, _ := openJ(t, opts)
+	defer j.Close()
+	recs := appendN(t, j, 0, 200, 100)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf []byte
+			for i := w; ; i = (i + 7) % len(recs) {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var m Message
+				var err error
+				m, buf, err = j.Read(recs[i].p, buf)
+				if err != nil && !errors.Is(err, ErrNotFound) {
+					t.Errorf("Read %+v: %v", recs[i].p, err)
+					return
+				}
+				if err == nil && !eqMsg(m, recs[i].m) {
+					t.Errorf("Read %+v: wrong message", recs[i].p)
+					return
+				}
+			}
+		}()
+	}
+	for i := 0; i < len(recs); i += 10 {
+		keys := make([]Key, 0, 10)
+		for _, r := range recs[i : i+10] {
+			keys = append(keys, r.p.Key())
+		}
+		if err := j.Done(Published, keys); err != nil {
+			t.Fatal(err)
+		}
+		appendN(t, j, 1000+i, 1, 100) // keep groups flowing
+	}
+	waitFor(t, func() bool { return j.Stats().Deleted > 5 })
+	close(stop)
+	wg.Wait()
+	if st := j.Stats(); st.Fsyncs == 0 || st.Live != 20 {
+		t.Fatalf("stats %+v", st)
+	}
+}
