@@ -14,7 +14,11 @@
 // (binary=true, or any value other than false/0/true/1) is nsqd's framing:
 // a 4-byte big-endian count, then per message a 4-byte big-endian size and
 // the body, with errors 413 BAD_BODY / BAD_MESSAGE. A wrong method gets 405
-// METHOD_NOT_ALLOWED with an Allow header, an unknown path 404 NOT_FOUND.
+// METHOD_NOT_ALLOWED with an Allow header, OPTIONS 200 with Allow, an
+// unknown path 404 NOT_FOUND, and, as nsqd's router does, a path that only a
+// trailing slash, cleaning or letter case keeps from a route is redirected
+// to it (301 for GET, 307 for POST, query kept). HTTP/1.0 requests get
+// HTTP/1.0 responses.
 //
 // # deferd extensions
 //
@@ -46,8 +50,8 @@
 //   - An empty /mpub (no non-empty line) is 200 OK without calling the
 //     backend; nsqd also answers OK (or 503 EXITING while it shuts down).
 //   - nsqd's /ping reports its health; deferd's always says OK while serving.
-//   - Request heads over 16 KiB get fasthttp's 431 (nsqd's limit is 1 MiB);
-//     fasthttp cleans paths like //pub to /pub where nsqd's router redirects.
+//   - Request heads over 16 KiB get fasthttp's 431 (nsqd's limit is 1 MiB).
+//   - Requests fasthttp cannot parse get fasthttp's 400 text, not Go's.
 //   - nsqd multiplies defer by a millisecond without an overflow check, so a
 //     huge defer can wrap into range; deferd rejects it.
 package ingest

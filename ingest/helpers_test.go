@@ -106,9 +106,13 @@ type response struct {
 	ctype string
 	allow string
 	nsqCT string
+	loc   string
 }
 
-var client = &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 16}}
+var client = &http.Client{
+	Transport:     &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 16},
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
 
 func do(tb testing.TB, method, addr, target string, body []byte, chunked bool) response {
 	tb.Helper()
@@ -132,7 +136,7 @@ func do(tb testing.TB, method, addr, target string, body []byte, chunked bool) r
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return response{resp.StatusCode, string(b), resp.Header.Get("Content-Type"), resp.Header.Get("Allow"), resp.Header.Get("X-NSQ-Content-Type")}
+	return response{resp.StatusCode, string(b), resp.Header.Get("Content-Type"), resp.Header.Get("Allow"), resp.Header.Get("X-NSQ-Content-Type"), resp.Header.Get("Location")}
 }
 
 // frame builds a binary /mpub body: count, then size and body per message.
