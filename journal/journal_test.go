@@ -1,10 +1,12 @@
 package journal
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -707,4 +709,85 @@ func TestReadDuringDeletion(t *testing.T) {
 	if st := j.Stats(); st.Fsyncs == 0 || st.Live != 20 {
 		t.Fatalf("stats %+v", st)
 	}
+}
+
+// TestKill9 checks the contract: every Append that returned nil in a
+// process killed with SIGKILL is recovered.
+func TestKill9(t *testing.T) {
+	if dir := os.Getenv("JOURNAL_KILL9_DIR"); dir != "" {
+		kill9Child(dir)
+		return
+	}
+	if testing.Short() {
+		t.Skip("short")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestKill9$")
+	cmd.Env = append(os.Environ(), "JOURNAL_KILL9_DIR="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	acked := map[string]bool{}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && len(acked) < 2000 {
+		if id, ok := strings.CutPrefix(sc.Text(), "ack "); ok {
+			acked[id] = true
+		}
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if len(acked) < 2000 {
+		t.Fatalf("child acked only %d", len(acked))
+	}
+	j, got, rep := openJ(t, Options{Dir: dir, SegmentBytes: 64 << 10})
+	defer j.Close()
+	have := map[string]bool{}
+	for _, r := range got {
+		have[r.m.ID] = true
+	}
+	for id := range acked {
+		if !have[id] {
+			t.Fatalf("acknowledged message %s lost after kill -9 (report %+v)", id, rep)
+		}
+	}
+	if len(rep.Corrupt) != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	t.Logf("acked %d, recovered %d, report %+v", len(acked), len(got), rep)
+}
+
+func kill9Child(dir string) {
+	j, err := Open(Options{Dir: dir, SegmentBytes: 64 << 10, Fsync: FsyncNever, Logf: func(string, ...any) {}})
+	if err != nil {
+		panic(err)
+	}
+	if _, err := j.Recover(func(Pos, *Message) error { return nil }); err != nil {
+		panic(err)
+	}
+	var mu sync.Mutex
+	w := bufio.NewWriter(os.Stdout)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				m := msg(i, 300)
+				m.ID = fmt.Sprintf("%d-%d", g, i)
+				var p [1]Pos
+				if err := j.Append([]Message{m}, p[:]); err != nil {
+					panic(err)
+				}
+				mu.Lock()
+				fmt.Fprintf(w, "ack %s\n", m.ID)
+				w.Flush()
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
 }
