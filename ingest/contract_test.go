@@ -296,6 +296,8 @@ func TestContractRaw(t *testing.T) {
 		"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
 		"POST /pub?topic=t HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi",
 		"GET /ping HTTP/1.0\r\n\r\n",
+		"GARBAGE\r\n\r\n",
+		"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
 	} {
 		status := func(addr string) string {
 			resp := rawRequest(t, addr, req)

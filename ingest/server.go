@@ -145,10 +145,11 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 		maxDeferMs: opts.MaxDefer.Milliseconds(),
 	}
 	s.srv = &fasthttp.Server{
-		Handler:         s.handle,
-		Name:            "deferd",
-		ReadBufferSize:  readBufferSize,
-		CloseOnShutdown: true,
+		Handler:               s.handle,
+		NoDefaultServerHeader: true, // nsqd sends none
+		ErrorHandler:          errorHandler,
+		ReadBufferSize:        readBufferSize,
+		CloseOnShutdown:       true,
 		// Bodies are read by the handler through the stream, with nsqd's
 		// limits and error codes; fasthttp only pre-reads up to 8 KiB.
 		StreamRequestBody:            true,
@@ -157,6 +158,17 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 		Logger:                       logger{opts.Logf},
 	}
 	return s, nil
+}
+
+// errorHandler answers requests fasthttp cannot read as Go's net/http
+// (and so nsqd) does.
+func errorHandler(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	if errors.As(err, &small) {
+		ctx.Error("431 Request Header Fields Too Large", fasthttp.StatusRequestHeaderFieldsTooLarge)
+		return
+	}
+	ctx.Error("400 Bad Request", fasthttp.StatusBadRequest)
 }
 
 type logger struct{ f func(string, ...any) }
@@ -483,7 +495,7 @@ var statePool = sync.Pool{New: func() any { return new(reqState) }}
 
 // Pooled buffers larger than these are dropped rather than kept.
 const (
-	maxPooledBuf    = 1 << 20
+	maxPooledBuf    = DefaultMaxBodySize + 1
 	maxPooledBodies = 1 << 12
 )
 
@@ -535,8 +547,11 @@ func (st *reqState) readBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, err
 		want = int64(cl)
 	}
 	buf := st.buf[:0]
-	if int64(cap(buf)) < want && want <= 64<<10 {
-		buf = make([]byte, 0, want)
+	if int64(cap(buf)) < want {
+		// A known length is at most limit; a chunked body grows below.
+		if cl := ctx.Request.Header.ContentLength(); cl >= 0 {
+			buf = make([]byte, 0, want)
+		}
 	}
 	var err error
 	for int64(len(buf)) < want {
