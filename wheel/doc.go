@@ -1,3 +1,36 @@
 // Package wheel is a hierarchical, tickless timing wheel for millions of
 // pending entries. See Wheel.
+//
+// # Layout
+//
+// The wheel has 7 levels of 64 slots (6 bits per level, the Tokio / Linux
+// timer-wheel scheme). A slot at level L spans 64^L ticks, so the wheel
+// covers 2^42 ticks: 139 years at the default 1 ms tick, 51 days at 1 µs.
+// An entry lives in the finest level whose slot still tells it apart from
+// the wheel's processed time; when that slot comes up its entries are
+// re-inserted (cascaded) one level down, or handed out if due.
+//
+// # Never early
+//
+// Every entry keeps the exact due time it was given. Its tick is
+// ceil((due-origin)/tick) and it is handed out only once the wheel has
+// processed that tick, that is at a Poll whose now >= origin+tick*Tick. So an
+// entry is never early and at most one tick (plus scheduling noise) late.
+//
+// # Beyond the range
+//
+// An entry due more than 2^42 ticks ahead is never dropped: it is parked in
+// the top level, in the slot its due time maps to modulo the top level's
+// range. When that slot comes up the entry is re-cascaded, its real due time
+// is checked again, and it is parked again if still out of range. Due times
+// that overflow int64 (AddAfter with a huge duration) are clamped to
+// math.MaxInt64.
+//
+// # Memory
+//
+// Entries are value structs in slab chunks of 64Ki entries, linked by uint32
+// indices into per-slot doubly linked lists, with a free list by index. A
+// pending entry is not a heap object; for a pointer-free T the chunks hold no
+// pointers and add no GC scan work. Add and Cancel do not allocate in steady
+// state.
 package wheel

@@ -1,0 +1,401 @@
+package wheel
+
+import (
+	"container/heap"
+	"fmt"
+	"math"
+	"math/big"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeClock is an injectable clock for tests.
+type fakeClock struct{ ns atomic.Int64 }
+
+func (c *fakeClock) Now() int64 { return c.ns.Load() }
+
+// refEntry is the reference model's view of one Add.
+type refEntry struct {
+	h      Handle
+	due    int64
+	fireAt int64 // origin + ceil((due-origin)/tick)*tick; valid if !never
+	never  bool  // fireAt overflows int64: no Poll can reach it
+	done   bool  // fired or cancelled
+	idx    int   // heap index
+}
+
+// refHeap orders pending model entries by fireAt (never last).
+type refHeap []*refEntry
+
+func (h refHeap) Len() int { return len(h) }
+func (h refHeap) Less(i, j int) bool {
+	if h[i].never != h[j].never {
+		return !h[i].never
+	}
+	return h[i].fireAt < h[j].fireAt
+}
+func (h refHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i]; h[i].idx = i; h[j].idx = j }
+func (h *refHeap) Push(x any)   { e := x.(*refEntry); e.idx = len(*h); *h = append(*h, e) }
+func (h *refHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+// harness drives a Wheel and the reference model side by side.
+type harness struct {
+	tb      testing.TB
+	clock   *fakeClock
+	w       *Wheel[int64]
+	tick    int64
+	origin  int64
+	pending refHeap
+	all     map[Handle]*refEntry
+	handles []Handle // every handle ever returned, for Cancel picks
+	fired   int
+	lastNow int64 // time of the last Poll
+}
+
+func newHarness(tb testing.TB, tick time.Duration, start int64) *harness {
+	c := &fakeClock{}
+	c.ns.Store(start)
+	return &harness{
+		tb:      tb,
+		clock:   c,
+		w:       New[int64](Options{Tick: tick, Clock: c}),
+		tick:    int64(tick),
+		origin:  start,
+		all:     map[Handle]*refEntry{},
+		lastNow: start,
+	}
+}
+
+// fireAt computes, independently of the wheel's integer tricks, the first
+// wheel-clock time at which an entry due at due must be handed out.
+func (h *harness) fireAt(due int64) (int64, bool) {
+	if due <= h.origin {
+		return math.MinInt64, false // fires at the next Poll
+	}
+	d := new(big.Int).Sub(big.NewInt(due), big.NewInt(h.origin))
+	t := big.NewInt(h.tick)
+	q, r := new(big.Int).QuoRem(d, t, new(big.Int))
+	if r.Sign() != 0 {
+		q.Add(q, big.NewInt(1))
+	}
+	q.Mul(q, t).Add(q, big.NewInt(h.origin))
+	if !q.IsInt64() {
+		return 0, true
+	}
+	return q.Int64(), false
+}
+
+func (h *harness) add(due int64) {
+	hd := h.w.Add(due, due)
+	if hd == 0 {
+		h.tb.Fatalf("Add(%d) returned the zero Handle", due)
+	}
+	if _, dup := h.all[hd]; dup {
+		h.tb.Fatalf("Add(%d) returned handle %#x again while it is still known", due, hd)
+	}
+	f, never := h.fireAt(due)
+	e := &refEntry{h: hd, due: due, fireAt: f, never: never}
+	h.all[hd] = e
+	heap.Push(&h.pending, e)
+	h.handles = append(h.handles, hd)
+}
+
+func (h *harness) cancel(hd Handle) {
+	e := h.all[hd]
+	want := e != nil && !e.done
+	if got := h.w.Cancel(hd); got != want {
+		h.tb.Fatalf("Cancel(%#x) = %v, model says %v (entry %+v)", hd, got, want, e)
+	}
+	if want {
+		e.done = true
+		heap.Remove(&h.pending, e.idx)
+	}
+}
+
+// advance moves the clock to now and polls, checking the handed-out set.
+func (h *harness) advance(now int64) {
+	h.clock.ns.Store(now)
+	h.lastNow = now
+	got := map[Handle]int64{}
+	h.w.Poll(now, func(b *Batch[int64]) {
+		if len(b.Items) == 0 {
+			h.tb.Fatalf("Poll handed out an empty batch")
+		}
+		for _, it := range b.Items {
+			if it.Value != it.Due {
+				h.tb.Fatalf("item %#x: value %d != due %d", it.Handle, it.Value, it.Due)
+			}
+			if _, dup := got[it.Handle]; dup {
+				h.tb.Fatalf("item %#x handed out twice in one Poll", it.Handle)
+			}
+			got[it.Handle] = it.Due
+		}
+		b.Release()
+	})
+	want := 0
+	for len(h.pending) > 0 && !h.pending[0].never && h.pending[0].fireAt <= now {
+		e := heap.Pop(&h.pending).(*refEntry)
+		e.done = true
+		want++
+		due, ok := got[e.h]
+		if !ok {
+			h.tb.Fatalf("Poll(%d): entry %#x due %d (fire at %d) not handed out", now, e.h, e.due, e.fireAt)
+		}
+		if due != e.due {
+			h.tb.Fatalf("Poll(%d): entry %#x due %d, item says %d", now, e.h, e.due, due)
+		}
+		if now < e.due {
+			h.tb.Fatalf("Poll(%d): entry %#x fired early, due %d", now, e.h, e.due)
+		}
+		delete(got, e.h)
+	}
+	for hd, due := range got {
+		e := h.all[hd]
+		h.tb.Fatalf("Poll(%d): handed out %#x due %d that the model keeps pending or never had (%+v)", now, hd, due, e)
+	}
+	h.fired += want
+}
+
+func (h *harness) checkLen() {
+	if got, want := h.w.Len(), len(h.pending); got != want {
+		h.tb.Fatalf("Len() = %d, model has %d pending", got, want)
+	}
+	if due, ok := h.w.Next(); ok != (len(h.pending) > 0) {
+		h.tb.Fatalf("Next() ok = %v with %d pending", ok, len(h.pending))
+	} else if ok && !h.pending[0].never && due > max(h.pending[0].fireAt, h.lastNow) {
+		h.tb.Fatalf("Next() = %d, later than the earliest fire time %d (last Poll %d)", due, h.pending[0].fireAt, h.lastNow)
+	}
+}
+
+// ops is a source of random choices: a PRNG in the property test, bytes in
+// the fuzz target.
+type ops interface {
+	Uint64() uint64
+}
+
+// spanDelay picks a delay spanning every level: from 0 ns to beyond the
+// wheel's range, log-uniformly, plus the odd negative and huge value.
+func spanDelay(r ops, tick int64) int64 {
+	x := r.Uint64()
+	switch x % 16 {
+	case 0:
+		return -int64(x>>8) % (10 * tick) // past
+	case 1:
+		return math.MaxInt64 // clamps / overflows the range
+	case 2:
+		return int64(x>>4) % (3 * tick) // within a few ticks, exact boundaries
+	case 3:
+		return (int64(x>>8) % 200) * tick // exact multiples
+	}
+	exp := (x >> 8) % 63 // 2^0 .. 2^62 ns: up to 146 years
+	return int64((x >> 16) & (1<<exp - 1))
+}
+
+// spanStep picks how far to advance the clock: mostly small, sometimes
+// across levels, rarely years.
+func spanStep(r ops, tick int64) int64 {
+	x := r.Uint64()
+	switch x % 8 {
+	case 0:
+		return 0
+	case 1:
+		return tick
+	case 2, 3:
+		return int64(x>>8) % (4 * tick)
+	}
+	exp := (x >> 8) % 61
+	return int64((x >> 16) & (1<<exp - 1))
+}
+
+// runModel performs steps random operations and then drains everything.
+func runModel(tb testing.TB, r ops, tick time.Duration, start int64, steps int) *harness {
+	h := newHarness(tb, tick, start)
+	now := start
+	for i := 0; i < steps; i++ {
+		x := r.Uint64()
+		switch {
+		case x%100 < 50:
+			due := now + spanDelay(r, h.tick)
+			if d := spanDelay(r, h.tick); d > 0 && due > now && due > math.MaxInt64-d {
+				due = math.MaxInt64
+			}
+			h.add(due)
+		case x%100 < 70 && len(h.handles) > 0:
+			// Mostly recent handles (likely pending), sometimes old ones
+			// (likely fired or cancelled), sometimes garbage.
+			var hd Handle
+			switch y := r.Uint64(); y % 8 {
+			case 0:
+				hd = Handle(r.Uint64())
+			case 1:
+				hd = h.handles[int(y>>3)%len(h.handles)]
+			default:
+				n := min(len(h.handles), 64)
+				hd = h.handles[len(h.handles)-1-int(y>>3)%n]
+			}
+			h.cancel(hd)
+		case x%100 < 72:
+			// Two Adds at the very same due: FIFO within the slot.
+			due := now + spanDelay(r, h.tick)
+			h.add(due)
+			h.add(due)
+		default:
+			step := spanStep(r, h.tick)
+			if now > math.MaxInt64-step {
+				step = 0
+			}
+			now += step
+			h.advance(now)
+		}
+		if i%16 == 0 {
+			h.checkLen()
+		}
+		if len(h.handles) > 1<<16 {
+			h.handles = h.handles[len(h.handles)-1024:]
+		}
+	}
+	h.checkLen()
+	// Drain: jump to the end of time; everything but never-reachable
+	// entries must come out, each exactly once.
+	h.advance(math.MaxInt64)
+	h.checkLen()
+	for _, e := range h.pending {
+		if !e.never {
+			tb.Fatalf("after draining, %+v still pending", e)
+		}
+	}
+	return h
+}
+
+func TestModel(t *testing.T) {
+	total := 1_200_000
+	if raceEnabled {
+		total = 240_000
+	}
+	if testing.Short() {
+		total /= 4
+	}
+	cases := []struct {
+		tick  time.Duration
+		start int64
+	}{
+		{time.Millisecond, 0},
+		{time.Microsecond, 0},                     // 2^42 µs = 51 days: years are beyond range
+		{time.Millisecond, -5 * int64(time.Hour)}, // negative clock
+		{7 * time.Microsecond, 1 << 40},           // odd tick
+		{time.Second, math.MaxInt64 - int64(50*365*24*time.Hour)},
+		{time.Microsecond, math.MaxInt64 - int64(10*time.Millisecond)},
+	}
+	seeds := 4
+	per := total / (len(cases) * seeds)
+	for _, c := range cases {
+		for seed := range seeds {
+			t.Run(fmt.Sprintf("tick=%v/start=%d/seed=%d", c.tick, c.start, seed), func(t *testing.T) {
+				r := rand.New(rand.NewPCG(uint64(seed), uint64(c.tick)))
+				h := runModel(t, r, c.tick, c.start, per)
+				if h.fired == 0 {
+					t.Fatalf("nothing fired in %d steps", per)
+				}
+			})
+		}
+	}
+}
+
+// TestLevels places one entry at each level boundary and checks each fires
+// at exactly its tick, never earlier and never a tick later.
+func TestLevels(t *testing.T) {
+	for _, tick := range []time.Duration{time.Microsecond, time.Millisecond} {
+		h := newHarness(t, tick, 0)
+		tk := int64(tick)
+		var dues []int64
+		for l := 0; l <= numLevels; l++ {
+			span := int64(1) << (levelBits * l)
+			for _, d := range []int64{span - 1, span, span + 1, 63 * span, 64*span - 1} {
+				if d <= 0 || d > math.MaxInt64/tk-1 {
+					continue
+				}
+				dues = append(dues, d*tk, d*tk-1, d*tk+1)
+			}
+		}
+		dues = append(dues, int64(10*365*24*time.Hour), int64(150*365*24*time.Hour))
+		for _, d := range dues {
+			h.add(d)
+		}
+		// Visit every fire time and the instant before it.
+		for len(h.pending) > 0 && !h.pending[0].never {
+			f := h.pending[0].fireAt
+			h.advance(f - 1)
+			h.advance(f)
+			h.checkLen()
+		}
+	}
+}
+
+func TestCancelStale(t *testing.T) {
+	c := &fakeClock{}
+	w := New[int](Options{Clock: c})
+	if w.Cancel(0) {
+		t.Fatal("Cancel(0) = true")
+	}
+	h := w.Add(int64(time.Second), 1)
+	if !w.Cancel(h) {
+		t.Fatal("Cancel of a pending entry = false")
+	}
+	if w.Cancel(h) {
+		t.Fatal("second Cancel = true")
+	}
+	h2 := w.Add(int64(time.Second), 2) // reuses the slot with a new generation
+	if uint32(h2) != uint32(h) || h2 == h {
+		t.Fatalf("expected slot reuse with a new generation: %#x vs %#x", h2, h)
+	}
+	if w.Cancel(h) {
+		t.Fatal("stale handle cancelled a newer entry")
+	}
+	var got []Item[int]
+	w.Poll(int64(time.Second), func(b *Batch[int]) { got = append(got, b.Items...); b.Release() })
+	if len(got) != 1 || got[0].Handle != h2 || got[0].Value != 2 {
+		t.Fatalf("got %+v", got)
+	}
+	if w.Cancel(h2) {
+		t.Fatal("Cancel after firing = true")
+	}
+	if w.Cancel(Handle(1<<40 | 12345)) {
+		t.Fatal("Cancel of an index never used = true")
+	}
+}
+
+func TestAddAfterClamps(t *testing.T) {
+	c := &fakeClock{}
+	c.ns.Store(math.MaxInt64 - int64(10*time.Second))
+	w := New[int](Options{Clock: c})
+	h := w.AddAfter(time.Duration(math.MaxInt64), 1)
+	n := 0
+	w.Poll(math.MaxInt64, func(b *Batch[int]) {
+		for _, it := range b.Items {
+			if it.Due != math.MaxInt64 || it.Handle != h {
+				t.Fatalf("got %+v", it)
+			}
+			n++
+		}
+		b.Release()
+	})
+	if n != 1 {
+		t.Fatalf("clamped entry fired %d times", n)
+	}
+}
+
+func TestPanicsOnTinyTick(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Fatal("no panic")
+		}
+	}()
+	New[int](Options{Tick: time.Nanosecond})
+}

@@ -1,0 +1,535 @@
+package wheel
+
+import (
+	"math"
+	"math/bits"
+	"sync"
+	"time"
+)
+
+const (
+	levelBits = 6
+	numSlots  = 1 << levelBits // slots per level
+	slotMask  = numSlots - 1
+	numLevels = 7
+	topLevel  = numLevels - 1
+
+	// maxRange is the number of ticks the wheel covers (2^42).
+	maxRange = uint64(1) << (levelBits * numLevels)
+
+	// List ids: 0..numLevels*numSlots-1 are wheel slots (level*64+slot),
+	// readyList holds entries whose tick is already processed, freeList marks
+	// a free entry.
+	readyList = numLevels * numSlots
+	numLists  = readyList + 1
+	freeList  = math.MaxUint16
+
+	chunkBits = 16
+	chunkSize = 1 << chunkBits
+	chunkMask = chunkSize - 1
+
+	// maxPooledBatch bounds the capacity of a batch kept for reuse, so one
+	// huge burst does not pin its memory forever.
+	maxPooledBatch = 1 << 16
+)
+
+// Handle identifies one Add. It is generation<<32 | index; the zero Handle is
+// never valid, and a Handle whose entry has fired or been cancelled is stale:
+// Cancel returns false for it. Generations are 32 bits, so a Handle kept
+// across 2^32 reuses of the same entry may alias a newer entry.
+type Handle uint64
+
+// Clock is a monotonic clock in nanoseconds; only differences matter. It must
+// be safe for concurrent use.
+type Clock interface{ Now() int64 }
+
+// Options configure a Wheel. The zero Options are fine: 1 ms tick, real
+// monotonic clock.
+type Options struct {
+	Tick  time.Duration // default 1ms; must be >= 1µs
+	Clock Clock         // default: real monotonic clock (time.Since(a fixed base))
+}
+
+// Item is one handed-out entry.
+type Item[T any] struct {
+	Handle Handle
+	Due    int64 // the due time given to Add (wheel clock ns), unrounded
+	Value  T
+}
+
+// Batch is a group of items that became due in the same tick bucket. The
+// receiver owns it until it calls Release.
+type Batch[T any] struct {
+	Items []Item[T]
+	w     *Wheel[T]
+}
+
+// Release gives the batch back to its wheel for reuse. O(len(Items)) (the
+// items are zeroed so pooled batches keep no references). Don't touch the
+// batch or its Items afterwards. Release of a nil batch is a no-op. Safe for
+// concurrent use with the wheel's other methods.
+func (b *Batch[T]) Release() {
+	if b == nil || b.w == nil {
+		return
+	}
+	if cap(b.Items) > maxPooledBatch {
+		b.Items = nil
+		return
+	}
+	clear(b.Items)
+	b.Items = b.Items[:0]
+	b.w.batches.Put(b)
+}
+
+// entry is one pending (or free) entry. For T = uint64 it is 32 bytes.
+type entry[T any] struct {
+	due   int64  // exact due on the wheel clock
+	next  uint32 // list links by index; 0 = none
+	prev  uint32
+	gen   uint32 // bumped each time the entry is freed
+	list  uint16 // level*64+slot, readyList, or freeList
+	value T
+}
+
+// Wheel is a hierarchical timing wheel. Add and Cancel are O(1); handing out
+// due entries costs O(1) amortised per entry (each entry cascades at most
+// once per level). All methods are safe for concurrent use from many
+// goroutines; one mutex guards the wheel and is never held while user code
+// runs. The zero Wheel is not usable: create one with New.
+type Wheel[T any] struct {
+	mu sync.Mutex
+
+	tick   uint64 // ns per tick
+	origin int64  // wheel clock at tick 0
+	clock  Clock
+
+	elapsed  uint64 // last processed tick
+	n        int    // pending entries
+	occupied [numLevels]uint64
+	heads    [numLists]uint32
+	tails    [numLists]uint32
+
+	chunks [][]entry[T]
+	free   uint32 // head of the free list (linked by next); 0 = empty
+	used   uint32 // entries ever handed out of the slab (index 0 reserved)
+
+	// planned is the tick the sleeping driver will wake at; 0 when no driver
+	// sleeps. An Add due before it wakes the driver.
+	planned uint64
+	wake    chan struct{}
+
+	batches sync.Pool
+}
+
+type monoClock struct{ base time.Time }
+
+func (c monoClock) Now() int64 { return int64(time.Since(c.base)) }
+
+// New returns an empty wheel. It panics if opts.Tick is non-zero and below
+// 1µs. O(1).
+func New[T any](opts Options) *Wheel[T] {
+	tick := opts.Tick
+	if tick == 0 {
+		tick = time.Millisecond
+	}
+	if tick < time.Microsecond {
+		panic("wheel: Options.Tick must be >= 1µs")
+	}
+	clock := opts.Clock
+	if clock == nil {
+		clock = monoClock{base: time.Now()}
+	}
+	w := &Wheel[T]{
+		tick:   uint64(tick),
+		clock:  clock,
+		origin: clock.Now(),
+		used:   1, // index 0 is reserved: the zero Handle is never valid
+		wake:   make(chan struct{}, 1),
+	}
+	w.batches.New = func() any { return &Batch[T]{w: w} }
+	return w
+}
+
+// Now returns the wheel clock in nanoseconds. O(1); safe for concurrent use.
+func (w *Wheel[T]) Now() int64 { return w.clock.Now() }
+
+// dueTick is ceil((due-origin)/tick), 0 for a due at or before the origin.
+func (w *Wheel[T]) dueTick(due int64) uint64 {
+	if due <= w.origin {
+		return 0
+	}
+	d := uint64(due) - uint64(w.origin) // exact: due > origin
+	t := d / w.tick
+	if d%w.tick != 0 {
+		t++
+	}
+	return t
+}
+
+// nowTick is floor((now-origin)/tick): the last tick whose time has come.
+func (w *Wheel[T]) nowTick(now int64) uint64 {
+	if now <= w.origin {
+		return 0
+	}
+	return (uint64(now) - uint64(w.origin)) / w.tick
+}
+
+// tickTime is the wheel-clock time of tick t, clamped to math.MaxInt64.
+func (w *Wheel[T]) tickTime(t uint64) int64 {
+	hi, lo := bits.Mul64(t, w.tick)
+	if hi != 0 || lo > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	s := int64(lo) + w.origin
+	if w.origin > 0 && s < 0 { // overflow
+		return math.MaxInt64
+	}
+	return s
+}
+
+func (w *Wheel[T]) at(i uint32) *entry[T] {
+	return &w.chunks[i>>chunkBits][i&chunkMask]
+}
+
+// alloc takes an entry index off the free list or the slab. Caller holds mu.
+func (w *Wheel[T]) alloc() uint32 {
+	if i := w.free; i != 0 {
+		w.free = w.at(i).next
+		return i
+	}
+	i := w.used
+	if i == math.MaxUint32 {
+		panic("wheel: more than 2^32-1 entries")
+	}
+	if int(i>>chunkBits) == len(w.chunks) {
+		w.chunks = append(w.chunks, make([]entry[T], chunkSize))
+	}
+	w.used++
+	return i
+}
+
+// release puts an unlinked entry on the free list. Caller holds mu.
+func (w *Wheel[T]) release(i uint32, e *entry[T]) {
+	var zero T
+	e.value = zero
+	e.gen++
+	e.list = freeList
+	e.prev = 0
+	e.next = w.free
+	w.free = i
+}
+
+// levelFor is the level an entry due at tick `when` belongs in while the
+// wheel has processed `elapsed` (when > elapsed).
+func levelFor(elapsed, when uint64) int {
+	masked := (elapsed ^ when) | slotMask
+	l := (63 - bits.LeadingZeros64(masked)) / levelBits
+	if l > topLevel {
+		l = topLevel
+	}
+	return l
+}
+
+// place links entry i (due at tick t) into its slot, or the ready list if
+// its tick is already processed. Caller holds mu.
+func (w *Wheel[T]) place(i uint32, e *entry[T], t uint64) {
+	var list int
+	if t <= w.elapsed {
+		list = readyList
+	} else {
+		l := levelFor(w.elapsed, t)
+		s := int(t>>(levelBits*l)) & slotMask
+		list = l*numSlots + s
+		w.occupied[l] |= 1 << s
+	}
+	e.list = uint16(list)
+	e.next = 0
+	e.prev = w.tails[list]
+	if e.prev != 0 {
+		w.at(e.prev).next = i
+	} else {
+		w.heads[list] = i
+	}
+	w.tails[list] = i
+}
+
+// unlink removes entry i from its list. Caller holds mu.
+func (w *Wheel[T]) unlink(i uint32, e *entry[T]) {
+	list := int(e.list)
+	if e.prev != 0 {
+		w.at(e.prev).next = e.next
+	} else {
+		w.heads[list] = e.next
+	}
+	if e.next != 0 {
+		w.at(e.next).prev = e.prev
+	} else {
+		w.tails[list] = e.prev
+	}
+	if w.heads[list] == 0 && list < readyList {
+		w.occupied[list/numSlots] &^= 1 << (list % numSlots)
+	}
+}
+
+// Add schedules v to be handed out at or after due (wheel clock ns), at most
+// one tick plus scheduling noise late. A due in the past fires at the next
+// Poll. O(1); no allocation in steady state (the slab grows by a 64Ki-entry
+// chunk when full). Safe for concurrent use. If due is earlier than the
+// sleeping Run driver's planned wake-up, the driver is woken.
+func (w *Wheel[T]) Add(due int64, v T) Handle {
+	t := w.dueTick(due)
+	w.mu.Lock()
+	i := w.alloc()
+	e := w.at(i)
+	e.due = due
+	e.value = v
+	w.place(i, e, t)
+	w.n++
+	h := Handle(uint64(e.gen)<<32 | uint64(i))
+	wake := t < w.planned
+	if wake {
+		w.planned = t
+	}
+	w.mu.Unlock()
+	if wake {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+	return h
+}
+
+// AddAfter is Add(w.Now()+d, v), with the sum clamped to math.MaxInt64 (and
+// math.MinInt64) on overflow. O(1); safe for concurrent use.
+func (w *Wheel[T]) AddAfter(d time.Duration, v T) Handle {
+	now := w.Now()
+	due := now + int64(d)
+	if d > 0 && due < now {
+		due = math.MaxInt64
+	} else if d < 0 && due > now {
+		due = math.MinInt64
+	}
+	return w.Add(due, v)
+}
+
+// Cancel removes a pending entry. It returns true iff it removed one, false
+// if h is zero, stale, already handed out (in a batch) or already cancelled,
+// like time.Timer.Stop. O(1); safe for concurrent use.
+func (w *Wheel[T]) Cancel(h Handle) bool {
+	i := uint32(h)
+	if i == 0 {
+		return false
+	}
+	w.mu.Lock()
+	if i >= w.used {
+		w.mu.Unlock()
+		return false
+	}
+	e := w.at(i)
+	if e.gen != uint32(h>>32) || e.list == freeList {
+		w.mu.Unlock()
+		return false
+	}
+	w.unlink(i, e)
+	w.release(i, e)
+	w.n--
+	w.mu.Unlock()
+	return true
+}
+
+// Len returns the number of pending entries: added, not cancelled and not
+// yet handed out in a batch. O(1); safe for concurrent use.
+func (w *Wheel[T]) Len() int {
+	w.mu.Lock()
+	n := w.n
+	w.mu.Unlock()
+	return n
+}
+
+// nextExpiration finds the earliest occupied slot: the lowest level with an
+// occupied slot, and in it the first occupied slot after the current one.
+// (Below the top level the current slot is never occupied; at the top level
+// the current slot holds only entries a full rotation or more ahead, so it
+// comes last.) Caller holds mu.
+func (w *Wheel[T]) nextExpiration() (deadline uint64, level, slot int, ok bool) {
+	for l := range numLevels {
+		occ := w.occupied[l]
+		if occ == 0 {
+			continue
+		}
+		shift := uint(levelBits * l)
+		cur := int(w.elapsed>>shift) & slotMask
+		start := (cur + 1) & slotMask
+		s := (start + bits.TrailingZeros64(bits.RotateLeft64(occ, -start))) & slotMask
+		levelRange := uint64(1) << (shift + levelBits)
+		levelStart := w.elapsed &^ (levelRange - 1)
+		deadline = levelStart + uint64(s)<<shift
+		if deadline <= w.elapsed {
+			deadline += levelRange // top-level wrap
+		}
+		return deadline, l, s, true
+	}
+	return 0, 0, 0, false
+}
+
+// Next returns the earliest time (wheel clock ns) anything may be due, and
+// false if nothing is pending. The time may be earlier than any entry's due
+// (it can be a cascade point of a coarser level) and may be in the past
+// (entries wait for the next Poll). O(levels); safe for concurrent use.
+func (w *Wheel[T]) Next() (due int64, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.heads[readyList] != 0 {
+		return w.tickTime(w.elapsed), true
+	}
+	d, _, _, ok := w.nextExpiration()
+	if !ok {
+		return 0, false
+	}
+	return w.tickTime(d), true
+}
+
+func (w *Wheel[T]) newBatch() *Batch[T] {
+	return w.batches.Get().(*Batch[T])
+}
+
+// drain moves every entry of list into a new batch and frees the entries.
+// Caller holds mu.
+func (w *Wheel[T]) drain(list int) *Batch[T] {
+	b := w.newBatch()
+	i := w.heads[list]
+	w.heads[list], w.tails[list] = 0, 0
+	if list < readyList {
+		w.occupied[list/numSlots] &^= 1 << (list % numSlots)
+	}
+	for i != 0 {
+		e := w.at(i)
+		next := e.next
+		b.Items = append(b.Items, Item[T]{Handle: Handle(uint64(e.gen)<<32 | uint64(i)), Due: e.due, Value: e.value})
+		w.release(i, e)
+		w.n--
+		i = next
+	}
+	return b
+}
+
+// collect returns the next batch due at nowTick, or nil after advancing the
+// processed time to nowTick. Caller holds mu.
+func (w *Wheel[T]) collect(nowTick uint64) *Batch[T] {
+	for {
+		if w.heads[readyList] != 0 {
+			return w.drain(readyList)
+		}
+		deadline, l, s, ok := w.nextExpiration()
+		if !ok || deadline > nowTick {
+			if nowTick > w.elapsed {
+				w.elapsed = nowTick
+			}
+			return nil
+		}
+		w.elapsed = deadline
+		list := l*numSlots + s
+		if l == 0 {
+			return w.drain(list)
+		}
+		// Cascade: re-insert each entry at a finer level; those due now land
+		// on the ready list, handed out on the next iteration.
+		i := w.heads[list]
+		w.heads[list], w.tails[list] = 0, 0
+		w.occupied[l] &^= 1 << s
+		for i != 0 {
+			e := w.at(i)
+			next := e.next
+			w.place(i, e, w.dueTick(e.due))
+			i = next
+		}
+	}
+}
+
+// Poll hands out everything due at now (wheel clock ns): entries whose tick
+// time origin+ceil((due-origin)/Tick)*Tick is <= now. Each tick bucket goes
+// out as one batch, passed to fn; fn runs without the lock held (it may call
+// Add and Cancel) and owns the batch (call Release when done). The lock is
+// taken once per batch, so Adds interleave with a large burst. Cost:
+// O(due entries) amortised plus O(levels) per batch. Safe for concurrent
+// use, though concurrent Polls hand out batches in no defined order.
+func (w *Wheel[T]) Poll(now int64, fn func(*Batch[T])) {
+	nowTick := w.nowTick(now)
+	for {
+		w.mu.Lock()
+		b := w.collect(nowTick)
+		w.mu.Unlock()
+		if b == nil {
+			return
+		}
+		fn(b)
+	}
+}
+
+// maxSleep bounds one driver sleep; the driver simply re-plans after it.
+const maxSleep = time.Hour
+
+// Run is the tickless driver. The owner calls it on its own goroutine; it
+// sends each due batch on out (blocking send, so a slow consumer means
+// backpressure, not loss) until stop is closed. It returns the batch it could
+// not send because stop closed (nil if none) so the owner decides its fate.
+//
+// Between batches it sleeps on one time.Timer until the next occupied slot's
+// deadline (found through per-level occupancy bitmaps), so pending entries
+// far ahead cost no CPU; an Add due before the planned wake-up wakes it. Run
+// sleeps in real time: with an injected Clock it assumes that clock runs at
+// real speed. Run at most one driver per wheel.
+func (w *Wheel[T]) Run(stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
+	timer := time.NewTimer(maxSleep)
+	defer timer.Stop()
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		nowTick := w.nowTick(w.Now())
+		w.mu.Lock()
+		w.planned = 0 // awake: Adds need not wake us until we plan again
+		b := w.collect(nowTick)
+		if b != nil {
+			w.mu.Unlock()
+			select {
+			case out <- b:
+				continue
+			case <-stop:
+				return b
+			}
+		}
+		// Nothing due: plan the wake-up under the same lock Add takes, so
+		// an earlier Add after this point sees planned and wakes us.
+		var sleep time.Duration
+		if w.heads[readyList] != 0 {
+			w.planned = 0
+		} else if d, _, _, ok := w.nextExpiration(); ok {
+			w.planned = d
+			sleep = time.Duration(w.tickTime(d) - w.Now())
+			if w.tickTime(d) == math.MaxInt64 || sleep > maxSleep {
+				sleep = maxSleep
+			}
+		} else {
+			w.planned = math.MaxUint64
+			sleep = maxSleep
+		}
+		w.mu.Unlock()
+		if sleep > 0 {
+			timer.Reset(sleep)
+			select {
+			case <-stop:
+				w.mu.Lock()
+				w.planned = 0
+				w.mu.Unlock()
+				return nil
+			case <-timer.C:
+			case <-w.wake:
+			}
+			timer.Stop()
+		}
+	}
+}
