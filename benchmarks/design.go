@@ -81,3 +81,18 @@ func newProducer(addr string) (*nsq.Producer, error) {
 	}
 	return p, nil
 }
+
+var extraDesigns = map[string]func() Design{}
+
+// registerDesign adds a design that only some builds have (see
+// wheeldesign.go, built with -tags wheeldesign).
+func registerDesign(name string, f func() Design) { extraDesigns[name] = f }
+
+// ExtraDesign returns a design registered by an optional file, if built.
+func ExtraDesign(name string) (Design, bool) {
+	f, ok := extraDesigns[name]
+	if !ok {
+		return nil, false
+	}
+	return f(), true
+}

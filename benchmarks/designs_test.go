@@ -162,3 +162,22 @@ func TestBodyRoundTrip(t *testing.T) {
 		t.Fatal("short body decoded")
 	}
 }
+
+// TestDeferdDeliversOnceNotEarly builds ./cmd/deferd and runs the small load
+// through it; it skips while cmd/deferd does not build or start.
+func TestDeferdDeliversOnceNotEarly(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("builds cmd/deferd")
+	}
+	bin, err := BuildDeferd("..", t.TempDir())
+	if err != nil {
+		t.Skip(err)
+	}
+	h := newHarness(t)
+	r, err := h.Run(NewDeferd(bin), smallLoad("small"))
+	if err == nil && r.Skipped != "" {
+		t.Skip(r.Skipped)
+	}
+	checkExactlyOnce(t, r, err)
+}

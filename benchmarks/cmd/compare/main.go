@@ -56,7 +56,7 @@ type options struct {
 
 func main() {
 	var o options
-	flag.StringVar(&o.designs, "designs", "channel,zset-poll,zset-lua,nsqd-defer,deferd", "comma-separated designs to run, in order")
+	flag.StringVar(&o.designs, "designs", "channel,zset-poll,zset-lua,nsqd-defer,wheel,deferd", "comma-separated designs to run, in order (wheel needs -tags wheeldesign)")
 	flag.StringVar(&o.scenarios, "scenarios", "fixed,mixed,burst,capacity,crash", "comma-separated scenarios to run, in order")
 	flag.StringVar(&o.out, "out", "benchmarks/out", "directory for comparison.md and comparison.png")
 	flag.StringVar(&o.repo, "repo", ".", "module root to build ./cmd/deferd from")
@@ -152,6 +152,11 @@ func run(o options) error {
 				return nil, deferdErr
 			}
 			return benchmarks.NewDeferd(deferdBin, strings.Fields(o.deferdArgs)...), nil
+		case "wheel":
+			if d, ok := benchmarks.ExtraDesign(name); ok {
+				return d, nil
+			}
+			return nil, &benchmarks.ErrNotRunnable{Reason: "the wheel design is built only with -tags wheeldesign (package wheel was not committed yet)"}
 		}
 		return nil, fmt.Errorf("unknown design %q", name)
 	}
