@@ -1,0 +1,43 @@
+package wheel_test
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/deferd/deferd/wheel"
+)
+
+// ExampleWheel embeds the wheel the way deferd does: producers Add, the
+// driver Run sends due batches on a channel, a consumer publishes them and
+// releases each batch.
+func ExampleWheel() {
+	w := wheel.New[string](wheel.Options{}) // 1 ms tick, real clock
+	out := make(chan *wheel.Batch[string])
+	stop := make(chan struct{})
+	done := make(chan *wheel.Batch[string])
+	go func() { done <- w.Run(stop, out) }()
+
+	w.AddAfter(20*time.Millisecond, "second")
+	w.AddAfter(10*time.Millisecond, "first")
+	h := w.AddAfter(15*time.Millisecond, "cancelled")
+	fmt.Println("cancelled:", w.Cancel(h))
+
+	for got := 0; got < 2; {
+		b := <-out
+		for _, it := range b.Items {
+			fmt.Println(it.Value, "not early:", w.Now() >= it.Due)
+			got++
+		}
+		b.Release() // the batch is recycled; don't touch it afterwards
+	}
+	close(stop)
+	if b := <-done; b != nil {
+		b.Release() // Run hands back a batch it could not deliver
+	}
+	fmt.Println("pending:", w.Len())
+	// Output:
+	// cancelled: true
+	// first not early: true
+	// second not early: true
+	// pending: 0
+}
