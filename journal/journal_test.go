@@ -791,3 +791,166 @@ func kill9Child(dir string) {
 	}
 	wg.Wait()
 }
+
+func TestMissingSegmentReported(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir, SegmentBytes: 1024}
+	j, _, _ := openJ(t, opts)
+	recs := appendN(t, j, 0, 40, 100)
+	j.Close()
+	os.Remove(segFile(dir, 2))
+	var want []rec
+	for _, r := range recs {
+		if r.p.Seg != 2 {
+			want = append(want, r)
+		}
+	}
+	j, got, rep := openJ(t, opts)
+	defer j.Close()
+	checkSame(t, got, want)
+	if len(rep.Corrupt) != 1 || !strings.Contains(rep.Corrupt[0], "missing") || j.Stats().LastRecovery.Segments != rep.Segments {
+		t.Fatalf("report %+v", rep)
+	}
+}
+
+// TestStress runs appenders, publishers (Done), a compactor (Compactable,
+// ScanLive, AppendMoved) and readers together, then checks that recovery
+// yields exactly the live set.
+func TestStress(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir, SegmentBytes: 8 << 10, GroupBytes: 4 << 10}
+	j, _, _ := openJ(t, opts)
+	var mu sync.Mutex // serialises Done vs AppendMoved of one key, as the engine must
+	live := map[Key]rec{}
+	var keys []Key
+	stop := make(chan struct{})
+	var wg, appenders sync.WaitGroup
+	for w := range 6 {
+		appenders.Add(1)
+		go func() {
+			defer appenders.Done()
+			for i := range 150 {
+				m := msg(w*10000+i, 50+i%200)
+				var p [1]Pos
+				if err := j.Append([]Message{m}, p[:]); err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				live[p[0].Key()] = rec{p[0], m}
+				keys = append(keys, p[0].Key())
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { // publisher: finish 4 of every 5 keys it sees; moved keys come back
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			mu.Lock()
+			if len(keys) == 0 {
+				mu.Unlock()
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			k := keys[0]
+			keys = keys[1:]
+			if _, ok := live[k]; ok && i%5 != 0 {
+				delete(live, k)
+				if err := j.Done(Published, []Key{k}); err != nil {
+					t.Error(err)
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+	wg.Add(1)
+	go func() { // compactor
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			seg, ok := j.Compactable()
+			if !ok {
+				continue
+			}
+			err := j.ScanLive(seg, func(p Pos, m *Message) error {
+				mu.Lock()
+				defer mu.Unlock()
+				r, ok := live[p.Key()]
+				if !ok {
+					return nil
+				}
+				if !eqMsg(*m, r.m) {
+					t.Errorf("ScanLive %+v: wrong message", p)
+				}
+				np, err := j.AppendMoved(p.Key(), m)
+				if err != nil {
+					return err
+				}
+				delete(live, p.Key())
+				live[np.Key()] = rec{np, r.m}
+				keys = append(keys, np.Key())
+				return nil
+			})
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	wg.Add(1)
+	go func() { // reader
+		defer wg.Done()
+		var buf []byte
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			mu.Lock()
+			var r rec
+			for _, r = range live {
+				break
+			}
+			mu.Unlock()
+			if r.p.Seg == 0 {
+				continue
+			}
+			var m Message
+			var err error
+			m, buf, err = j.Read(r.p, buf)
+			if err == nil && !eqMsg(m, r.m) {
+				t.Errorf("Read %+v: wrong message", r.p)
+			}
+		}
+	}()
+	appenders.Wait()
+	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(keys) == 0 })
+	time.Sleep(50 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	st := j.Stats()
+	j.Close()
+	j, got, rep := openJ(t, opts)
+	defer j.Close()
+	if len(got) != len(live) || len(rep.Corrupt) != 0 {
+		t.Fatalf("recovered %d, want %d live (report %+v)", len(got), len(live), rep)
+	}
+	for _, r := range got {
+		w, ok := live[r.p.Key()]
+		if !ok || w.p != r.p || !eqMsg(w.m, r.m) {
+			t.Fatalf("recovered %+v not in the live set", r.p)
+		}
+	}
+	t.Logf("live %d, segments %d, deleted %d, disk %d B, live bytes %d", len(live), st.Segments, st.Deleted, st.DiskBytes, st.LiveBytes)
+}
