@@ -954,3 +954,42 @@ func TestStress(t *testing.T) {
 	}
 	t.Logf("live %d, segments %d, deleted %d, disk %d B, live bytes %d", len(live), st.Segments, st.Deleted, st.DiskBytes, st.LiveBytes)
 }
+
+func TestWriteErrorAtRollover(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir, SegmentBytes: 1024}
+	j, _, _ := openJ(t, opts)
+	var failing sync.Map
+	failing.Store("on", true)
+	j.writeAt = func(f *os.File, b []byte, off int64) (int, error) {
+		if on, _ := failing.Load("on"); on.(bool) && strings.HasSuffix(f.Name(), "00000002.seg") {
+			return 0, syscall.EIO
+		}
+		return f.WriteAt(b, off)
+	}
+	var ok []rec
+	var p [1]Pos
+	for i := 0; i < 20; i++ {
+		m := msg(i, 100)
+		err := j.Append([]Message{m}, p[:])
+		if err == nil {
+			ok = append(ok, rec{p[0], m})
+			continue
+		}
+		if !errors.Is(err, syscall.EIO) {
+			t.Fatal(err)
+		}
+	}
+	if len(ok) == 0 || len(ok) == 20 {
+		t.Fatalf("%d appends succeeded", len(ok))
+	}
+	failing.Store("on", false)
+	ok = append(ok, appendN(t, j, 100, 20, 100)...)
+	j.Close()
+	j, got, rep := openJ(t, opts)
+	defer j.Close()
+	checkSame(t, got, ok)
+	if rep.TornTails != 0 || len(rep.Corrupt) != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+}
