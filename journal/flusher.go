@@ -24,18 +24,28 @@ func (j *Journal) run() {
 		case <-j.kick:
 			j.flush()
 		case <-tick:
+			j.flush() // re-queued Done records after a write error
 			j.syncDirty()
 		case <-j.stop:
-			for j.flush() {
+			// Flush what is pending; give up after one failed group (its
+			// waiters and the group behind it get the error) rather than
+			// retrying re-queued Done records forever on a full disk.
+			var err error
+			for wrote := true; wrote && err == nil; {
+				wrote, err = j.flush()
 			}
-			j.closeErr = j.syncDirty()
+			if serr := j.syncDirty(); err == nil {
+				err = serr
+			}
+			j.closeErr = err
 			return
 		}
 	}
 }
 
-// flush writes the current group, if any; it reports whether it did.
-func (j *Journal) flush() bool {
+// flush writes the current group, if any; it reports whether it did and
+// the group's write error.
+func (j *Journal) flush() (bool, error) {
 	// The appender that kicked us usually makes us runnable next on its P,
 	// ahead of the other appenders; yield once so they can join this group.
 	runtime.Gosched()
@@ -43,7 +53,7 @@ func (j *Journal) flush() bool {
 	g := j.cur
 	if len(g.buf) == 0 {
 		j.mu.Unlock()
-		return false
+		return false, nil
 	}
 	j.newGroupLocked()
 	j.cond.Broadcast()
@@ -51,7 +61,7 @@ func (j *Journal) flush() bool {
 
 	if err := j.writeGroup(g); err != nil {
 		j.fail(g, err)
-		return true
+		return true, err
 	}
 
 	j.mu.Lock()
@@ -82,7 +92,7 @@ func (j *Journal) flush() bool {
 	j.stats.groups.Add(1)
 	close(g.done)
 	j.deleteSegments(dels)
-	return true
+	return true, nil
 }
 
 // writeGroup writes g's ranges and fsyncs per mode. Flusher only.
@@ -151,8 +161,10 @@ func syncDir(dir string) {
 // behind it (its positions assumed g's bytes), re-queues the Done records
 // of both, and releases both groups' waiters with err. Flusher only.
 func (j *Journal) fail(g *group, err error) {
-	j.stats.writeErrs.Add(1)
-	j.logf("journal: %v (group of %d bytes failed; journal stays open)", err, len(g.buf))
+	if n := j.stats.writeErrs.Add(1); time.Since(j.lastErrLog) >= time.Second {
+		j.logf("journal: %v (group of %d bytes failed, %d write errors so far; journal stays open)", err, len(g.buf), n)
+		j.lastErrLog = time.Now()
+	}
 	j.mu.Lock()
 	next := j.cur // the group being filled behind g
 	r0 := g.ranges[0]
@@ -190,7 +202,6 @@ func (j *Journal) fail(g *group, err error) {
 
 	// Re-queue Done records: their marks are already applied in memory.
 	j.newGroupLocked()
-	requeued := 0
 	for _, src := range []*group{g, next} {
 		for _, d := range src.dones {
 			frame := src.buf[d[0]:d[1]]
@@ -201,7 +212,6 @@ func (j *Journal) fail(g *group, err error) {
 			r.ndone++
 			r.seg.end += int64(len(frame))
 			ng.dones = append(ng.dones, [2]int{st, len(ng.buf)})
-			requeued++
 		}
 	}
 	j.cond.Broadcast()
@@ -213,9 +223,8 @@ func (j *Journal) fail(g *group, err error) {
 		next.err = err
 		close(next.done)
 	}
-	if requeued > 0 {
-		j.kickFlusher()
-	}
+	// Re-queued Done records go out with the next group (the next Append,
+	// Done or Close); kicking now would spin on a full disk.
 }
 
 // collectDeletableLocked removes from the table the oldest segments that are

@@ -241,8 +241,9 @@ type Journal struct {
 	closeMu sync.Mutex
 
 	// Flusher-owned.
-	wseg  *segment // segment last written
-	dirty bool     // wseg written since its last fsync
+	wseg       *segment // segment last written
+	dirty      bool     // wseg written since its last fsync
+	lastErrLog time.Time
 
 	// writeAt is the file write used by the flusher; tests inject errors.
 	writeAt func(f *os.File, b []byte, off int64) (int, error)
