@@ -255,7 +255,10 @@ type Journal struct {
 	closeErr   error // final flush/fsync error, set by the flusher before it stops
 }
 
-const segSuffix = ".seg"
+const (
+	segSuffix       = ".seg"
+	maxSegmentBytes = 1 << 31
+)
 
 func (j *Journal) segPath(id uint32) string {
 	return filepath.Join(j.opts.Dir, fmt.Sprintf("%08d%s", id, segSuffix))
@@ -270,6 +273,9 @@ func Open(opts Options) (*Journal, error) {
 	}
 	if opts.SegmentBytes <= 0 {
 		opts.SegmentBytes = 64 << 20
+	}
+	if opts.SegmentBytes > maxSegmentBytes {
+		return nil, fmt.Errorf("journal: SegmentBytes %d must be <= %d (Pos.Off is 32 bits)", opts.SegmentBytes, int64(maxSegmentBytes))
 	}
 	if opts.FsyncInterval <= 0 {
 		opts.FsyncInterval = 100 * time.Millisecond
