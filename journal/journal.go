@@ -76,12 +76,12 @@ func (m FsyncMode) String() string {
 	return "FsyncMode(" + strconv.Itoa(int(m)) + ")"
 }
 
-// DoneKind is why a message is finished.
+// DoneKind is why a message is finished. The zero value is invalid.
 type DoneKind uint8
 
 const (
-	Published DoneKind = 1
-	Cancelled DoneKind = 2
+	Published DoneKind = 1 // delivered to nsqd
+	Cancelled DoneKind = 2 // cancelled by the producer
 )
 
 // Options configures Open. The zero value of each field but Dir selects its
@@ -98,7 +98,8 @@ type Options struct {
 	GroupBytes int
 }
 
-// Errors.
+// Errors returned by the journal. Write errors are returned wrapped (use
+// errors.Is, e.g. with syscall.ENOSPC).
 var (
 	ErrClosed       = errors.New("journal: closed")
 	ErrTooLarge     = errors.New("journal: record larger than MaxRecordBytes")
@@ -108,7 +109,7 @@ var (
 	ErrBadPos       = errors.New("journal: position does not hold a message record")
 )
 
-// Report describes one recovery.
+// Report describes one recovery (see Recover). It is a plain value.
 type Report struct {
 	Segments       int      // segment files scanned
 	Records        int      // valid records (all types)
@@ -120,7 +121,7 @@ type Report struct {
 	Duration       time.Duration
 }
 
-// Stats is a snapshot of counters. See Journal.Stats.
+// Stats is a snapshot of counters, a plain value. See Journal.Stats.
 type Stats struct {
 	Segments     int
 	DiskBytes    int64  // bytes written to segment files still present
@@ -219,7 +220,9 @@ type group struct {
 }
 
 // Journal is a durable, segmented, group-committed log. All methods are
-// safe for concurrent use. Use Open, then Recover once, then the rest.
+// safe for concurrent use. Use Open, then Recover once, then the rest; the
+// zero value is not usable. It owns one flusher goroutine (started by
+// Recover, stopped by Close) and one open file per segment.
 type Journal struct {
 	opts   Options
 	logf   func(string, ...any)
