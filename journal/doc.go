@@ -49,8 +49,8 @@
 // tail from corruption like etcd's wal: bad bytes at the end of the LAST
 // segment with no valid record after them (a short record, a zero-filled
 // or partially written end) are a torn write and are truncated (reported in
-// Report.TornTails). Anything else - a bad record followed by valid ones,
-// or a bad record anywhere in an earlier segment - is corruption: it is
+// Report.TornTails). Anything else (a bad record followed by valid ones,
+// or a bad record anywhere in an earlier segment) is corruption: it is
 // reported in Report.Corrupt, Stats.Corrupt and Logf, never silently
 // skipped. Records after a corrupt region are kept if a valid frame can be
 // found again (resync); otherwise the rest of that segment is lost and the
