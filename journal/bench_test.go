@@ -144,3 +144,42 @@ func BenchmarkRecover(b *testing.B) {
 	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "records/s")
 	b.ReportMetric(float64(rep.Bytes)/(1<<20), "MiB")
 }
+
+// BenchmarkRead measures Read of a 500 B message (pread from page cache,
+// CRC, decode) from 2 goroutines.
+//
+//	go test -run XXX -bench Read -benchtime 1000000x ./journal/
+func BenchmarkRead(b *testing.B) {
+	j, err := Open(Options{Dir: b.TempDir(), Fsync: FsyncNever})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := j.Recover(func(Pos, *Message) error { return nil }); err != nil {
+		b.Fatal(err)
+	}
+	defer j.Close()
+	msgs := make([]Message, 1000)
+	pos := make([]Pos, len(msgs))
+	for i := range msgs {
+		msgs[i] = Message{ID: "id-" + strconv.Itoa(i), Topic: "bench", Body: make([]byte, 500)}
+	}
+	if err := j.Append(msgs, pos); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetBytes(500)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		var buf []byte
+		i := 0
+		for pb.Next() {
+			var err error
+			_, buf, err = j.Read(pos[i%len(pos)], buf)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			i++
+		}
+	})
+}

@@ -255,7 +255,10 @@ type Journal struct {
 		appends, doneRecs, groups, fsyncs, writeErrs, corrupt, deleted atomic.Uint64
 	}
 	lastReport Report
-	closeErr   error // final flush/fsync error, set by the flusher before it stops
+
+	topics   atomic.Pointer[map[string]string] // interned topics, copy-on-write
+	internMu sync.Mutex
+	closeErr error // final flush/fsync error, set by the flusher before it stops
 }
 
 const (
@@ -587,7 +590,7 @@ func (j *Journal) Done(kind DoneKind, keys []Key) error {
 
 // Read reads the record at p with one pread (page cache) into buf, grown if
 // short, and decodes it. The returned Message's Body aliases the returned
-// buffer; ID and Topic are fresh strings. Safe for concurrent use,
+// buffer; ID and Topic are ordinary strings. Safe for concurrent use,
 // including with Append and segment deletion (a deleted segment gives
 // ErrNotFound). Cost: one pread, one CRC, two small allocations.
 func (j *Journal) Read(p Pos, buf []byte) (Message, []byte, error) {
@@ -630,7 +633,45 @@ func (j *Journal) Read(p Pos, buf []byte) (Message, []byte, error) {
 		}
 		return Message{}, buf, fmt.Errorf("journal: record at segment %d offset %d: %w", p.Seg, p.Off, err)
 	}
-	return Message{ID: string(r.id), Topic: string(r.topic), Due: r.due, Body: r.body}, buf, nil
+	m := Message{Topic: j.intern(r.topic), Due: r.due, Body: r.body}
+	if len(r.id) > 0 {
+		m.ID = string(r.id)
+	}
+	return m, buf, nil
+}
+
+// maxInterned bounds the topic intern table.
+const maxInterned = 1024
+
+// intern returns b as a string, shared for the first maxInterned distinct
+// topics seen (lock-free read of a copy-on-write map; no allocation on a hit).
+func (j *Journal) intern(b []byte) string {
+	if t := j.topics.Load(); t != nil {
+		if s, ok := (*t)[string(b)]; ok {
+			return s
+		}
+	}
+	s := string(b)
+	j.internMu.Lock()
+	defer j.internMu.Unlock()
+	old := j.topics.Load()
+	if old != nil {
+		if v, ok := (*old)[s]; ok {
+			return v
+		}
+		if len(*old) >= maxInterned {
+			return s
+		}
+	}
+	nm := make(map[string]string, 1)
+	if old != nil {
+		for k, v := range *old {
+			nm[k] = v
+		}
+	}
+	nm[s] = s
+	j.topics.Store(&nm)
+	return s
 }
 
 // Compactable returns a sealed segment worth compacting: the oldest sealed
