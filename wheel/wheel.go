@@ -509,9 +509,14 @@ func (w *Wheel[T]) Run(stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
 			w.planned = 0
 		} else if d, _, _, ok := w.nextExpiration(); ok {
 			w.planned = d
-			sleep = time.Duration(w.tickTime(d) - w.Now())
-			if w.tickTime(d) == math.MaxInt64 || sleep > maxSleep {
+			wakeAt, now := w.tickTime(d), w.Now()
+			switch {
+			case wakeAt <= now:
+				// Already due: go round again without sleeping.
+			case wakeAt-now < 0 || wakeAt-now > int64(maxSleep): // overflow or far
 				sleep = maxSleep
+			default:
+				sleep = time.Duration(wakeAt - now)
 			}
 		} else {
 			w.planned = math.MaxUint64

@@ -1,0 +1,383 @@
+package wheel
+
+// Side-by-side benchmarks of the wheel against time.AfterFunc, a
+// mutex-protected container/heap, and one sleeping goroutine per message.
+// Run them all in one go so the ratios are comparable on a noisy machine:
+//
+//	go test -run XXX -bench . -benchtime 200000x -timeout 30m ./wheel/
+
+import (
+	"container/heap"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+var sinkHandle Handle
+
+func benchSizes(b *testing.B) []int {
+	if testing.Short() {
+		return []int{1_000_000}
+	}
+	return []int{1_000_000, 10_000_000}
+}
+
+// liveBytes is the memory held by live heap objects and goroutine stacks
+// after a full GC.
+func liveBytes() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse + m.StackInuse
+}
+
+// farDue spreads pending entries between one and two hours ahead.
+func farDue(i int) time.Duration {
+	return time.Hour + time.Duration(uint64(i)*2654435761%uint64(time.Hour/time.Microsecond))*time.Microsecond
+}
+
+// impl is one scheduler design under test. Handles are kept by the impl
+// in a slice sized before memory is measured.
+type impl struct {
+	name   string
+	fill   func(n, extra int)   // pre-fill n entries far ahead, room for extra
+	add    func(i int)          // add entry i far ahead
+	cancel func(i int)          // cancel pre-filled entry i
+	soon   func(i int, d int64) // add entry i due d ns from the current time
+	expire func(now int64) int  // hand out everything due at now (fake time)
+	clean  func()               // drop everything
+}
+
+func wheelImpl() *impl {
+	var (
+		c  fakeClock
+		w  *Wheel[uint64]
+		hs []Handle
+	)
+	var fired int
+	onBatch := func(b *Batch[uint64]) { fired += len(b.Items); b.Release() }
+	return &impl{
+		name: "wheel",
+		fill: func(n, extra int) {
+			w = New[uint64](Options{Clock: &c})
+			hs = make([]Handle, n)
+			for i := range n {
+				hs[i] = w.Add(int64(farDue(i)), uint64(i))
+			}
+		},
+		add:    func(i int) { sinkHandle = w.Add(int64(farDue(i)), uint64(i)) },
+		cancel: func(i int) { w.Cancel(hs[i]) },
+		soon:   func(i int, d int64) { w.Add(c.Now()+d, uint64(i)) },
+		expire: func(now int64) int {
+			fired = 0
+			c.ns.Store(now)
+			w.Poll(now, onBatch)
+			return fired
+		},
+		clean: func() { w, hs = nil, nil; c.ns.Store(0) },
+	}
+}
+
+func afterFuncImpl() *impl {
+	var ts []*time.Timer
+	noop := func() {}
+	return &impl{
+		name: "afterfunc",
+		fill: func(n, extra int) {
+			ts = make([]*time.Timer, n, n+extra)
+			for i := range n {
+				ts[i] = time.AfterFunc(farDue(i), noop)
+			}
+		},
+		add:    func(i int) { ts = append(ts, time.AfterFunc(farDue(i), noop)) },
+		cancel: func(i int) { ts[i].Stop() },
+		// soon/expire: see BenchmarkAddExpireAfterFunc (real time).
+		clean: func() {
+			for _, t := range ts {
+				t.Stop()
+			}
+			ts = nil
+		},
+	}
+}
+
+// heapItem is the classic design: one heap object per entry, its index
+// kept inside it for O(log n) removal (as nsqd's in-flight queue does).
+type heapItem struct {
+	due   int64
+	index int
+	value uint64
+}
+
+type itemHeap []*heapItem
+
+func (h itemHeap) Len() int           { return len(h) }
+func (h itemHeap) Less(i, j int) bool { return h[i].due < h[j].due }
+func (h itemHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index = i
+	h[j].index = j
+}
+func (h *itemHeap) Push(x any) { it := x.(*heapItem); it.index = len(*h); *h = append(*h, it) }
+func (h *itemHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	it.index = -1
+	return it
+}
+
+// lockedHeap is a mutex-protected container/heap driven by one goroutine.
+type lockedHeap struct {
+	mu sync.Mutex
+	h  itemHeap
+}
+
+func (l *lockedHeap) add(due int64, v uint64) *heapItem {
+	it := &heapItem{due: due, value: v}
+	l.mu.Lock()
+	heap.Push(&l.h, it)
+	l.mu.Unlock()
+	return it
+}
+
+func (l *lockedHeap) cancel(it *heapItem) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if it.index < 0 {
+		return false
+	}
+	heap.Remove(&l.h, it.index)
+	return true
+}
+
+func (l *lockedHeap) expire(now int64, out []*heapItem) []*heapItem {
+	l.mu.Lock()
+	for len(l.h) > 0 && l.h[0].due <= now {
+		out = append(out, heap.Pop(&l.h).(*heapItem))
+	}
+	l.mu.Unlock()
+	return out
+}
+
+func heapImpl() *impl {
+	var (
+		l   *lockedHeap
+		hs  []*heapItem
+		now int64
+		buf []*heapItem
+	)
+	return &impl{
+		name: "heap",
+		fill: func(n, extra int) {
+			l = &lockedHeap{h: make(itemHeap, 0, n+extra)}
+			hs = make([]*heapItem, n)
+			for i := range n {
+				hs[i] = l.add(int64(farDue(i)), uint64(i))
+			}
+		},
+		add:    func(i int) { l.add(int64(farDue(i)), uint64(i)) },
+		cancel: func(i int) { l.cancel(hs[i]) },
+		soon:   func(i int, d int64) { l.add(now+d, uint64(i)) },
+		expire: func(t int64) int {
+			now = t
+			buf = l.expire(t, buf[:0])
+			n := len(buf)
+			clear(buf)
+			return n
+		},
+		clean: func() { l, hs, buf, now = nil, nil, nil, 0 },
+	}
+}
+
+// BenchmarkAdd: Add throughput with n entries already pending far ahead,
+// and the memory each pending entry costs (live heap + stacks).
+func BenchmarkAdd(b *testing.B) {
+	for _, n := range benchSizes(b) {
+		for _, mk := range []func() *impl{wheelImpl, afterFuncImpl, heapImpl} {
+			im := mk()
+			b.Run(fmt.Sprintf("impl=%s/pending=%dM", im.name, n/1_000_000), func(b *testing.B) {
+				runtime.GC()
+				before := liveBytes()
+				im.fill(n, 4_000_000)
+				after := liveBytes()
+				b.ReportAllocs()
+				b.ResetTimer()
+				i := n
+				for b.Loop() {
+					im.add(i)
+					i++
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(after-before)/float64(n), "B/pending")
+				im.clean()
+			})
+		}
+	}
+}
+
+// BenchmarkCancel: cancelling pre-filled entries in random order.
+func BenchmarkCancel(b *testing.B) {
+	for _, n := range benchSizes(b) {
+		for _, mk := range []func() *impl{wheelImpl, afterFuncImpl, heapImpl} {
+			im := mk()
+			b.Run(fmt.Sprintf("impl=%s/pending=%dM", im.name, n/1_000_000), func(b *testing.B) {
+				im.fill(n, 0)
+				perm := rand.Perm(n)
+				b.ReportAllocs()
+				b.ResetTimer()
+				i := 0
+				for b.Loop() {
+					im.cancel(perm[i%n])
+					i++
+				}
+				b.StopTimer()
+				im.clean()
+			})
+		}
+	}
+}
+
+// BenchmarkAddExpire: with n entries pending far ahead, add entries due
+// within the next 64 ms and expire them tick by tick. ns/op is per entry
+// (add + expire); expire-ns/entry is the expiry part alone.
+func BenchmarkAddExpire(b *testing.B) {
+	const chunk = 4096
+	for _, n := range benchSizes(b) {
+		for _, mk := range []func() *impl{wheelImpl, heapImpl} {
+			im := mk()
+			b.Run(fmt.Sprintf("impl=%s/pending=%dM", im.name, n/1_000_000), func(b *testing.B) {
+				im.fill(n, chunk)
+				b.ReportAllocs()
+				b.ResetTimer()
+				var expireTime time.Duration
+				now, i, fired := int64(0), 0, 0
+				for b.Loop() {
+					im.soon(i, int64(i%64)*int64(time.Millisecond)+1)
+					i++
+					if i%chunk == 0 {
+						t0 := time.Now()
+						for range 64 { // 64 Polls, one tick each
+							now += int64(time.Millisecond)
+							fired += im.expire(now)
+						}
+						expireTime += time.Since(t0)
+					}
+				}
+				b.StopTimer()
+				now += int64(time.Minute)
+				fired += im.expire(now)
+				if fired != i {
+					b.Fatalf("fired %d of %d", fired, i)
+				}
+				b.ReportMetric(float64(expireTime.Nanoseconds())/float64(max(i/chunk*chunk, 1)), "expire-ns/entry")
+				im.clean()
+			})
+		}
+	}
+}
+
+// BenchmarkAddExpireAfterFunc: the same for time.AfterFunc, on real time:
+// chunks of timers due within 0-64 µs, waiting until each chunk has fired.
+func BenchmarkAddExpireAfterFunc(b *testing.B) {
+	const chunk = 4096
+	for _, n := range benchSizes(b) {
+		b.Run(fmt.Sprintf("impl=afterfunc/pending=%dM", n/1_000_000), func(b *testing.B) {
+			im := afterFuncImpl()
+			im.fill(n, 0)
+			var fired atomic.Int64
+			onFire := func() { fired.Add(1) }
+			b.ReportAllocs()
+			b.ResetTimer()
+			i := int64(0)
+			for b.Loop() {
+				time.AfterFunc(time.Duration(i%64)*time.Microsecond, onFire)
+				i++
+				if i%chunk == 0 {
+					for fired.Load() < i {
+						runtime.Gosched()
+					}
+				}
+			}
+			for fired.Load() < i {
+				runtime.Gosched()
+			}
+			b.StopTimer()
+			im.clean()
+		})
+	}
+}
+
+// BenchmarkGoroutinePerMessage: the channel design's worker, one goroutine
+// sleeping per message (with a stop path so the benchmark can clean up).
+// Add cost and memory only, at 1M pending.
+func BenchmarkGoroutinePerMessage(b *testing.B) {
+	const n = 1_000_000
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	spawn := func(d time.Duration) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-stop:
+				t.Stop()
+			}
+		}()
+	}
+	before := liveBytes()
+	for i := range n {
+		spawn(farDue(i))
+	}
+	time.Sleep(100 * time.Millisecond) // let them all park
+	after := liveBytes()
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := n
+	for b.Loop() {
+		spawn(farDue(i))
+		i++
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(after-before)/float64(n), "B/pending")
+	close(stop)
+	wg.Wait()
+}
+
+// BenchmarkAddParallel: Add+Cancel pairs from all Ps on one wheel (one
+// mutex), against the same done serially, to see whether sharding is needed.
+func BenchmarkAddParallel(b *testing.B) {
+	for _, par := range []bool{false, true} {
+		b.Run(fmt.Sprintf("parallel=%v", par), func(b *testing.B) {
+			w := New[uint64](Options{Clock: &fakeClock{}})
+			for i := range 1_000_000 {
+				w.Add(int64(farDue(i)), uint64(i))
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			if !par {
+				i := 0
+				for b.Loop() {
+					w.Cancel(w.Add(int64(farDue(i)), 1))
+					i++
+				}
+				return
+			}
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					w.Cancel(w.Add(int64(farDue(i)), 1))
+					i++
+				}
+			})
+		})
+	}
+}
