@@ -310,3 +310,40 @@ func TestContractRaw(t *testing.T) {
 		}
 	}
 }
+
+// Bodies far over the limits, with default limits on both sides: whether the
+// body is refused before it is read or after, the client gets nsqd's answer,
+// not a reset connection.
+func TestContractBigBodies(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	srv := startServer(t, Options{}, &recorder{})
+	big := rep('b', 6<<20)
+	lines := bytes.Repeat([]byte("0123456789abcdef\n"), (6<<20)/17)
+	for _, c := range []struct {
+		target string
+		body   []byte
+	}{
+		{"/pub?topic=t", big},
+		{"/pub?topic=bad*topic", big},
+		{"/mpub?topic=t", lines},
+		{"/mpub?topic=bad*topic", lines[:4<<20]},
+		{"/mpub?topic=t&binary=true", big},
+		{"/mpub?topic=t&binary=true", append(frame(1, []byte("m")), big[:2<<20]...)},
+		{"/nope", big},
+		{"/cancel?id=x", big[:1<<20]},
+	} {
+		for _, chunked := range []bool{false, true} {
+			if chunked && strings.Contains(c.target, "binary") && len(c.body) > DefaultMaxBodySize {
+				continue // the documented difference
+			}
+			got := do(t, "POST", srv.Addr(), c.target, c.body, chunked)
+			want := do(t, "POST", node.HTTPAddr, c.target, c.body, chunked)
+			if strings.HasPrefix(c.target, "/cancel") {
+				want = response{404, `{"message":"NOT_FOUND"}`, "application/json; charset=utf-8", "", "nsq; version=1.0", ""}
+			}
+			if got != want {
+				t.Errorf("%s (%d bytes, chunked %v):\ndeferd %+v\nnsqd   %+v", c.target, len(c.body), chunked, got, want)
+			}
+		}
+	}
+}

@@ -82,6 +82,9 @@ func startServer(tb testing.TB, opts Options, b Backend) *Server {
 	done := make(chan error, 1)
 	go func() { done <- s.Serve() }()
 	tb.Cleanup(func() {
+		// A connection that never carried a request counts as idle only
+		// after 5 s (as in net/http), and Shutdown waits for it.
+		client.CloseIdleConnections()
 		if err := s.Shutdown(); err != nil {
 			tb.Errorf("Shutdown: %v", err)
 		}

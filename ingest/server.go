@@ -321,8 +321,12 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	// Fast path. The majority of calls must go here.
 	if r != nil && (r.get && isGet || !r.get && isPost) {
 		r.h(s, ctx)
+		if r.get {
+			lingerIfUnread(ctx, 0, false)
+		}
 		return
 	}
+	defer lingerIfUnread(ctx, 0, false)
 	if (isGet || isPost) && string(path) != "/" {
 		if to := fixPath(path, isGet); to != "" {
 			redirect(ctx, to, isGet)
@@ -489,6 +493,8 @@ type reqState struct {
 	buf    []byte
 	bodies [][]byte
 	req    PubRequest
+	read   int64 // body bytes read
+	ended  bool  // the whole body was read
 }
 
 var statePool = sync.Pool{New: func() any { return new(reqState) }}
@@ -504,6 +510,7 @@ func getState() *reqState { return statePool.Get().(*reqState) }
 func putState(st *reqState) {
 	st.args.Reset()
 	st.req = PubRequest{}
+	st.read, st.ended = 0, false
 	clear(st.bodies)
 	st.bodies = st.bodies[:0]
 	if cap(st.buf) > maxPooledBuf {
@@ -532,11 +539,13 @@ func (st *reqState) parseQuery(ctx *fasthttp.RequestCtx) *Error {
 }
 
 // readBody reads at most limit bytes of the request body into st.buf, as
-// io.ReadAll(io.LimitReader(body, limit)) would.
+// io.ReadAll(io.LimitReader(body, limit)) would, and notes in st.ended
+// whether that was all of it.
 func (st *reqState) readBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, error) {
 	r := ctx.RequestBodyStream()
 	if r == nil {
 		b := ctx.Request.Body()
+		st.ended = true
 		if int64(len(b)) > limit {
 			b = b[:limit]
 		}
@@ -547,13 +556,12 @@ func (st *reqState) readBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, err
 		want = int64(cl)
 	}
 	buf := st.buf[:0]
-	if int64(cap(buf)) < want {
+	if int64(cap(buf)) < want && ctx.Request.Header.ContentLength() >= 0 {
 		// A known length is at most limit; a chunked body grows below.
-		if cl := ctx.Request.Header.ContentLength(); cl >= 0 {
-			buf = make([]byte, 0, want)
-		}
+		buf = make([]byte, 0, want)
 	}
 	var err error
+	cl := ctx.Request.Header.ContentLength()
 	for int64(len(buf)) < want {
 		if len(buf) == cap(buf) {
 			n := int64(max(2*cap(buf), 16<<10))
@@ -567,12 +575,87 @@ func (st *reqState) readBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, err
 		if err != nil {
 			if err == io.EOF {
 				err = nil
+				st.ended = true
 			}
 			break
 		}
 	}
+	if cl >= 0 && len(buf) == cl {
+		st.ended = true
+	}
+	st.read = int64(len(buf))
 	st.buf = buf
 	return buf, err
+}
+
+// finish closes a /pub, /mpub or /cancel request: the connection lingers
+// if much of the body is unread, and st goes back to the pool.
+func (s *Server) finish(ctx *fasthttp.RequestCtx, st *reqState) {
+	lingerIfUnread(ctx, st.read, st.ended)
+	putState(st)
+}
+
+// maxUnreadDrain is how much unread body fasthttp discards to keep a
+// connection alive (and what Go's net/http does too); past it the
+// connection is closed.
+const maxUnreadDrain = 256 << 10
+
+// A lingering close waits this long and reads this much at most.
+const (
+	lingerTimeout  = 3 * time.Second
+	lingerMaxBytes = 128 << 20
+)
+
+// lingerIfUnread makes the connection linger on close when the response
+// leaves more of the request body unread than fasthttp drains: the client
+// may still be sending it, and closing a socket with unread data resets the
+// connection, which can destroy the response before the client reads it.
+// Go's net/http, and so nsqd, delays its close the same way, so a client
+// sending an oversized body gets nsqd's 413, not a reset. read is how much
+// of the body the handler read, ended whether that was all.
+func lingerIfUnread(ctx *fasthttp.RequestCtx, read int64, ended bool) {
+	if ended {
+		return
+	}
+	r := ctx.RequestBodyStream()
+	if r == nil {
+		return
+	}
+	switch cl := ctx.Request.Header.ContentLength(); {
+	case cl >= 0:
+		if int64(cl)-read <= maxUnreadDrain {
+			return // fasthttp discards it
+		}
+	case cl == -1: // chunked
+		if _, err := io.CopyN(io.Discard, r, maxUnreadDrain+1); err != nil {
+			return // the end (fine) or a broken body (fasthttp closes)
+		}
+	default:
+		return
+	}
+	lingerClose(ctx)
+}
+
+// lingerClose sends the response itself on the hijacked connection with
+// Connection: close, half-closes it, and reads and drops what the client
+// still sends until it closes, lingerTimeout passes or lingerMaxBytes
+// arrive; then fasthttp closes it.
+func lingerClose(ctx *fasthttp.RequestCtx) {
+	ctx.Response.SetConnectionClose()
+	resp := ctx.Response.String()
+	raw := ctx.Conn()
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		c.SetWriteDeadline(time.Now().Add(lingerTimeout))
+		if _, err := io.WriteString(c, resp); err != nil {
+			return
+		}
+		if cw, ok := raw.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+		c.SetReadDeadline(time.Now().Add(lingerTimeout))
+		io.CopyN(io.Discard, c, lingerMaxBytes)
+	})
 }
 
 // ceilMs is the unix time ns in milliseconds, rounded up so that a due time
@@ -619,7 +702,7 @@ func (s *Server) topic(args *fasthttp.Args) (string, *Error) {
 func (s *Server) pub(ctx *fasthttp.RequestCtx) {
 	metricPubRequests.Inc()
 	st := getState()
-	defer putState(st)
+	defer s.finish(ctx, st)
 	if int64(ctx.Request.Header.ContentLength()) > s.maxMsg {
 		writeError(ctx, errMsgTooBig)
 		return
@@ -670,7 +753,7 @@ func (s *Server) pub(ctx *fasthttp.RequestCtx) {
 func (s *Server) mpub(ctx *fasthttp.RequestCtx) {
 	metricMpubRequests.Inc()
 	st := getState()
-	defer putState(st)
+	defer s.finish(ctx, st)
 	if int64(ctx.Request.Header.ContentLength()) > s.maxBody {
 		writeError(ctx, errBodyTooBig)
 		return
@@ -758,7 +841,7 @@ func (s *Server) writeBackendError(ctx *fasthttp.RequestCtx, op string, err erro
 func (s *Server) cancel(ctx *fasthttp.RequestCtx) {
 	metricCancels.Inc()
 	st := getState()
-	defer putState(st)
+	defer s.finish(ctx, st)
 	if e := st.parseQuery(ctx); e != nil {
 		writeError(ctx, e)
 		return

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -260,5 +261,82 @@ func TestDueNeverEarly(t *testing.T) {
 	}
 	if ceilMs(1_000_000) != 1 || ceilMs(1_000_001) != 2 || ceilMs(0) != 0 {
 		t.Fatal("ceilMs")
+	}
+}
+
+// Many concurrent requests each reach the backend with exactly their own
+// bodies: no request sees another's memory while Publish runs.
+func TestConcurrentBodiesIntact(t *testing.T) {
+	rec := &recorder{}
+	srv := startServer(t, Options{}, rec)
+	const workers, per = 8, 50
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				a, b := fmt.Sprintf("w%d-i%d-a-%s", w, i, strings.Repeat("x", i*37)), fmt.Sprintf("w%d-i%d-b", w, i)
+				var got response
+				switch i % 3 {
+				case 0:
+					got = do(t, "POST", srv.Addr(), "/mpub?topic=t", []byte(a+"\n"+b), i%2 == 0)
+				case 1:
+					got = do(t, "POST", srv.Addr(), "/mpub?topic=t&binary=1", frame(2, []byte(a), []byte(b)), i%2 == 0)
+				default:
+					got = do(t, "POST", srv.Addr(), "/pub?topic=t", []byte(a+"\n"+b), i%2 == 0)
+				}
+				if got.code != 200 {
+					t.Errorf("status %+v", got)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	pubs := rec.take()
+	if len(pubs) != workers*per {
+		t.Fatalf("%d publishes, want %d", len(pubs), workers*per)
+	}
+	for _, p := range pubs {
+		joined := string(bytes.Join(p.Bodies, []byte("\n")))
+		a, b, ok := strings.Cut(joined, "\n")
+		if !ok || !strings.HasPrefix(a, strings.TrimSuffix(b, "-b")+"-a-") {
+			t.Fatalf("bodies mixed up: %q", p.Bodies)
+		}
+	}
+}
+
+// Default limits, big bodies, chunked and not: exact limits hold and big
+// bodies arrive intact.
+func TestDefaultLimitsBigBodies(t *testing.T) {
+	rec := &recorder{}
+	srv := startServer(t, Options{}, rec)
+	line := append(bytes.Repeat([]byte("0123456789"), 100), '\n')
+	text := bytes.Repeat(line, DefaultMaxBodySize/len(line))
+	for _, chunked := range []bool{false, true} {
+		if got := do(t, "POST", srv.Addr(), "/mpub?topic=t", text, chunked); got.code != 200 {
+			t.Fatalf("mpub: %+v", got)
+		}
+		p := rec.take()
+		if len(p) != 1 || len(p[0].Bodies) != DefaultMaxBodySize/len(line) || !bytes.Equal(p[0].Bodies[7], line[:len(line)-1]) {
+			t.Fatalf("mpub chunked=%v: wrong bodies", chunked)
+		}
+		msg := rep('m', DefaultMaxMsgSize)
+		if got := do(t, "POST", srv.Addr(), "/pub?topic=t", msg, chunked); got.code != 200 {
+			t.Fatalf("pub at max: %+v", got)
+		}
+		if p := rec.take(); len(p) != 1 || !bytes.Equal(p[0].Bodies[0], msg) {
+			t.Fatal("pub at max: wrong body")
+		}
+		if got := do(t, "POST", srv.Addr(), "/pub?topic=t", rep('m', DefaultMaxMsgSize+1), chunked); got.code != 413 || got.body != `{"message":"MSG_TOO_BIG"}` {
+			t.Fatalf("pub over max: %+v", got)
+		}
+		big := append(text, bytes.Repeat([]byte("z"), DefaultMaxBodySize-len(text)+1)...)
+		if got := do(t, "POST", srv.Addr(), "/mpub?topic=t", big, chunked); got.code != 413 || got.body != `{"message":"BODY_TOO_BIG"}` {
+			t.Fatalf("mpub over max: %+v", got)
+		}
+		if p := rec.take(); len(p) != 0 {
+			t.Fatal("rejected requests published")
+		}
 	}
 }
