@@ -34,7 +34,7 @@ const (
 //
 //	go test -run '^$' -bench Publish -benchtime 2s ./egress/
 func BenchmarkPublish(b *testing.B) {
-	for _, batch := range []int{50, 100, 200} {
+	for _, batch := range []int{50, 100, 200, 500} {
 		for _, conns := range []int{1, 2, 4} {
 			b.Run(fmt.Sprintf("egress/batch=%d/conns=%d", batch, conns), func(b *testing.B) {
 				node := nsqdnode.StartTest(b, nsqdnode.Config{})

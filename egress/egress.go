@@ -286,29 +286,46 @@ func (p *Publisher) sendBatch(topic string, batch [][]byte) (addr string, tries 
 	c, _ := p.pick(nil)
 	for tries = 1; ; tries++ {
 		addr = c.node.addr
-		err = p.send(c, topic, batch)
-		if err == nil || errors.Is(err, ErrStopped) || classify(err) != classRetry {
+		var first bool
+		first, err = p.send(c, topic, batch)
+		if err == nil || errors.Is(err, ErrStopped) {
 			return addr, tries, err
 		}
-		failed := c.node
-		failed.markDown(err, p)
-		if tries >= p.opts.Attempts {
+		// Only the first caller to see a connection fail marks its nsqd
+		// down: the batches pipelined behind it on the same connection
+		// fail too, and are not more evidence.
+		c.node.failed(err, first && nodeFault(err), p)
+		if classify(err) != classRetry || tries >= p.opts.Attempts {
 			return addr, tries, err
 		}
 		p.retries.Inc()
+		avoid := c.node
 		var healthy bool
-		if c, healthy = p.pick(failed); healthy && c.node != failed {
-			continue // fail over to another healthy nsqd at once
+		if c, healthy = p.pick(avoid); healthy {
+			continue // another connection, preferably on another nsqd, at once
 		}
 		if !p.sleep(jitter(backoff(p.opts.Backoff, p.opts.MaxBackoff, tries))) {
 			return addr, tries, ErrStopped
 		}
-		c, _ = p.pick(failed)
+		c, _ = p.pick(avoid)
 	}
 }
 
+// nodeFault reports whether a retryable err says something about the nsqd
+// rather than the topic: E_MPUB_FAILED means the topic was being deleted or
+// nsqd was exiting (the next try tells which).
+func nodeFault(err error) bool {
+	switch protocolCode(err) {
+	case "E_MPUB_FAILED", "E_PUB_FAILED":
+		return false
+	}
+	return classify(err) == classRetry
+}
+
 // send publishes one batch on c and waits for nsqd's answer, Timeout or Stop.
-func (p *Publisher) send(c *conn, topic string, batch [][]byte) error {
+// On failure first reports whether this call was the first to see c's
+// Producer fail (and replaced it).
+func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err error) {
 	n := c.node
 	n.inFlight.Add(1)
 	c.inFlight.Add(1)
@@ -334,14 +351,14 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) error {
 	case <-t.C:
 		return p.failed(c, prod, ErrTimeout)
 	case <-p.stopCh:
-		return ErrStopped
+		return false, ErrStopped
 	}
 	c.used.Store(true)
 	n.batchDur.UpdateDuration(start)
 	n.batches.Inc()
 	n.published.Add(len(batch))
 	n.markUp(p)
-	return nil
+	return false, nil
 }
 
 // failed handles a failed send of prod on c and returns err. Every failure
@@ -353,34 +370,35 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) error {
 // (producer.go: the router reads w.conn after wg.Done, connect writes it),
 // which the race detector reports. A Producer that never reconnects has no
 // such race.
-func (p *Publisher) failed(c *conn, prod *nsq.Producer, err error) error {
+func (p *Publisher) failed(c *conn, prod *nsq.Producer, err error) (bool, error) {
 	if errors.Is(err, ErrStopped) {
-		return err
+		return false, err
 	}
-	p.replace(c, prod)
-	return err
+	return p.replace(c, prod), err
 }
 
 // replace swaps c's Producer old for a new one unless another goroutine
-// already did, and stops old in the background.
-func (p *Publisher) replace(c *conn, old *nsq.Producer) {
+// already did, stops old in the background, and reports whether it swapped.
+func (p *Publisher) replace(c *conn, old *nsq.Producer) bool {
 	fresh, err := p.newProducer(c.node.addr)
 	if err != nil {
 		panic("BUG: go-nsq config validated in New: " + err.Error())
 	}
 	if !c.prod.CompareAndSwap(old, fresh) {
 		fresh.Stop()
-		return
+		return false
 	}
 	c.used.Store(false)
 	p.retired.Go(old.Stop)
+	return true
 }
 
-// replaceUsed replaces the Producers of n that have had a connection: called
-// when n goes down, so none of them tries to reconnect (see failed).
-func (p *Publisher) replaceUsed(n *node) {
+// replaceIdle replaces the idle Producers of n that have had a connection:
+// called when n goes down, so none of them later reconnects (see failed).
+// Busy ones are left to finish or fail on their own.
+func (p *Publisher) replaceIdle(n *node) {
 	for _, c := range n.conns {
-		if c.used.Load() {
+		if c.used.Load() && c.inFlight.Load() == 0 {
 			p.replace(c, c.prod.Load())
 		}
 	}

@@ -49,13 +49,13 @@ func newCollector(t *testing.T, addrs []string, topics ...string) *collector {
 			t.Fatal(err)
 		}
 		cons.SetLogger(nsqLogger{logf: t.Logf, addr: "consumer"}, nsq.LogLevelError)
-		cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
+		cons.AddConcurrentHandlers(nsq.HandlerFunc(func(m *nsq.Message) error {
 			c.mu.Lock()
 			c.got[topic+"\x00"+string(m.Body)]++
 			c.total++
 			c.mu.Unlock()
 			return nil
-		}))
+		}), 4)
 		if err := cons.ConnectToNSQDs(addrs); err != nil {
 			t.Fatal(err)
 		}
@@ -123,6 +123,7 @@ func TestPublishConcurrentExactlyOnce(t *testing.T) {
 	col := newCollector(t, addrs, topics...)
 
 	const workers, calls = 16, 8
+	start := time.Now()
 	var id atomic.Uint64
 	var mu sync.Mutex
 	sent := make(map[string][][]byte)
@@ -155,11 +156,13 @@ func TestPublishConcurrentExactlyOnce(t *testing.T) {
 	if t.Failed() {
 		return
 	}
+	t.Logf("published in %v", time.Since(start))
 	n := 0
 	for _, bs := range sent {
 		n += len(bs)
 	}
 	col.waitTotal(t, n, 30*time.Second)
+	t.Logf("received in %v", time.Since(start))
 	for topic, bs := range sent {
 		for _, body := range bs {
 			if c := col.count(topic, body); c != 1 {
@@ -501,6 +504,23 @@ func TestIsPermanent(t *testing.T) {
 	} {
 		if got := IsPermanent(tc.err); got != tc.want {
 			t.Errorf("IsPermanent(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestNodeFault(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{nsq.ErrNotConnected, true},
+		{ErrTimeout, true},
+		{nsq.ErrProtocol{Reason: "E_MPUB_FAILED MPUB failed exiting"}, false},
+		{nsq.ErrProtocol{Reason: "E_BAD_BODY MPUB body too big"}, false},
+		{nsq.ErrProtocol{Reason: "E_BAD_TOPIC x"}, false},
+	} {
+		if got := nodeFault(tc.err); got != tc.want {
+			t.Errorf("nodeFault(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
 }

@@ -79,22 +79,24 @@ func newNode(addr string, set *metrics.Set) *node {
 	return n
 }
 
-// markDown records a failed try and keeps the node out of picks for a
-// backoff that doubles with each consecutive failure.
-func (n *node) markDown(err error, p *Publisher) {
+// failed records a failed try and, if down, keeps the node out of picks for
+// a backoff that doubles with each consecutive such failure.
+func (n *node) failed(err error, down bool, p *Publisher) {
 	n.errors.Inc()
 	now := time.Now()
 	n.mu.Lock()
-	n.fails++
-	fails := n.fails
 	n.lastErr = err.Error()
 	n.lastErrAt = now
-	d := jitter(backoff(p.opts.Backoff, p.opts.MaxBackoff, fails))
-	wasUp := n.downUntil.Swap(now.Add(d).UnixNano()) == 0
+	wasUp := false
+	if down {
+		n.fails++
+		d := jitter(backoff(p.opts.Backoff, p.opts.MaxBackoff, n.fails))
+		wasUp = n.downUntil.Swap(now.Add(d).UnixNano()) == 0
+	}
 	n.mu.Unlock()
 	if wasUp {
 		p.opts.Logf("egress: nsqd %s marked down: %v", n.addr, err)
-		p.replaceUsed(n)
+		p.replaceIdle(n)
 	}
 }
 
