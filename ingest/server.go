@@ -203,8 +203,11 @@ func (s *Server) Serve() error {
 }
 
 // Shutdown stops accepting connections, waits for in-flight requests to
-// finish (closing idle keep-alive connections) and makes Serve return. It is
-// idempotent; later calls return the first call's result.
+// finish (closing idle keep-alive connections) and makes Serve return. As
+// in net/http, a connection that has not sent its first request counts as
+// idle only 5 s after it was opened, so a client's spare connection can
+// delay Shutdown that long. It is idempotent; later calls return the first
+// call's result.
 func (s *Server) Shutdown() error {
 	s.shutOnce.Do(func() {
 		s.mu.Lock()
@@ -300,11 +303,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			writeError(ctx, errInternal)
 		}
 	}()
-	// Route on the path as sent, decoded but not cleaned, as Go's
-	// net/http gives it to httprouter.
 	if !ctx.Request.Header.IsHTTP11() {
 		ctx.Response.Header.SetProtocol(http10) // as Go's net/http answers HTTP/1.0
 	}
+	// Route on the path as sent, decoded but not cleaned, as Go's
+	// net/http gives it to httprouter.
 	path := ctx.URI().PathOriginal()
 	if bytes.IndexByte(path, '%') >= 0 {
 		p, ok := unescapePath(path)
@@ -476,10 +479,11 @@ func plainText(s string) bool {
 	return true
 }
 
-func writeJSON(ctx *fasthttp.RequestCtx, v any) {
+func (s *Server) writeJSON(ctx *fasthttp.RequestCtx, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		writeError(ctx, &Error{500, err.Error()})
+		s.logf("ingest: %s: %v", ctx.Path(), err)
+		writeError(ctx, errInternal)
 		return
 	}
 	ctx.Response.Header.SetContentTypeBytes(ctJSON)
@@ -864,9 +868,9 @@ func (s *Server) cancel(ctx *fasthttp.RequestCtx) {
 
 func (s *Server) ping(ctx *fasthttp.RequestCtx) { ctx.Response.SetBodyRaw(bodyOK) }
 
-func (s *Server) info(ctx *fasthttp.RequestCtx) { writeJSON(ctx, s.b.Info()) }
+func (s *Server) info(ctx *fasthttp.RequestCtx) { s.writeJSON(ctx, s.b.Info()) }
 
-func (s *Server) stats(ctx *fasthttp.RequestCtx) { writeJSON(ctx, s.b.Stats()) }
+func (s *Server) stats(ctx *fasthttp.RequestCtx) { s.writeJSON(ctx, s.b.Stats()) }
 
 func (s *Server) metrics(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.SetContentTypeBytes(ctPrometheus)
