@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsqio/go-nsq"
+)
+
+// --help lists every flag with its default, in nsq's style.
+func TestHelpListsFlags(t *testing.T) {
+	var c config
+	fs := newFlagSet(&c)
+	var out bytes.Buffer
+	fs.SetOutput(&out)
+	fs.PrintDefaults()
+	for _, f := range []string{"http-address", "data-path", "nsqd-tcp-address", "embedded-nsqd-tcp-address",
+		"embedded-nsqd-http-address", "max-msg-size", "max-body-size", "max-defer", "fsync", "tick", "pool-size",
+		"batch-size", "conns-per-nsqd", "max-pending", "max-pending-bytes"} {
+		if !strings.Contains(out.String(), "-"+f) {
+			t.Errorf("--help does not list --%s", f)
+		}
+	}
+	if !strings.Contains(out.String(), `(default "127.0.0.1:4180")`) || !strings.Contains(out.String(), "(default 8760h0m0s)") {
+		t.Errorf("--help does not show defaults:\n%s", out.String())
+	}
+}
+
+func portsFree(addrs ...string) bool {
+	for _, a := range addrs {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			return false
+		}
+		l.Close()
+	}
+	return true
+}
+
+// With no flags deferd listens on 127.0.0.1:4180 with an embedded nsqd on
+// 127.0.0.1:4150/4151 and data under ./deferd-data; a message goes in over
+// HTTP and comes out of the embedded nsqd; SIGTERM exits 0 and keeps the
+// pending message for the next start.
+func TestDefaultsRunEmbeddedNSQD(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	if !portsFree("127.0.0.1:4180", "127.0.0.1:4150", "127.0.0.1:4151") {
+		t.Skip("default ports 4180/4150/4151 are taken on this machine")
+	}
+	bin := buildDeferd(t)
+	dir := t.TempDir()
+	run := func() *proc {
+		p := startProc(t, dir, bin)
+		waitPing(t, "http://127.0.0.1:4180", p)
+		return p
+	}
+	post := func(path, body string) {
+		resp, err := http.Post("http://127.0.0.1:4180"+path, "text/plain", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("POST %s: %d", path, resp.StatusCode)
+		}
+	}
+
+	p := run()
+	post("/pub?topic=hello&defer=100", "now-ish")
+	post("/pub?topic=hello&defer=3000", "after-restart")
+	p.terminate(t) // before the second one is due
+	p = run()
+
+	got := make(chan string, 4)
+	c, err := nsq.NewConsumer("hello", "t", nsq.NewConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetLoggerLevel(nsq.LogLevelError)
+	c.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error { got <- string(m.Body); return nil }))
+	if err := c.ConnectToNSQD("127.0.0.1:4150"); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	want := map[string]bool{"now-ish": true, "after-restart": true}
+	for len(want) > 0 {
+		select {
+		case b := <-got:
+			if !want[b] {
+				t.Fatalf("unexpected or duplicate body %q", b)
+			}
+			delete(want, b)
+		case <-time.After(15 * time.Second):
+			t.Fatalf("missing %v\n%s", want, p.log.String())
+		}
+	}
+	p.terminate(t)
+}
