@@ -50,8 +50,18 @@
 //   - An empty /mpub (no non-empty line) is 200 OK without calling the
 //     backend; nsqd also answers OK (or 503 EXITING while it shuts down).
 //   - nsqd's /ping reports its health; deferd's always says OK while serving.
-//   - Request heads over 16 KiB get fasthttp's 431 (nsqd's limit is 1 MiB).
-//   - Requests fasthttp cannot parse get fasthttp's 400 text, not Go's.
+//   - nsqd's /stats is text unless format=json, and nsqd has more endpoints
+//     (/topic/*, /channel/*, /config, /debug/pprof); deferd's /stats is the
+//     backend's JSON and the others are 404.
+//   - A refused request whose unread body is over 256 KiB is answered with
+//     Connection: close and the connection lingers (half-closed, draining,
+//     at most 3 s) so the client reads the answer, as Go's net/http does.
+//     With Expect: 100-continue fasthttp sends 100 Continue before the
+//     handler runs, so an oversized body is sent and drained where nsqd
+//     (which never reads it) answers at once; the answer is the same.
+//   - Request heads over 16 KiB get 431 (nsqd's limit is 1 MiB).
+//   - Malformed requests get Go's "400 Bad Request", but fasthttp's parser
+//     and Go's do not refuse exactly the same malformed requests.
 //   - nsqd multiplies defer by a millisecond without an overflow check, so a
 //     huge defer can wrap into range; deferd rejects it.
 package ingest
