@@ -297,6 +297,11 @@ func TestContractRaw(t *testing.T) {
 		"POST /pub?topic=t HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi",
 		"GET /ping HTTP/1.0\r\n\r\n",
 		"GARBAGE\r\n\r\n",
+		"POST /pub?topic=x#ephemeral HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+		"POST /pub?topic=x#frag HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+		"POST /pub?topic=t&defer=5#x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+		"POST http://x/pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+		"GET /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
 		"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
 	} {
 		status := func(addr string) string {
