@@ -484,3 +484,57 @@ func TestRestartKeepsDelays(t *testing.T) {
 		t.Fatalf("pending %d after a duplicate id, want 19", s.Pending)
 	}
 }
+
+// A few long-delay messages in old segments do not pin the journal:
+// compaction moves them to the head, the old segments go away, disk use
+// stays near the live data, and the moved messages keep their ids (cancel
+// works) and survive a restart exactly once.
+func TestCompactionBoundsDisk(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	dir := t.TempDir()
+	o := testOptions(dir, node.TCPAddr)
+	o.Journal.SegmentBytes = 64 << 10
+	o.CompactEvery = 20 * time.Millisecond
+	h := startHarness(t, o)
+	for i := 0; i < 10; i++ {
+		h.mustPost(fmt.Sprintf("/pub?topic=long&defer=3600000&id=keep-%d", i), bytes.Repeat([]byte("L"), 300))
+	}
+	col := consume(t, node.TCPAddr, "churn")
+	body := bytes.Repeat([]byte("c"), 500)
+	var lines [][]byte
+	for i := 0; i < 50; i++ {
+		lines = append(lines, body)
+	}
+	for i := 0; i < 40; i++ { // 2000 x 500 B: ~16 segments of 64 KiB
+		h.mustPost("/mpub?topic=churn", bytes.Join(lines, []byte("\n")))
+	}
+	col.waitCount(t, 2000, 20*time.Second)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		js := h.e.j.Stats()
+		if js.Segments <= 3 && js.DiskBytes <= 2*js.LiveBytes+2*o.Journal.SegmentBytes {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("journal not compacted: %+v, moved %d", js, h.e.moved.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if h.e.moved.Load() < 10 {
+		t.Fatalf("moved %d messages, want at least the 10 long ones", h.e.moved.Load())
+	}
+	if code, b := h.post("/cancel?id=keep-3", nil); code != 200 {
+		t.Fatalf("cancel a moved message: %d %q", code, b)
+	}
+	h.stop()
+	h2 := startHarness(t, o)
+	if r := h2.e.Recovery(); r.Live != 9 || len(r.Corrupt) != 0 {
+		t.Fatalf("after compaction and restart: %+v, want 9 live", r)
+	}
+	if code, _ := h2.post("/cancel?id=keep-5", nil); code != 200 {
+		t.Fatalf("cancel after restart: %d", code)
+	}
+	if s := h2.stats(); s.Pending != 8 {
+		t.Fatalf("pending %d, want 8", s.Pending)
+	}
+}

@@ -1,0 +1,297 @@
+package engine
+
+import (
+	"bytes"
+	"fmt"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nsqio/go-nsq"
+	"github.com/valyala/fasthttp"
+
+	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/journal"
+)
+
+// Service benchmarks (issue 3). Each reports msg/s with b.ReportMetric;
+// compare the ones measured side by side in one run. Run:
+//
+//	go test -run XXX -bench 'Service' -benchtime 200000x ./internal/engine/
+
+const benchBody = 500
+
+// benchLines is an /mpub text body of n lines of benchBody bytes.
+func benchLines(n int) []byte {
+	line := bytes.Repeat([]byte("x"), benchBody)
+	lines := make([][]byte, n)
+	for i := range lines {
+		lines[i] = line
+	}
+	return bytes.Join(lines, []byte("\n"))
+}
+
+func benchHarness(b *testing.B, o Options) *harness {
+	b.Helper()
+	h := startHarness(b, o)
+	h.e.logf = func(string, ...any) {}
+	return h
+}
+
+// hammer sends requests from conc goroutines until total messages went in;
+// each request carries perReq messages. It returns the elapsed time.
+func hammer(b *testing.B, addr, path string, body []byte, perReq, total, conc int) time.Duration {
+	b.Helper()
+	c := &fasthttp.HostClient{Addr: addr, MaxConns: conc}
+	var left atomic.Int64
+	left.Store(int64(total))
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for g := 0; g < conc; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := fasthttp.AcquireRequest()
+			resp := fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			req.SetRequestURI("http://" + addr + path)
+			req.Header.SetMethod("POST")
+			req.SetBody(body)
+			for left.Add(-int64(perReq)) > -int64(perReq) {
+				if err := c.Do(req, resp); err != nil || resp.StatusCode() != 200 {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("%d requests failed", f)
+	}
+	return el
+}
+
+// BenchmarkServiceIngest measures deferred messages going in: /mpub of 100
+// x 500 B and single /pub, due an hour ahead, per fsync mode and with
+// the journal switched off (the same path without the append), side by side.
+func BenchmarkServiceIngest(b *testing.B) {
+	node := nsqdnode.StartTest(b, nsqdnode.Config{})
+	for _, mode := range []string{"off", "interval", "always", "never"} {
+		for _, kind := range []string{"mpub", "pub"} {
+			b.Run(kind+"/journal="+mode, func(b *testing.B) {
+				o := testOptions(b.TempDir(), node.TCPAddr)
+				o.Journal.SegmentBytes = 64 << 20
+				if mode == "off" {
+					o.journalOff = true
+				} else {
+					o.Journal.Fsync, _ = parseFsync(mode)
+				}
+				h := benchHarness(b, o)
+				addr := h.srv.Addr()
+				b.ResetTimer()
+				var el time.Duration
+				if kind == "mpub" {
+					el = hammer(b, addr, "/mpub?topic=bench&defer=3600000", benchLines(100), 100, b.N, 32)
+				} else {
+					el = hammer(b, addr, "/pub?topic=bench&defer=3600000", bytes.Repeat([]byte("x"), benchBody), 1, b.N, 64)
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(b.N)/el.Seconds(), "msg/s")
+				if p := h.e.Pending(); p != int64(b.N) && kind == "pub" {
+					b.Fatalf("pending %d, want %d", p, b.N)
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkServiceDueNow compares messages due at once flowing from
+// deferd's /mpub into nsqd against go-nsq MPUB straight into the same
+// nsqd, side by side. The clock stops when nsqd has counted every message.
+func BenchmarkServiceDueNow(b *testing.B) {
+	node := nsqdnode.StartTest(b, nsqdnode.Config{MemQueueSize: 10_000_000})
+	topicCount := func(topic string) uint64 {
+		for _, t := range node.NSQD.GetStats(topic, "", false).Topics {
+			if t.TopicName == topic {
+				return t.MessageCount
+			}
+		}
+		return 0
+	}
+	waitFor := func(b *testing.B, topic string, n uint64) {
+		deadline := time.Now().Add(5 * time.Minute)
+		for topicCount(topic) < n {
+			if time.Now().After(deadline) {
+				b.Fatalf("nsqd has %d of %d", topicCount(topic), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	run := 0
+	b.Run("direct-go-nsq-mpub", func(b *testing.B) {
+		run++
+		topic := fmt.Sprintf("direct%d", run)
+		const conns = 4
+		var ps []*nsq.Producer
+		for i := 0; i < conns; i++ {
+			p, err := nsq.NewProducer(node.TCPAddr, nsq.NewConfig())
+			if err != nil {
+				b.Fatal(err)
+			}
+			p.SetLoggerLevel(nsq.LogLevelError)
+			defer p.Stop()
+			ps = append(ps, p)
+		}
+		batch := bytes.Split(benchLines(100), []byte("\n"))
+		var left atomic.Int64
+		left.Store(int64(b.N))
+		b.ResetTimer()
+		start := time.Now()
+		var wg sync.WaitGroup
+		for g := 0; g < 16; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				for left.Add(-100) > -100 {
+					if err := ps[g%conns].MultiPublish(topic, batch); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}(g)
+		}
+		wg.Wait()
+		waitFor(b, topic, uint64(b.N))
+		el := time.Since(start)
+		b.ReportMetric(float64(b.N)/el.Seconds(), "msg/s")
+	})
+	b.Run("deferd-http-mpub", func(b *testing.B) {
+		run++
+		topic := fmt.Sprintf("deferd%d", run)
+		o := testOptions(b.TempDir(), node.TCPAddr)
+		o.Journal.SegmentBytes = 64 << 20
+		o.Egress.ConnsPerAddr = 4
+		h := benchHarness(b, o)
+		b.ResetTimer()
+		start := time.Now()
+		hammer(b, h.srv.Addr(), "/mpub?topic="+topic, benchLines(100), 100, b.N, 16)
+		waitFor(b, topic, uint64(b.N))
+		el := time.Since(start)
+		b.ReportMetric(float64(b.N)/el.Seconds(), "msg/s")
+	})
+}
+
+// BenchmarkServiceLateness offers messages at a fixed rate, each due one
+// second after it is sent, and reports how late deferd published them
+// (publish acknowledged by nsqd minus due time) and whether any was early.
+// b.N is ignored: each run offers -rate for a fixed time.
+func BenchmarkServiceLateness(b *testing.B) {
+	for _, rate := range []int{10_000, 50_000} {
+		b.Run(strconv.Itoa(rate)+"msg/s", func(b *testing.B) {
+			node := nsqdnode.StartTest(b, nsqdnode.Config{MemQueueSize: 10_000_000})
+			o := testOptions(b.TempDir(), node.TCPAddr)
+			o.Journal.SegmentBytes = 64 << 20
+			o.Egress.ConnsPerAddr = 4
+			h := benchHarness(b, o)
+			c := &fasthttp.HostClient{Addr: h.srv.Addr(), MaxConns: 64}
+			const perReq = 100
+			dur := 10 * time.Second
+			reqs := int(dur.Seconds()) * rate / perReq
+			interval := time.Second / time.Duration(rate/perReq)
+			body := benchLines(perReq)
+			// consumer-side check: receive time versus due time in the body
+			var early, got atomic.Int64
+			var latMu sync.Mutex
+			var lats []time.Duration
+			cfg := nsq.NewConfig()
+			cfg.MaxInFlight = 5000
+			cons, _ := nsq.NewConsumer("late", "c", cfg)
+			cons.SetLoggerLevel(nsq.LogLevelError)
+			cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
+				now := time.Now().UnixNano()
+				due, _ := strconv.ParseInt(string(m.Body[:19]), 10, 64)
+				if now < due {
+					early.Add(1)
+				}
+				latMu.Lock()
+				lats = append(lats, time.Duration(now-due))
+				latMu.Unlock()
+				got.Add(1)
+				return nil
+			}))
+			if err := cons.ConnectToNSQD(node.TCPAddr); err != nil {
+				b.Fatal(err)
+			}
+			defer cons.Stop()
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			sem := make(chan struct{}, 64)
+			for i := 0; i < reqs; i++ {
+				next := start.Add(time.Duration(i) * interval)
+				if d := time.Until(next); d > 0 {
+					time.Sleep(d)
+				}
+				sem <- struct{}{}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer func() { <-sem }()
+					req := fasthttp.AcquireRequest()
+					resp := fasthttp.AcquireResponse()
+					defer fasthttp.ReleaseRequest(req)
+					defer fasthttp.ReleaseResponse(resp)
+					// The due time deferd computes is ceil(now ms)+defer;
+					// stamp a lower bound of it into each body.
+					due := time.Now().Add(time.Second).UnixNano()
+					bb := append([]byte(nil), body...)
+					stamp := strconv.AppendInt(nil, due, 10) // 19 digits
+					for off := 0; off < len(bb); off += benchBody + 1 {
+						copy(bb[off:], stamp)
+					}
+					req.SetRequestURI("http://" + h.srv.Addr() + "/mpub?topic=late&defer=1000")
+					req.Header.SetMethod("POST")
+					req.SetBody(bb)
+					if err := c.Do(req, resp); err != nil || resp.StatusCode() != 200 {
+						b.Errorf("mpub: %v %d", err, resp.StatusCode())
+					}
+				}()
+			}
+			wg.Wait()
+			offered := float64(reqs*perReq) / time.Since(start).Seconds()
+			deadline := time.Now().Add(time.Minute)
+			for got.Load() < int64(reqs*perReq) && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			b.StopTimer()
+			s := h.e.Snapshot()
+			latMu.Lock()
+			sort.Slice(lats, func(i, j int) bool { return lats[i] < lats[j] })
+			q := func(f float64) float64 {
+				if len(lats) == 0 {
+					return 0
+				}
+				return float64(lats[int(f*float64(len(lats)-1))]) / 1e6
+			}
+			b.ReportMetric(offered, "offered-msg/s")
+			b.ReportMetric(float64(got.Load()), "delivered")
+			b.ReportMetric(s.Lateness.P50, "pub-p50-ms")
+			b.ReportMetric(s.Lateness.P99, "pub-p99-ms")
+			b.ReportMetric(s.Lateness.Max, "pub-max-ms")
+			b.ReportMetric(q(0.5), "recv-p50-ms")
+			b.ReportMetric(q(0.99), "recv-p99-ms")
+			b.ReportMetric(float64(early.Load()+int64(s.Early)), "early")
+			latMu.Unlock()
+			runtime.GC()
+		})
+	}
+}
+
+func parseFsync(s string) (journal.FsyncMode, error) { return journal.ParseFsyncMode(s) }
