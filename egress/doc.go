@@ -1,3 +1,46 @@
 // Package egress publishes due messages to nsqd in MPUB batches over several
 // connections per nsqd, with retry and failover.
+//
+// A Publisher holds ConnsPerAddr go-nsq Producers (one TCP connection each)
+// per nsqd. Publish splits its bodies into batches within MaxBatchMsgs and
+// MaxBatchBytes, sends them one after the other on the least-busy connection
+// of a healthy nsqd, and counts a body as acknowledged only once nsqd
+// answered OK for its batch: delivery is at-least-once (a batch that timed
+// out or whose answer was lost may be queued twice).
+//
+// Failures are classified:
+//
+//   - nsqd or connection trouble (refused dial, closed connection, no answer
+//     within Timeout): the nsqd is marked down for a backoff that doubles per
+//     consecutive failure (Backoff..MaxBackoff, jittered) and the batch is
+//     retried at once on another nsqd, or after a backoff if none is left, up
+//     to Attempts tries; then Publish returns the error and the caller
+//     reschedules the rest. When an nsqd's backoff expires one caller probes
+//     it; the others keep skipping it until the probe succeeds.
+//   - E_MPUB_FAILED (topic being deleted, nsqd exiting): retried without
+//     marking the nsqd down.
+//   - nsqd refusing the content (E_BAD_BODY, E_BAD_MESSAGE, because its
+//     limits are smaller than the Publisher's): the batch is halved until the
+//     offending body is alone, which is then permanent (IsPermanent).
+//   - bodies egress can tell are unsendable (empty, over MaxMsgSize) and
+//     invalid topic names: permanent, never sent.
+//
+// A Producer whose connection failed is replaced by a new one rather than
+// left to reconnect: go-nsq v1.1.0's reconnect races with the old
+// connection's router goroutine (reported by the race detector). An idle
+// Producer whose connection nsqd closed without egress noticing (nsqd
+// restarted while the Producer was unused, and never marked down) still
+// reconnects itself; that race is benign (it reads a pointer for a log line).
+//
+// Bounds: a Publish try waits at most Timeout for nsqd's answer; a try that
+// must first (re)connect can also spend go-nsq's DialTimeout and, for an
+// nsqd that accepts but never answers IDENTIFY, its 10s read timeout. Stop
+// makes waiting Publish calls return ErrStopped at once, except one blocked
+// in such a connect.
+//
+// Metrics (Publisher.Metrics, register with metrics.RegisterSet):
+// deferd_egress_published_total, _batches_total, _errors_total,
+// _batch_duration_seconds, _inflight_batches and _up, each with
+// {nsqd="host:port"}; deferd_egress_retries_total,
+// deferd_egress_permanent_errors_total and deferd_egress_gave_up_total.
 package egress

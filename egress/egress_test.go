@@ -188,6 +188,19 @@ func TestPublishConcurrentExactlyOnce(t *testing.T) {
 		t.Errorf("stats: published %d, want %d", published, n)
 	}
 	t.Logf("%d messages in %d batches over %d nsqds", n, batches, len(addrs))
+
+	var out bytes.Buffer
+	p.Metrics().WritePrometheus(&out)
+	for _, want := range []string{
+		fmt.Sprintf("deferd_egress_published_total{nsqd=%q} %d", a.TCPAddr, p.Stats()[0].Published),
+		fmt.Sprintf("deferd_egress_errors_total{nsqd=%q} 0", b.TCPAddr),
+		fmt.Sprintf("deferd_egress_up{nsqd=%q} 1", a.TCPAddr),
+		"deferd_egress_retries_total 0",
+	} {
+		if !bytes.Contains(out.Bytes(), []byte(want+"\n")) {
+			t.Errorf("metrics lack %q:\n%s", want, out.String())
+		}
+	}
 }
 
 // With nsqd limits small, batches stay within MaxBatchMsgs and MaxBatchBytes
