@@ -61,6 +61,14 @@ func (j *Journal) flush() (bool, error) {
 
 	if err := j.writeGroup(g); err != nil {
 		j.fail(g, err)
+		// A full disk must not pin dead segments: the oldest segments whose
+		// messages are all published, cancelled or moved can go even though
+		// the Done records saying so could not be written (nothing in them
+		// is recovered any more), and deleting them is what frees space.
+		j.mu.Lock()
+		dels := j.collectDeletableLocked()
+		j.mu.Unlock()
+		j.deleteSegments(dels)
 		return true, err
 	}
 

@@ -77,12 +77,12 @@ func NewOptions(dir string, addrs []string) Options {
 		},
 		Egress: egress.Options{
 			Addrs:         addrs,
-			ConnsPerAddr:  4,
-			MaxBatchMsgs:  100,
-			MaxBatchBytes: 5<<20 - 4096,
-			MaxMsgSize:    1 << 20,
-			Attempts:      3,
-			Backoff:       50 * time.Millisecond,
+			ConnsPerAddr:  egress.DefaultConnsPerAddr,
+			MaxBatchMsgs:  egress.DefaultMaxBatchMsgs,
+			MaxBatchBytes: egress.DefaultMaxBatchBytes,
+			MaxMsgSize:    egress.DefaultMaxMsgSize,
+			Attempts:      egress.DefaultAttempts,
+			Backoff:       egress.DefaultBackoff,
 		},
 		Tick:            time.Millisecond,
 		PoolSize:        16,
@@ -512,65 +512,86 @@ func (e *Engine) publishTask(t *task) {
 		for _, r := range g.msgs {
 			t.bodies = append(t.bodies, t.arena[r.start:r.end])
 		}
-		acked, err := e.pub.Publish(g.topic, t.bodies)
-		now := time.Now()
-		nowMs := now.UnixMilli()
-		if acked > 0 {
-			t.keys = t.keys[:0]
-			var bytes int64
-			e.mu.Lock()
-			for _, r := range g.msgs[:acked] {
-				it := &t.items[r.item]
-				t.keys = append(t.keys, it.Value.Key())
-				bytes += int64(it.Value.Len)
-				e.untrackLocked(it.Value)
-				if r.id != "" && e.ids[r.id].h == it.Handle {
-					delete(e.ids, r.id)
-				}
+		for sent := 0; sent < len(g.msgs); {
+			acked, err := e.pub.Publish(g.topic, t.bodies[sent:])
+			e.markPublished(t, g.topic, g.msgs[sent:sent+acked])
+			sent += acked
+			if sent == len(g.msgs) {
+				break
 			}
-			e.decTopicLocked(g.topic, int64(acked))
-			e.mu.Unlock()
-			if err := e.j.Done(journal.Published, t.keys); err != nil {
-				e.logf("journal: published marks: %v (these may be published again after restart)", err)
+			if egress.IsPermanent(err) {
+				// nsqd refused this one message (too big for it, empty,
+				// bad topic): park it and go on with the others, which
+				// were never tried.
+				e.failed.Add(1)
+				e.logf("egress: nsqd rejected a message for topic %q: %v; retrying it in %v", g.topic, err, e.opts.ParkBackoff)
+				e.reschedule(t, g.msgs[sent:sent+1], e.opts.ParkBackoff)
+				sent++
+				continue
 			}
-			for _, r := range g.msgs[:acked] {
-				late := now.Sub(time.UnixMilli(r.due))
-				if nowMs < r.due {
-					e.early.Add(1)
-				}
-				if late < 0 {
-					late = 0
-				}
-				e.lateness.Update(late.Seconds())
-			}
-			e.pending.Add(-int64(acked))
-			e.pendingBytes.Add(-bytes)
-			e.published.Add(uint64(acked))
+			// nsqd is unreachable or failing: the rest waits in the wheel
+			// and is tried again. Never dropped.
+			e.reschedule(t, g.msgs[sent:], e.opts.RetryBackoff)
+			break
 		}
-		if acked == len(g.msgs) {
-			continue
-		}
-		// The rest waits in the wheel and is tried again: never dropped.
-		backoff := e.opts.RetryBackoff
-		if egress.IsPermanent(err) {
-			backoff = e.opts.ParkBackoff
-			e.failed.Add(1)
-			e.logf("egress: nsqd rejected a message for topic %q: %v; retrying in %v", g.topic, err, backoff)
-		}
-		rest := g.msgs[acked:]
-		e.retried.Add(uint64(len(rest)))
-		due := e.w.Now() + int64(backoff)
-		e.mu.Lock()
-		for _, r := range rest {
-			it := &t.items[r.item]
-			h := e.w.Add(due, it.Value)
-			e.trackLocked(it.Value, h)
-			if r.id != "" && e.ids[r.id].h == it.Handle {
-				e.ids[r.id] = idRef{h, it.Value}
-			}
-		}
-		e.mu.Unlock()
 	}
+}
+
+// markPublished records msgs, which nsqd acknowledged, as published: the
+// journal's Done mark, the indexes, the counters and their lateness.
+func (e *Engine) markPublished(t *task, topic string, msgs []msgRef) {
+	if len(msgs) == 0 {
+		return
+	}
+	now := time.Now()
+	nowMs := now.UnixMilli()
+	t.keys = t.keys[:0]
+	var bytes int64
+	e.mu.Lock()
+	for _, r := range msgs {
+		it := &t.items[r.item]
+		t.keys = append(t.keys, it.Value.Key())
+		bytes += int64(it.Value.Len)
+		e.untrackLocked(it.Value)
+		if r.id != "" && e.ids[r.id].h == it.Handle {
+			delete(e.ids, r.id)
+		}
+	}
+	e.decTopicLocked(topic, int64(len(msgs)))
+	e.mu.Unlock()
+	if err := e.j.Done(journal.Published, t.keys); err != nil {
+		e.logf("journal: published marks: %v (these may be published again after restart)", err)
+	}
+	for _, r := range msgs {
+		if nowMs < r.due {
+			e.early.Add(1)
+		}
+		late := now.Sub(time.UnixMilli(r.due))
+		if late < 0 {
+			late = 0
+		}
+		e.lateness.Update(late.Seconds())
+	}
+	e.pending.Add(-int64(len(msgs)))
+	e.pendingBytes.Add(-bytes)
+	e.published.Add(uint64(len(msgs)))
+}
+
+// reschedule puts msgs back into the wheel, due after backoff, with the
+// same journal position; their ids follow them.
+func (e *Engine) reschedule(t *task, msgs []msgRef, backoff time.Duration) {
+	e.retried.Add(uint64(len(msgs)))
+	due := e.w.Now() + int64(backoff)
+	e.mu.Lock()
+	for _, r := range msgs {
+		it := &t.items[r.item]
+		h := e.w.Add(due, it.Value)
+		e.trackLocked(it.Value, h)
+		if r.id != "" && e.ids[r.id].h == it.Handle {
+			e.ids[r.id] = idRef{h, it.Value}
+		}
+	}
+	e.mu.Unlock()
 }
 
 // compactLoop moves the pending messages out of segments that keep the

@@ -538,3 +538,29 @@ func TestCompactionBoundsDisk(t *testing.T) {
 		t.Fatalf("pending %d, want 8", s.Pending)
 	}
 }
+
+// A message nsqd refuses outright (bigger than that nsqd's
+// --max-msg-size) is parked and counted as failed, never dropped, and does
+// not hold back the messages around it.
+func TestRejectedMessageParkedOthersDelivered(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{MaxMsgSize: 1000})
+	o := testOptions(t.TempDir(), node.TCPAddr)
+	o.ParkBackoff = time.Hour
+	h := startHarness(t, o)
+	col := consume(t, node.TCPAddr, "rej")
+	lines := [][]byte{[]byte("one"), []byte("two"), bytes.Repeat([]byte("B"), 2000), []byte("four"), []byte("five")}
+	h.mustPost("/mpub?topic=rej", bytes.Join(lines, []byte("\n")))
+	got := col.waitCount(t, 4, 10*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	got = col.snapshot()
+	var bodies []string
+	for _, r := range got {
+		bodies = append(bodies, string(r.body))
+	}
+	if strings.Join(bodies, ",") != "one,two,four,five" {
+		t.Fatalf("received %q", bodies)
+	}
+	if s := h.stats(); s.Failed != 1 || s.Pending != 1 || s.Published != 4 {
+		t.Fatalf("stats: failed %d pending %d published %d, want 1/1/4", s.Failed, s.Pending, s.Published)
+	}
+}

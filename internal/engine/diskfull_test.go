@@ -1,0 +1,99 @@
+package engine
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/deferd/deferd/internal/nsqdnode"
+)
+
+// mountTiny mounts a size-limited tmpfs: a real filesystem that fills up.
+// It needs root; the test is skipped where mounting is not allowed.
+func mountTiny(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v: %s)", err, bytes.TrimSpace(out))
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// A data path that is not a writable directory is a clear error at start.
+func TestUnwritableDataPathFailsAtStart(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	file := filepath.Join(t.TempDir(), "not-a-dir")
+	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := testOptions(filepath.Join(file, "journal"), node.TCPAddr)
+	o.Logf = t.Logf
+	if e, err := New(o); err == nil {
+		e.Stop(time.Second)
+		t.Fatal("New on a data path under a regular file succeeded")
+	} else {
+		t.Logf("start error: %v", err)
+	}
+}
+
+// When the disk fills at run time deferd refuses new messages with 503
+// JOURNAL_UNAVAILABLE, keeps publishing what it holds, and takes messages
+// again once publishing has freed space.
+func TestDiskFullRefusesNewKeepsPending(t *testing.T) {
+	dir := mountTiny(t, "3m")
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	o := testOptions(filepath.Join(dir, "journal"), node.TCPAddr)
+	o.Journal.SegmentBytes = 256 << 10
+	h := startHarness(t, o)
+	col := consume(t, node.TCPAddr, "full")
+
+	body := bytes.Repeat([]byte("f"), 1000)
+	var lines [][]byte
+	for i := 0; i < 20; i++ {
+		lines = append(lines, body)
+	}
+	mpub := bytes.Join(lines, []byte("\n"))
+	accepted := 0
+	var code int
+	var resp string
+	for i := 0; i < 1000; i++ {
+		code, resp = h.post("/mpub?topic=full&defer=1500", mpub)
+		if code != 200 {
+			break
+		}
+		accepted += len(lines)
+	}
+	if code != 503 || resp != `{"message":"JOURNAL_UNAVAILABLE"}` {
+		t.Fatalf("disk full: %d %q after %d messages, want 503 JOURNAL_UNAVAILABLE", code, resp, accepted)
+	}
+	if accepted == 0 {
+		t.Fatal("nothing accepted before the disk filled")
+	}
+	t.Logf("disk full after %d accepted messages", accepted)
+	// Everything accepted is still delivered.
+	col.waitCount(t, accepted, 30*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	if got := len(col.snapshot()); got != accepted {
+		t.Fatalf("received %d, accepted %d", got, accepted)
+	}
+	// Published segments are deleted, so new messages are taken again.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, resp = h.post("/pub?topic=full", []byte("again"))
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still refusing after space was freed: %d %q; journal %+v", code, resp, h.e.j.Stats())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	col.waitCount(t, accepted+1, 10*time.Second)
+	if s := h.stats(); s.Pending != 0 || s.Published != uint64(accepted+1) {
+		t.Fatalf("stats: pending %d published %d, want 0/%d", s.Pending, s.Published, accepted+1)
+	}
+}
