@@ -108,6 +108,11 @@ func clampMS(ns int64) float64 { return math.Max(float64(ns)/1e6, minMS) }
 // against nsqd's own take time + 1 s (nsqdTake; 0 to leave it out).
 func Chart(path string, rs []Result, nsqdTake time.Duration) error {
 	designs := designOrder(rs)
+	lines := map[*plot.Plot]int{} // data lines per plot
+	addLine := func(p *plot.Plot, name string, xy plotter.XYs, c color.Color) error {
+		lines[p]++
+		return addLine(p, name, xy, c)
+	}
 	color := func(name string) color.Color {
 		for i, d := range designs {
 			if d == name {
@@ -222,6 +227,15 @@ func Chart(path string, rs []Result, nsqdTake time.Duration) error {
 		pd.Add(target)
 		pd.Legend.Add(fmt.Sprintf("nsqd take N + 1 s = %.2fs", lim), target)
 		pd.Legend.Top = true
+	}
+
+	// An empty log axis cannot be drawn; fall back to linear where a
+	// scenario was not run.
+	for _, p := range []*plot.Plot{pa, pb, pc} {
+		if lines[p] == 0 {
+			p.X.Scale, p.Y.Scale = plot.LinearScale{}, plot.LinearScale{}
+			p.X.Tick.Marker, p.Y.Tick.Marker = plot.DefaultTicks{}, plot.DefaultTicks{}
+		}
 	}
 
 	const w, h = 30 * vg.Centimeter, 22 * vg.Centimeter

@@ -97,6 +97,19 @@ func (d *WheelDesign) Stop() error {
 	return nil
 }
 
+// Crash simulates a process crash: the driver and publishers stop, the wheel
+// and every pending message in it are discarded, and an empty one starts.
+func (d *WheelDesign) Crash() error {
+	close(d.stop)
+	d.wg.Wait()
+	d.prod.Stop()
+	return d.Start(d.env)
+}
+
+func (d *WheelDesign) CrashNote() string {
+	return "in-process state discarded (the wheel has no journal), restarted empty"
+}
+
 func (d *WheelDesign) External() []int { return nil }
 
 func (d *WheelDesign) Memory() (int64, string) { return SelfRSS(), "RSS self" }
