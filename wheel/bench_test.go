@@ -197,7 +197,9 @@ func heapImpl() *impl {
 }
 
 // BenchmarkAdd: Add throughput with n entries already pending far ahead,
-// and the memory each pending entry costs (live heap + stacks).
+// the memory each pending entry costs (live heap + stacks, including the
+// 8-byte handle the caller keeps), and the wall time of one full GC cycle
+// with them pending.
 func BenchmarkAdd(b *testing.B) {
 	for _, n := range benchSizes(b) {
 		for _, mk := range []func() *impl{wheelImpl, afterFuncImpl, heapImpl} {
@@ -207,6 +209,9 @@ func BenchmarkAdd(b *testing.B) {
 				before := liveBytes()
 				im.fill(n, 4_000_000)
 				after := liveBytes()
+				t0 := time.Now()
+				runtime.GC() // what the pending entries cost each GC cycle
+				gc := time.Since(t0)
 				b.ReportAllocs()
 				b.ResetTimer()
 				i := n
@@ -216,6 +221,7 @@ func BenchmarkAdd(b *testing.B) {
 				}
 				b.StopTimer()
 				b.ReportMetric(float64(after-before)/float64(n), "B/pending")
+				b.ReportMetric(float64(gc.Microseconds()), "gc-µs")
 				im.clean()
 			})
 		}
