@@ -53,7 +53,15 @@ type impl struct {
 	clean  func()               // drop everything
 }
 
-func wheelImpl() *impl {
+func wheelImpl() *impl { return newWheelImpl(false) }
+
+// wheelReuseImpl adds 256Ki more entries after the pre-fill and cancels
+// them, so the timed Adds reuse free entries (the steady state of a wheel
+// whose entries expire and are replaced) instead of growing the slab. Its
+// B/pending includes those free entries.
+func wheelReuseImpl() *impl { return newWheelImpl(true) }
+
+func newWheelImpl(reuse bool) *impl {
 	var (
 		c  fakeClock
 		w  *Wheel[uint64]
@@ -61,13 +69,26 @@ func wheelImpl() *impl {
 	)
 	var fired int
 	onBatch := func(b *Batch[uint64]) { fired += len(b.Items); b.Release() }
+	name := "wheel"
+	if reuse {
+		name = "wheel-reuse"
+	}
 	return &impl{
-		name: "wheel",
+		name: name,
 		fill: func(n, extra int) {
 			w = New[uint64](Options{Clock: &c})
 			hs = make([]Handle, n)
 			for i := range n {
 				hs[i] = w.Add(int64(farDue(i)), uint64(i))
+			}
+			if reuse {
+				spare := make([]Handle, 1<<18)
+				for i := range spare {
+					spare[i] = w.Add(int64(farDue(i)), 0)
+				}
+				for _, h := range spare {
+					w.Cancel(h)
+				}
 			}
 		},
 		add:    func(i int) { sinkHandle = w.Add(int64(farDue(i)), uint64(i)) },
@@ -202,7 +223,7 @@ func heapImpl() *impl {
 // with them pending.
 func BenchmarkAdd(b *testing.B) {
 	for _, n := range benchSizes(b) {
-		for _, mk := range []func() *impl{wheelImpl, afterFuncImpl, heapImpl} {
+		for _, mk := range []func() *impl{wheelImpl, wheelReuseImpl, afterFuncImpl, heapImpl} {
 			im := mk()
 			b.Run(fmt.Sprintf("impl=%s/pending=%dM", im.name, n/1_000_000), func(b *testing.B) {
 				runtime.GC()
