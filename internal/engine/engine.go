@@ -494,19 +494,20 @@ func (e *Engine) dispatch(out <-chan *wheel.Batch[ref]) {
 func (e *Engine) publishTask(t *task) {
 	defer putTask(t)
 	t.reset()
+	t.ps = t.ps[:0]
 	for i := range t.items {
-		it := &t.items[i]
-		m, buf, err := e.j.Read(it.Value, t.scratch)
-		t.scratch = buf
+		t.ps = append(t.ps, t.items[i].Value)
+	}
+	e.j.ReadBatch(&t.reader, t.ps, func(i int, m journal.Message, err error) {
 		if err != nil {
 			e.readErrors.Add(1)
-			e.logf("journal: read %v: %v (message stays in the journal)", it.Value.Key(), err)
-			continue
+			e.logf("journal: read %v: %v (message stays in the journal)", t.ps[i].Key(), err)
+			return
 		}
 		start := len(t.arena)
 		t.arena = append(t.arena, m.Body...)
 		t.add(m.Topic, msgRef{item: i, id: m.ID, due: m.Due, start: start, end: len(t.arena)})
-	}
+	})
 	for _, g := range t.groups {
 		t.bodies = t.bodies[:0]
 		for _, r := range g.msgs {

@@ -12,7 +12,8 @@ import (
 // a task's memory is reused, never kept by anyone after putTask.
 type task struct {
 	items   []wheel.Item[ref]
-	scratch []byte
+	ps      []journal.Pos
+	reader  journal.BatchReader
 	arena   []byte
 	groups  []*group
 	byTopic map[string]*group
