@@ -526,25 +526,23 @@ func (w *Wheel[T]) Run(stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
 		}
 		// Nothing due: plan the wake-up under the same lock Add takes, so
 		// an earlier Add after this point sees planned and wakes us.
-		var sleep time.Duration
-		if w.heads[readyList] != 0 {
-			w.planned = 0
-		} else if d, _, _, ok := w.nextExpiration(); ok {
+		d, _, _, ok := w.nextExpiration()
+		if ok {
 			w.planned = d
+		} else {
+			w.planned = math.MaxUint64
+		}
+		w.mu.Unlock()
+		sleep := maxSleep
+		if ok { // the Clock is read without the lock held
 			wakeAt, now := w.tickTime(d), w.Now()
 			switch {
 			case wakeAt <= now:
-				// Already due: go round again without sleeping.
-			case wakeAt-now < 0 || wakeAt-now > int64(maxSleep): // overflow or far
-				sleep = maxSleep
-			default:
+				sleep = 0 // already due: go round again
+			case wakeAt-now > 0 && wakeAt-now < int64(maxSleep): // else overflow or far
 				sleep = time.Duration(wakeAt - now)
 			}
-		} else {
-			w.planned = math.MaxUint64
-			sleep = maxSleep
 		}
-		w.mu.Unlock()
 		if sleep > 0 {
 			timer.Reset(sleep)
 			select {
