@@ -24,7 +24,9 @@
 // range. When that slot comes up the entry is re-cascaded, its real due time
 // is checked again, and it is parked again if still out of range. Due times
 // that overflow int64 (AddAfter with a huge duration) are clamped to
-// math.MaxInt64.
+// math.MaxInt64; an entry whose tick boundary lies past math.MaxInt64 on the
+// wheel clock (292 years after the clock's zero) stays pending, since no
+// clock reading can reach it.
 //
 // # Memory
 //
