@@ -18,6 +18,12 @@ func (j *Journal) run() {
 		t := time.NewTicker(j.opts.FsyncInterval)
 		defer t.Stop()
 		tick = t.C
+		// The periodic fsync runs on its own goroutine: a slow fsync (a
+		// busy disk can take seconds) must not stop writes, or appenders
+		// and Done callers (publish tasks) queue behind it.
+		syncerDone := make(chan struct{})
+		go j.syncLoop(syncerDone)
+		defer func() { <-syncerDone }()
 	}
 	for {
 		select {
@@ -25,7 +31,6 @@ func (j *Journal) run() {
 			j.flush()
 		case <-tick:
 			j.flush() // re-queued Done records after a write error
-			j.syncDirty()
 		case <-j.stop:
 			// Flush what is pending; give up after one failed group (its
 			// waiters and the group behind it get the error) rather than
@@ -134,12 +139,43 @@ func (j *Journal) writeGroup(g *group) error {
 			if _, err := j.writeAt(s.f, g.buf[r.start:r.end], r.off); err != nil {
 				return fmt.Errorf("journal: write segment %d at %d: %w", s.id, r.off, err)
 			}
+			if j.opts.Fsync == FsyncInterval {
+				j.toSync.Store(s)
+			}
 		}
 	}
 	if j.opts.Fsync == FsyncAlways {
 		return j.syncDirty()
 	}
 	return nil
+}
+
+// syncLoop fsyncs, every FsyncInterval, the segment the flusher last wrote
+// to (FsyncInterval mode). It stops when the journal stops and closes done.
+func (j *Journal) syncLoop(done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(j.opts.FsyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-j.stop:
+			return
+		case <-t.C:
+		}
+		s := j.toSync.Swap(nil)
+		if s == nil {
+			continue
+		}
+		s.fmu.RLock() // deletion waits; writes and reads do not
+		if s.f != nil {
+			if err := s.f.Sync(); err != nil {
+				j.logf("journal: fsync segment %d: %v", s.id, err)
+			} else {
+				j.stats.fsyncs.Add(1)
+			}
+		}
+		s.fmu.RUnlock()
+	}
 }
 
 // syncDirty fsyncs the segment last written if it has unsynced writes.

@@ -246,8 +246,11 @@ type Journal struct {
 	closeMu sync.Mutex
 
 	// Flusher-owned.
-	wseg       *segment // segment last written
-	dirty      bool     // wseg written since its last fsync
+	wseg  *segment // segment last written
+	dirty bool     // wseg written since its last fsync
+	// toSync is the segment the periodic fsync (FsyncInterval) is owed to;
+	// set by the flusher after a write, taken by syncLoop.
+	toSync     atomic.Pointer[segment]
 	lastErrLog time.Time
 
 	// writeAt is the file write used by the flusher; tests inject errors.

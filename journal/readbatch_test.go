@@ -98,3 +98,30 @@ func BenchmarkReadBatch(b *testing.B) {
 		j.ReadBatch(&r, ps, func(int, Message, error) {})
 	}
 }
+
+// In interval mode the periodic fsync happens (on its own goroutine) and
+// appends go on meanwhile.
+func TestIntervalFsyncRuns(t *testing.T) {
+	j, _, _ := openJ(t, Options{Dir: t.TempDir(), FsyncInterval: 5 * time.Millisecond})
+	defer j.Close()
+	appendN(t, j, 0, 10, 100)
+	deadline := time.Now().Add(5 * time.Second)
+	for j.Stats().Fsyncs == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no fsync within 5s in interval mode")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	n := j.Stats().Fsyncs
+	time.Sleep(50 * time.Millisecond)
+	if j.Stats().Fsyncs != n {
+		t.Fatalf("fsyncs went from %d to %d with nothing written", n, j.Stats().Fsyncs)
+	}
+	appendN(t, j, 10, 10, 100)
+	for j.Stats().Fsyncs == n {
+		if time.Now().After(deadline) {
+			t.Fatal("no fsync after new writes")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
