@@ -98,10 +98,14 @@ func BenchmarkServiceIngest(b *testing.B) {
 				addr := h.srv.Addr()
 				b.ResetTimer()
 				var el time.Duration
+				conc := map[string]int{"mpub": 32, "pub": 64}[kind]
+				if c, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_CONC")); c > 0 {
+					conc = c
+				}
 				if kind == "mpub" {
-					el = hammer(b, addr, "/mpub?topic=bench&defer=3600000", benchLines(100), 100, b.N, 32)
+					el = hammer(b, addr, "/mpub?topic=bench&defer=3600000", benchLines(100), 100, b.N, conc)
 				} else {
-					el = hammer(b, addr, "/pub?topic=bench&defer=3600000", bytes.Repeat([]byte("x"), benchBody), 1, b.N, 64)
+					el = hammer(b, addr, "/pub?topic=bench&defer=3600000", bytes.Repeat([]byte("x"), benchBody), 1, b.N, conc)
 				}
 				b.StopTimer()
 				b.ReportMetric(float64(b.N)/el.Seconds(), "msg/s")
