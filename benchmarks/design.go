@@ -84,8 +84,7 @@ func newProducer(addr string) (*nsq.Producer, error) {
 
 var extraDesigns = map[string]func() Design{}
 
-// registerDesign adds a design that only some builds have (see
-// wheeldesign.go, built with -tags wheeldesign).
+// registerDesign adds a design by name for cmd/compare (see wheeldesign.go).
 func registerDesign(name string, f func() Design) { extraDesigns[name] = f }
 
 // ExtraDesign returns a design registered by an optional file, if built.

@@ -114,6 +114,9 @@ func Chart(path string, rs []Result, nsqdTake time.Duration) error {
 		return addLine(p, name, xy, c)
 	}
 	color := func(name string) color.Color {
+		if c, ok := designColors[name]; ok {
+			return c
+		}
 		for i, d := range designs {
 			if d == name {
 				return plotutil.Color(i)
@@ -262,6 +265,34 @@ func Chart(path string, rs []Result, nsqdTake time.Duration) error {
 }
 
 var color2gray = color.Gray{Y: 120}
+
+// designColors keeps each design's colour apart from the others' and the
+// same in every panel; deferd is black.
+var designColors = map[string]color.Color{
+	"channel":    color.RGBA{R: 220, G: 40, B: 40, A: 255},
+	"zset-poll":  color.RGBA{R: 60, G: 170, B: 60, A: 255},
+	"zset-lua":   color.RGBA{R: 40, G: 110, B: 220, A: 255},
+	"nsqd-defer": color.RGBA{R: 240, G: 150, B: 20, A: 255},
+	"wheel":      color.RGBA{R: 150, G: 60, B: 190, A: 255},
+	"deferd":     color.RGBA{A: 255},
+}
+
+// Downsample returns rs with each Lateness cut to at most n+1 evenly spaced
+// quantiles, small enough to keep in a JSON file and still draw the curves.
+func Downsample(rs []Result, n int) []Result {
+	out := make([]Result, len(rs))
+	for i, r := range rs {
+		if k := len(r.Lateness); k > n+1 {
+			q := make([]int64, n+1)
+			for j := range q {
+				q[j] = r.Lateness[j*(k-1)/n]
+			}
+			r.Lateness = q
+		}
+		out[i] = r
+	}
+	return out
+}
 
 func addLine(p *plot.Plot, name string, xy plotter.XYs, c color.Color) error {
 	l, pts, err := plotter.NewLinePoints(xy)

@@ -1,5 +1,3 @@
-//go:build wheeldesign
-
 package benchmarks
 
 import "testing"

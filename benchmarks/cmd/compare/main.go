@@ -7,8 +7,10 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -56,7 +58,7 @@ type options struct {
 
 func main() {
 	var o options
-	flag.StringVar(&o.designs, "designs", "channel,zset-poll,zset-lua,nsqd-defer,wheel,deferd", "comma-separated designs to run, in order (wheel needs -tags wheeldesign)")
+	flag.StringVar(&o.designs, "designs", "channel,zset-poll,zset-lua,nsqd-defer,wheel,deferd", "comma-separated designs to run, in order")
 	flag.StringVar(&o.scenarios, "scenarios", "fixed,mixed,burst,capacity,crash", "comma-separated scenarios to run, in order")
 	flag.StringVar(&o.out, "out", "benchmarks/out", "directory for comparison.md and comparison.png")
 	flag.StringVar(&o.repo, "repo", ".", "module root to build ./cmd/deferd from")
@@ -95,7 +97,15 @@ func main() {
 	flag.IntVar(&o.luaBatch, "lua-batch", 500, "zset-lua: members popped per script call")
 	flag.IntVar(&o.channelCap, "channel-capacity", 24000, "channel: buffered channel capacity")
 	flag.IntVar(&o.channelWorks, "channel-workers", 20, "channel: worker goroutines")
+	replot := flag.String("replot", "", "redraw the table and chart from this comparison.json instead of running")
 	flag.Parse()
+	if *replot != "" {
+		if err := redraw(*replot, o.out); err != nil {
+			fmt.Fprintln(os.Stderr, "compare:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "compare:", err)
 		os.Exit(1)
@@ -156,7 +166,7 @@ func run(o options) error {
 			if d, ok := benchmarks.ExtraDesign(name); ok {
 				return d, nil
 			}
-			return nil, &benchmarks.ErrNotRunnable{Reason: "the wheel design is built only with -tags wheeldesign (package wheel was not committed yet)"}
+			return nil, fmt.Errorf("wheel design not registered")
 		}
 		return nil, fmt.Errorf("unknown design %q", name)
 	}
@@ -212,30 +222,69 @@ func run(o options) error {
 	}
 	elapsed := time.Since(started)
 
-	mdPath := filepath.Join(o.out, "comparison.md")
+	rep := report{
+		Header: fmt.Sprintf("Run %s on %s/%s, %d CPUs, %s, in %s.\n\nCommand: `go run ./benchmarks/cmd/compare %s`\n\n",
+			time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(),
+			runtime.Version(), elapsed.Round(time.Second), strings.Join(os.Args[1:], " ")),
+		NSQDTake: take,
+		Results:  benchmarks.Downsample(results, 400),
+	}
+	if take > 0 {
+		rep.Header += fmt.Sprintf("nsqd alone: takes %d × %d B messages (MPUB, batches of 500) in %s; takes and delivers them to the consumer in %s. Burst target: all delivered within %s of the due time.\n\n",
+			o.burst, o.size, take.Round(time.Millisecond), takeDeliver.Round(time.Millisecond), (take + time.Second).Round(time.Millisecond))
+	}
+	js, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(o.out, "comparison.json"), js, 0o644); err != nil {
+		return err
+	}
+	return rep.write(o.out, results)
+}
+
+// report is what comparison.json keeps of a run: enough to redraw.
+type report struct {
+	Header   string
+	NSQDTake time.Duration
+	Results  []benchmarks.Result
+}
+
+func (rep report) write(out string, results []benchmarks.Result) error {
+	mdPath := filepath.Join(out, "comparison.md")
 	f, err := os.Create(mdPath)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(f, "Run %s on %s/%s, %d CPUs, %s, in %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"),
-		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), elapsed.Round(time.Second))
-	fmt.Fprintf(f, "Command: `go run ./benchmarks/cmd/compare %s`\n\n", strings.Join(os.Args[1:], " "))
-	if take > 0 {
-		fmt.Fprintf(f, "nsqd alone: takes %d × %d B messages (MPUB, batches of 500) in %s; takes and delivers them to the consumer in %s. Burst target: all delivered within %s of the due time.\n\n",
-			o.burst, o.size, take.Round(time.Millisecond), takeDeliver.Round(time.Millisecond), (take + time.Second).Round(time.Millisecond))
-	}
+	io.WriteString(f, rep.Header)
 	if err := benchmarks.WriteTable(f, results); err != nil {
+		f.Close()
 		return err
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
-	png := filepath.Join(o.out, "comparison.png")
-	if err := benchmarks.Chart(png, results, take); err != nil {
+	png := filepath.Join(out, "comparison.png")
+	if err := benchmarks.Chart(png, results, rep.NSQDTake); err != nil {
 		return err
 	}
 	logf("wrote %s and %s", mdPath, png)
 	return nil
+}
+
+func redraw(jsonPath, out string) error {
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return err
+	}
+	var rep report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return fmt.Errorf("%s: %w", jsonPath, err)
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	return rep.write(out, rep.Results)
 }
 
 // loads returns the steps of one scenario.
