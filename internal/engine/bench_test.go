@@ -2,13 +2,14 @@ package engine
 
 import (
 	"bytes"
-	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,6 +39,9 @@ func benchLines(n int) []byte {
 
 func benchHarness(b *testing.B, o Options) *harness {
 	b.Helper()
+	if n, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_POOL")); n > 0 {
+		o.PoolSize = n
+	}
 	h := startHarness(b, o)
 	h.e.logf = func(string, ...any) {}
 	return h
@@ -118,31 +122,31 @@ func BenchmarkServiceIngest(b *testing.B) {
 }
 
 // BenchmarkServiceDueNow compares messages due at once flowing from
-// deferd's /mpub into nsqd against go-nsq MPUB straight into the same
-// nsqd, side by side. The clock stops when nsqd has counted every message.
+// deferd's /mpub into nsqd against go-nsq MPUB straight into nsqd, side by
+// side. Each run gets a fresh nsqd whose memory queue holds the whole run
+// (no disk spill, no leftovers from the run before); the clock stops when
+// nsqd has counted every message.
 func BenchmarkServiceDueNow(b *testing.B) {
-	node := nsqdnode.StartTest(b, nsqdnode.Config{MemQueueSize: 10_000_000})
-	topicCount := func(topic string) uint64 {
-		for _, t := range node.NSQD.GetStats(topic, "", false).Topics {
-			if t.TopicName == topic {
+	freshNSQD := func(b *testing.B) (*nsqdnode.Node, func(b *testing.B, n int)) {
+		node := nsqdnode.StartTest(b, nsqdnode.Config{MemQueueSize: int64(max(b.N, 100_000))})
+		count := func() uint64 {
+			for _, t := range node.NSQD.GetStats("t", "", false).Topics {
 				return t.MessageCount
 			}
+			return 0
 		}
-		return 0
-	}
-	waitFor := func(b *testing.B, topic string, n uint64) {
-		deadline := time.Now().Add(5 * time.Minute)
-		for topicCount(topic) < n {
-			if time.Now().After(deadline) {
-				b.Fatalf("nsqd has %d of %d", topicCount(topic), n)
+		return node, func(b *testing.B, n int) {
+			deadline := time.Now().Add(5 * time.Minute)
+			for count() < uint64(n) {
+				if time.Now().After(deadline) {
+					b.Fatalf("nsqd has %d of %d", count(), n)
+				}
+				time.Sleep(time.Millisecond)
 			}
-			time.Sleep(time.Millisecond)
 		}
 	}
-	run := 0
 	b.Run("direct-go-nsq-mpub", func(b *testing.B) {
-		run++
-		topic := fmt.Sprintf("direct%d", run)
+		node, waitFor := freshNSQD(b)
 		const conns = 4
 		var ps []*nsq.Producer
 		for i := 0; i < conns; i++ {
@@ -158,14 +162,14 @@ func BenchmarkServiceDueNow(b *testing.B) {
 		var left atomic.Int64
 		left.Store(int64(b.N))
 		b.ResetTimer()
-		start := time.Now()
+		start, cpu0 := time.Now(), cpuTime()
 		var wg sync.WaitGroup
 		for g := 0; g < 16; g++ {
 			wg.Add(1)
 			go func(g int) {
 				defer wg.Done()
 				for left.Add(-100) > -100 {
-					if err := ps[g%conns].MultiPublish(topic, batch); err != nil {
+					if err := ps[g%conns].MultiPublish("t", batch); err != nil {
 						b.Error(err)
 						return
 					}
@@ -173,25 +177,43 @@ func BenchmarkServiceDueNow(b *testing.B) {
 			}(g)
 		}
 		wg.Wait()
-		waitFor(b, topic, uint64(b.N))
-		el := time.Since(start)
-		b.ReportMetric(float64(b.N)/el.Seconds(), "msg/s")
+		waitFor(b, b.N)
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+		b.ReportMetric(cpuSince(cpu0)/float64(b.N)*1e6, "cpu-µs/msg")
 	})
 	b.Run("deferd-http-mpub", func(b *testing.B) {
-		run++
-		topic := fmt.Sprintf("deferd%d", run)
+		node, waitFor := freshNSQD(b)
 		o := testOptions(b.TempDir(), node.TCPAddr)
 		o.Journal.SegmentBytes = 64 << 20
 		o.Egress.ConnsPerAddr = 4
 		h := benchHarness(b, o)
 		b.ResetTimer()
-		start := time.Now()
-		hammer(b, h.srv.Addr(), "/mpub?topic="+topic, benchLines(100), 100, b.N, 16)
-		waitFor(b, topic, uint64(b.N))
-		el := time.Since(start)
-		b.ReportMetric(float64(b.N)/el.Seconds(), "msg/s")
+		if f := os.Getenv("DEFERD_BENCH_PROFILE"); f != "" {
+			pf, _ := os.Create(f)
+			pprof.StartCPUProfile(pf)
+			defer pprof.StopCPUProfile()
+		}
+		start, cpu0 := time.Now(), cpuTime()
+		conc := 16
+		if c, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_CONC")); c > 0 {
+			conc = c
+		}
+		hammer(b, h.srv.Addr(), "/mpub?topic=t", benchLines(100), 100, b.N, conc)
+		waitFor(b, b.N)
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+		b.ReportMetric(cpuSince(cpu0)/float64(b.N)*1e6, "cpu-µs/msg")
+		pprof.StopCPUProfile()
 	})
 }
+
+// cpuTime is the process's user+system CPU time in seconds.
+func cpuTime() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+func cpuSince(t0 float64) float64 { return cpuTime() - t0 }
 
 // BenchmarkServiceLateness offers messages at a fixed rate, each due one
 // second after it is sent, and reports how late deferd published them
