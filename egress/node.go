@@ -12,14 +12,14 @@ import (
 
 // NodeStats is a snapshot of one nsqd as the Publisher sees it.
 type NodeStats struct {
-	Addr        string
-	Up          bool // false from a failed try until the next successful one
-	LastError   string
-	LastErrorAt time.Time
-	Published   uint64 // messages acknowledged
-	Batches     uint64 // MPUBs acknowledged
-	Errors      uint64 // failed tries
-	InFlight    int    // batches awaiting nsqd's answer
+	Addr        string    `json:"addr"`
+	Up          bool      `json:"up"` // false from a failed try until the next successful one
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	Published   uint64    `json:"published"` // messages acknowledged
+	Batches     uint64    `json:"batches"`   // MPUBs acknowledged
+	Errors      uint64    `json:"errors"`    // failed tries
+	InFlight    int       `json:"in_flight"` // batches awaiting nsqd's answer
 }
 
 // node is one nsqd and its connections.

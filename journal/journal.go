@@ -113,30 +113,30 @@ var (
 
 // Report describes one recovery (see Recover). It is a plain value.
 type Report struct {
-	Segments       int      // segment files scanned
-	Records        int      // valid records (all types)
-	Live           int      // live messages passed to fn
-	Bytes          int64    // bytes scanned
-	TornTails      int      // torn tails truncated (last segment only)
-	TruncatedBytes int64    // bytes removed by truncation
-	Corrupt        []string // one line per corrupt region; never empty when data was lost
-	Duration       time.Duration
+	Segments       int           `json:"segments"`        // segment files scanned
+	Records        int           `json:"records"`         // valid records (all types)
+	Live           int           `json:"live"`            // live messages passed to fn
+	Bytes          int64         `json:"bytes"`           // bytes scanned
+	TornTails      int           `json:"torn_tails"`      // torn tails truncated (last segment only)
+	TruncatedBytes int64         `json:"truncated_bytes"` // bytes removed by truncation
+	Corrupt        []string      `json:"corrupt"`         // one line per corrupt region; never empty when data was lost
+	Duration       time.Duration `json:"duration_ns"`
 }
 
 // Stats is a snapshot of counters, a plain value. See Journal.Stats.
 type Stats struct {
-	Segments     int
-	DiskBytes    int64  // bytes written to segment files still present
-	Live         int64  // live messages
-	LiveBytes    int64  // estimated bytes of live message records
-	Appends      uint64 // message records written (Accept+Moved)
-	DoneRecords  uint64 // Done records written
-	Groups       uint64 // write groups (one write(2) per segment touched)
-	Fsyncs       uint64
-	WriteErrors  uint64
-	Corrupt      uint64 // corrupt regions found (recovery, ScanLive, Read)
-	Deleted      uint64 // segments deleted
-	LastRecovery Report
+	Segments     int    `json:"segments"`
+	DiskBytes    int64  `json:"disk_bytes"`   // bytes written to segment files still present
+	Live         int64  `json:"live"`         // live messages
+	LiveBytes    int64  `json:"live_bytes"`   // estimated bytes of live message records
+	Appends      uint64 `json:"appends"`      // message records written (Accept+Moved)
+	DoneRecords  uint64 `json:"done_records"` // Done records written
+	Groups       uint64 `json:"groups"`       // write groups (one write(2) per segment touched)
+	Fsyncs       uint64 `json:"fsyncs"`
+	WriteErrors  uint64 `json:"write_errors"`
+	Corrupt      uint64 `json:"corrupt"` // corrupt regions found (recovery, ScanLive, Read)
+	Deleted      uint64 `json:"deleted"` // segments deleted
+	LastRecovery Report `json:"last_recovery"`
 }
 
 // segment is one segment file plus its liveness.

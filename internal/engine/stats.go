@@ -27,12 +27,13 @@ type Stats struct {
 	Early      uint64 `json:"delivered_early"`
 	// Lateness is publish time minus due time, in milliseconds, over all
 	// messages published since start.
-	Lateness    Lateness           `json:"lateness_ms"`
-	Pool        PoolStats          `json:"pool"`
-	Egress      []egress.NodeStats `json:"egress"`
-	Journal     journal.Stats      `json:"journal"`
-	Recovery    journal.Report     `json:"recovery"`
-	CorruptLast []string           `json:"journal_corrupt,omitempty"`
+	Lateness Lateness           `json:"lateness_ms"`
+	Pool     PoolStats          `json:"pool"`
+	Egress   []egress.NodeStats `json:"egress"`
+	Journal  journal.Stats      `json:"journal"`
+	// Recovery is the journal replay at start; Recovery.Corrupt lists
+	// every corrupt region found (never skipped silently).
+	Recovery journal.Report `json:"recovery"`
 }
 
 // Lateness holds delivery lateness percentiles in milliseconds.
@@ -84,7 +85,6 @@ func (e *Engine) Snapshot() Stats {
 		Egress:         e.pub.Stats(),
 		Journal:        e.j.Stats(),
 		Recovery:       e.recovery,
-		CorruptLast:    e.recovery.Corrupt,
 	}
 }
 
