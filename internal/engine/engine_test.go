@@ -42,7 +42,9 @@ func testOptions(dir string, addrs ...string) Options {
 
 func startHarness(t testing.TB, opts Options) *harness {
 	t.Helper()
-	opts.Logf = t.Logf
+	if opts.Logf == nil {
+		opts.Logf = t.Logf
+	}
 	e, err := New(opts)
 	if err != nil {
 		t.Fatalf("engine.New: %v", err)
