@@ -261,20 +261,9 @@ func (e *Engine) recover() (journal.Report, error) {
 	rep, err := e.j.Recover(func(p journal.Pos, m *journal.Message) error {
 		h := e.w.Add(offset+m.Due*int64(time.Millisecond), p)
 		if p.Seg != lastSeg {
-			lastSeg = p.Seg
-			st = e.segs[p.Seg]
-			if st == nil {
-				st = &segTable{}
-				e.segs[p.Seg] = st
-			}
+			lastSeg, st = p.Seg, e.segTableLocked(p.Seg)
 		}
-		for uint32(len(st.h)) <= p.Ord {
-			st.h = append(st.h, 0)
-		}
-		if st.h[p.Ord] == 0 {
-			st.pending++
-		}
-		st.h[p.Ord] = h
+		st.set(p.Ord, h)
 		if m.ID != "" {
 			e.ids[m.ID] = idRef{h, p}
 		}
@@ -296,19 +285,30 @@ func (e *Engine) recover() (journal.Report, error) {
 	return rep, err
 }
 
+// trackLocked records h as the wheel handle of the message at p.
 func (e *Engine) trackLocked(p journal.Pos, h wheel.Handle) {
-	st := e.segs[p.Seg]
+	e.segTableLocked(p.Seg).set(p.Ord, h)
+}
+
+// segTableLocked returns seg's handle table, creating it. e.mu held.
+func (e *Engine) segTableLocked(seg uint32) *segTable {
+	st := e.segs[seg]
 	if st == nil {
 		st = &segTable{}
-		e.segs[p.Seg] = st
+		e.segs[seg] = st
 	}
-	for uint32(len(st.h)) <= p.Ord {
+	return st
+}
+
+// set records h as the handle of ordinal ord.
+func (st *segTable) set(ord uint32, h wheel.Handle) {
+	for uint32(len(st.h)) <= ord {
 		st.h = append(st.h, 0)
 	}
-	if st.h[p.Ord] == 0 {
+	if st.h[ord] == 0 {
 		st.pending++
 	}
-	st.h[p.Ord] = h
+	st.h[ord] = h
 }
 
 // untrackLocked forgets the handle of a message that left the wheel for
