@@ -47,6 +47,10 @@ type Deferd struct {
 	logFile *os.File
 
 	mu sync.RWMutex // held for writing while the process restarts
+
+	exitMu  sync.Mutex
+	exitErr error // set when the process exits by itself
+	killing bool  // set while this design kills the process
 }
 
 func NewDeferd(bin string, args ...string) *Deferd { return &Deferd{Bin: bin, Args: args} }
@@ -84,10 +88,10 @@ func (d *Deferd) start() error {
 	}, d.Args...)
 	d.cmd = exec.Command(d.Bin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.logFile, d.logFile
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := d.cmd.Start(); err != nil {
 		return &ErrNotRunnable{Reason: fmt.Sprintf("start deferd: %v", err)}
 	}
+	trackChild(d.cmd.Process)
 	exited := make(chan error, 1)
 	go func() { exited <- d.cmd.Wait() }()
 	deadline := time.Now().Add(20 * time.Second)
@@ -97,7 +101,7 @@ func (d *Deferd) start() error {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == 200 && bytes.HasPrefix(body, []byte("OK")) {
-				go func() { <-exited }()
+				go d.watch(exited)
 				return nil
 			}
 		}
@@ -113,6 +117,17 @@ func (d *Deferd) start() error {
 	}
 }
 
+// watch records an exit this design did not cause, with the log's tail.
+func (d *Deferd) watch(exited <-chan error) {
+	err := <-exited
+	d.exitMu.Lock()
+	defer d.exitMu.Unlock()
+	if !d.killing {
+		d.exitErr = fmt.Errorf("deferd exited during the run: %v; log: %s", err, tail(d.logFile.Name()))
+		d.env.logf("  %v", d.exitErr)
+	}
+}
+
 func tail(path string) string {
 	b, _ := os.ReadFile(path)
 	if len(b) > 400 {
@@ -122,8 +137,17 @@ func tail(path string) string {
 }
 
 func (d *Deferd) kill() {
+	d.exitMu.Lock()
+	d.killing = true
+	d.exitMu.Unlock()
+	defer func() {
+		d.exitMu.Lock()
+		d.killing = false
+		d.exitMu.Unlock()
+	}()
 	if d.cmd != nil && d.cmd.Process != nil {
 		_ = d.cmd.Process.Signal(syscall.SIGKILL)
+		untrackChild(d.cmd.Process)
 		for i := 0; i < 200; i++ { // the Wait goroutine reaps it
 			if err := d.cmd.Process.Signal(syscall.Signal(0)); err != nil {
 				break
@@ -194,11 +218,14 @@ func be32(b []byte, v uint32) []byte {
 	return append(b, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
 }
 
+// Stop kills deferd; it returns an error if deferd had exited by itself.
 func (d *Deferd) Stop() error {
 	d.kill()
 	d.client.CloseIdleConnections()
 	d.logFile.Close()
-	return nil
+	d.exitMu.Lock()
+	defer d.exitMu.Unlock()
+	return d.exitErr
 }
 
 // Crash SIGKILLs deferd and restarts it on the same data path and port.

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -368,7 +369,9 @@ func (h *Harness) Run(d Design, l Load) (Result, error) {
 	time.Sleep(200 * time.Millisecond) // catch duplicates right behind
 	cpu1, ext1 := h.cpu(d)
 	stopped = true
-	d.Stop()
+	if err := d.Stop(); err != nil {
+		res.Note = strings.TrimPrefix(res.Note+"; "+err.Error(), "; ")
+	}
 
 	rec.mu.Lock()
 	defer rec.mu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -74,4 +75,39 @@ func SelfRSS() int64 {
 	debug.FreeOSMemory()
 	n, _ := PIDRSS(os.Getpid())
 	return n
+}
+
+// children are the processes this suite started and has not killed yet.
+var children struct {
+	sync.Mutex
+	m map[*os.Process]bool
+}
+
+// Children are started without Pdeathsig: Linux sends it when the starting
+// OS thread exits, which in a Go program can happen at any time, and it
+// killed a deferd mid-run once. KillChildren is the cleanup instead.
+func trackChild(p *os.Process) {
+	children.Lock()
+	defer children.Unlock()
+	if children.m == nil {
+		children.m = map[*os.Process]bool{}
+	}
+	children.m[p] = true
+}
+
+func untrackChild(p *os.Process) {
+	children.Lock()
+	defer children.Unlock()
+	delete(children.m, p)
+}
+
+// KillChildren SIGKILLs every redis-server and deferd this process started
+// and has not stopped; cmd/compare calls it on SIGINT and SIGTERM.
+func KillChildren() {
+	children.Lock()
+	defer children.Unlock()
+	for p := range children.m {
+		_ = p.Kill()
+	}
+	children.m = nil
 }

@@ -57,10 +57,10 @@ func (r *RedisServer) start() error {
 		args = append(args, "--appendonly", "no")
 	}
 	r.cmd = exec.Command("redis-server", args...)
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := r.cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
 	}
+	trackChild(r.cmd.Process)
 	c := redis.NewClient(&redis.Options{Addr: r.Addr})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
@@ -90,6 +90,7 @@ func (r *RedisServer) Kill() {
 	}
 	_ = r.cmd.Process.Signal(syscall.SIGKILL)
 	_ = r.cmd.Wait()
+	untrackChild(r.cmd.Process)
 }
 
 // Restart starts the server again on the same port and directory, which

@@ -12,10 +12,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/deferd/deferd/benchmarks"
@@ -106,7 +108,16 @@ func main() {
 		}
 		return
 	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sig
+		benchmarks.KillChildren()
+		fmt.Fprintln(os.Stderr, "compare: interrupted; killed redis-server and deferd children")
+		os.Exit(130)
+	}()
 	if err := run(o); err != nil {
+		benchmarks.KillChildren()
 		fmt.Fprintln(os.Stderr, "compare:", err)
 		os.Exit(1)
 	}
