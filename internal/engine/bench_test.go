@@ -330,3 +330,52 @@ func BenchmarkServiceLateness(b *testing.B) {
 }
 
 func parseFsync(s string) (journal.FsyncMode, error) { return journal.ParseFsyncMode(s) }
+
+// BenchmarkServiceBurst: N messages (-benchtime Nx) all due at the same
+// instant, 3 s after the first is sent; reports how long after the due
+// time nsqd has counted all of them, next to how long nsqd itself needs
+// to take N messages by MPUB (direct, measured in the same run).
+func BenchmarkServiceBurst(b *testing.B) {
+	node := nsqdnode.StartTest(b, nsqdnode.Config{MemQueueSize: int64(max(2*b.N, 100_000))})
+	count := func(topic string) uint64 {
+		for _, t := range node.NSQD.GetStats(topic, "", false).Topics {
+			return t.MessageCount
+		}
+		return 0
+	}
+	o := testOptions(b.TempDir(), node.TCPAddr)
+	o.Journal.SegmentBytes = 64 << 20
+	o.Egress.ConnsPerAddr = 4
+	h := benchHarness(b, o)
+	due := time.Now().Add(3 * time.Second).UnixMilli()
+	b.ResetTimer()
+	hammer(b, h.srv.Addr(), "/mpub?topic=burst&at="+strconv.FormatInt(due, 10), benchLines(100), 100, b.N, 16)
+	for count("burst") < uint64(b.N) {
+		time.Sleep(time.Millisecond)
+	}
+	after := time.Since(time.UnixMilli(due))
+	b.StopTimer()
+	h.stop()
+
+	// nsqd alone taking the same number of messages.
+	p, err := nsq.NewProducer(node.TCPAddr, nsq.NewConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	p.SetLoggerLevel(nsq.LogLevelError)
+	defer p.Stop()
+	batch := bytes.Split(benchLines(500), []byte("\n"))
+	start := time.Now()
+	for sent := 0; sent < b.N; sent += len(batch) {
+		if err := p.MultiPublish("direct", batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for count("direct") < uint64(b.N) {
+		time.Sleep(time.Millisecond)
+	}
+	direct := time.Since(start)
+	b.ReportMetric(after.Seconds(), "all-out-after-due-s")
+	b.ReportMetric(direct.Seconds(), "nsqd-takes-s")
+	b.ReportMetric(float64(b.N)/after.Seconds(), "drain-msg/s")
+}
