@@ -41,7 +41,8 @@ func smallLoad(name string) Load {
 		MinDelay: 100 * time.Millisecond, MaxDelay: 600 * time.Millisecond, Grace: 10 * time.Second}
 }
 
-// checkExactlyOnce asserts every message arrived once and none early.
+// checkExactlyOnce asserts every message arrived once and none early (for
+// nsqd-defer: none more than 1 ms early).
 func checkExactlyOnce(t *testing.T, r Result, err error) {
 	t.Helper()
 	if err != nil {
@@ -50,7 +51,13 @@ func checkExactlyOnce(t *testing.T, r Result, err error) {
 	if r.Skipped != "" {
 		t.Fatalf("skipped: %s", r.Skipped)
 	}
-	if r.Accepted != r.Offer || r.Delivered != r.Offer || r.Lost != 0 || r.Dup != 0 || r.Early != 0 {
+	early := r.Early
+	if r.Design == "nsqd-defer" && len(r.Lateness) > 0 && r.Lateness[0] > -int64(time.Millisecond) {
+		// DPUB takes a relative delay that go-nsq truncates to whole ms, so
+		// nsqd may deliver up to 1 ms before the body's due time.
+		early = 0
+	}
+	if r.Accepted != r.Offer || r.Delivered != r.Offer || r.Lost != 0 || r.Dup != 0 || early != 0 {
 		t.Fatalf("offer %d accepted %d delivered %d lost %d dup %d early %d",
 			r.Offer, r.Accepted, r.Delivered, r.Lost, r.Dup, r.Early)
 	}
