@@ -34,7 +34,9 @@ type options struct {
 
 	rates      string
 	fixedDelay time.Duration
-	duration   time.Duration
+	// bufferedConsumer: see benchmarks.Load.BufferedConsumer (fixed only).
+	bufferedConsumer bool
+	duration         time.Duration
 
 	mixedRate          float64
 	mixedMin, mixedMax time.Duration
@@ -72,6 +74,7 @@ func main() {
 	flag.StringVar(&o.rates, "rates", "1000,4000,16000", "scenario fixed: offered rates in msg/s, one step each")
 	flag.DurationVar(&o.fixedDelay, "fixed-delay", time.Second, "scenario fixed: the one delay")
 	flag.DurationVar(&o.duration, "duration", 4*time.Second, "scenario fixed: how long each rate is offered")
+	flag.BoolVar(&o.bufferedConsumer, "buffered-consumer", false, "scenario fixed: let nsqd buffer writes to the measuring consumer (throughput runs past ~50k msg/s; lateness then includes up to nsqd's flush)")
 
 	flag.Float64Var(&o.mixedRate, "mixed-rate", 2000, "scenario mixed: offered msg/s")
 	flag.DurationVar(&o.mixedMin, "mixed-min", 100*time.Millisecond, "scenario mixed: shortest delay")
@@ -309,7 +312,7 @@ func (o options) loads(sc string) ([]benchmarks.Load, error) {
 				return nil, fmt.Errorf("--rates: bad rate %q", s)
 			}
 			ls = append(ls, benchmarks.Load{Scenario: sc, Rate: rate, Count: int(rate * o.duration.Seconds()), Size: o.size,
-				MinDelay: o.fixedDelay, MaxDelay: o.fixedDelay, Grace: 15 * time.Second})
+				MinDelay: o.fixedDelay, MaxDelay: o.fixedDelay, Grace: 15 * time.Second, BufferedConsumer: o.bufferedConsumer})
 		}
 		return ls, nil
 	case benchmarks.ScenarioMixed:
