@@ -42,6 +42,12 @@ func benchHarness(b *testing.B, o Options) *harness {
 	if n, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_POOL")); n > 0 {
 		o.PoolSize = n
 	}
+	if n, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_BATCH")); n > 0 {
+		o.Egress.MaxBatchMsgs = n
+	}
+	if n, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_CONNS")); n > 0 {
+		o.Egress.ConnsPerAddr = n
+	}
 	h := startHarness(b, o)
 	h.e.logf = func(string, ...any) {}
 	return h
@@ -186,6 +192,7 @@ func BenchmarkServiceDueNow(b *testing.B) {
 		o := testOptions(b.TempDir(), node.TCPAddr)
 		o.Journal.SegmentBytes = 64 << 20
 		o.Egress.ConnsPerAddr = 4
+		o.PoolSize = NewOptions("", nil).PoolSize
 		h := benchHarness(b, o)
 		b.ResetTimer()
 		if f := os.Getenv("DEFERD_BENCH_PROFILE"); f != "" {
