@@ -144,11 +144,15 @@ type Engine struct {
 	startAt  time.Time
 }
 
+// idRef is where the pending message of a client id is: its wheel handle
+// (to cancel it) and its journal position (to mark it cancelled).
 type idRef struct {
 	h wheel.Handle
 	p journal.Pos
 }
 
+// segTable holds the wheel handles of one segment's messages by ordinal (0
+// for messages not in the wheel) and how many are set.
 type segTable struct {
 	h       []wheel.Handle
 	pending int
