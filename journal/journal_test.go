@@ -390,6 +390,7 @@ func TestDamageZeroTailSector(t *testing.T) {
 	f.Write(make([]byte, 4096))
 	f.Close()
 	j, got, rep = openJ(t, Options{Dir: dir})
+	defer j.Close()
 	checkSame(t, got, kept)
 	if rep.TornTails != 1 || rep.TruncatedBytes != 4096 || len(rep.Corrupt) != 0 {
 		t.Fatalf("report %+v", rep)

@@ -14,9 +14,6 @@ const (
 	numLevels = 7
 	topLevel  = numLevels - 1
 
-	// maxRange is the number of ticks the wheel covers (2^42).
-	maxRange = uint64(1) << (levelBits * numLevels)
-
 	// List ids: 0..numLevels*numSlots-1 are wheel slots (level*64+slot),
 	// readyList holds entries whose tick is already processed, freeList marks
 	// a free entry.

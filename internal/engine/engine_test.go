@@ -243,9 +243,10 @@ func TestEndToEndMixedDelays(t *testing.T) {
 			wantA += len(bodies)
 		}
 	}
-	got := append(colA.waitCount(t, wantA, 30*time.Second), colB.waitCount(t, wantB, 30*time.Second)...)
+	colA.waitCount(t, wantA, 30*time.Second)
+	colB.waitCount(t, wantB, 30*time.Second)
 	time.Sleep(300 * time.Millisecond) // let any duplicate arrive
-	got = append(colA.snapshot(), colB.snapshot()...)
+	got := append(colA.snapshot(), colB.snapshot()...)
 	if len(got) != len(want) {
 		t.Fatalf("received %d messages, sent %d", len(got), len(want))
 	}
@@ -299,9 +300,9 @@ func TestCancelAndIDDedupe(t *testing.T) {
 	h.mustPost("/pub?topic=c&defer=100&id=order-1", []byte("third"))
 	h.mustPost("/pub?topic=c&defer=150&id=order-2", []byte("fourth"))
 	h.mustPost("/pub?topic=c&defer=60000&id=order-3", []byte("fifth"))
-	got := col.waitCount(t, 2, 10*time.Second)
+	col.waitCount(t, 2, 10*time.Second)
 	time.Sleep(300 * time.Millisecond)
-	got = col.snapshot()
+	got := col.snapshot()
 	var bodies []string
 	for _, r := range got {
 		bodies = append(bodies, string(r.body))
@@ -373,9 +374,9 @@ func TestBadInputKeepsPending(t *testing.T) {
 		t.Fatalf("pending %d after bad input, want 50", s.Pending)
 	}
 	h.mustPost("/pub?topic=k", []byte("after"))
-	got := col.waitCount(t, 51, 10*time.Second)
+	col.waitCount(t, 51, 10*time.Second)
 	time.Sleep(200 * time.Millisecond)
-	if got = col.snapshot(); len(got) != 51 {
+	if got := col.snapshot(); len(got) != 51 {
 		t.Fatalf("received %d, want 51", len(got))
 	}
 }
@@ -552,9 +553,9 @@ func TestRejectedMessageParkedOthersDelivered(t *testing.T) {
 	col := consume(t, node.TCPAddr, "rej")
 	lines := [][]byte{[]byte("one"), []byte("two"), bytes.Repeat([]byte("B"), 2000), []byte("four"), []byte("five")}
 	h.mustPost("/mpub?topic=rej", bytes.Join(lines, []byte("\n")))
-	got := col.waitCount(t, 4, 10*time.Second)
+	col.waitCount(t, 4, 10*time.Second)
 	time.Sleep(200 * time.Millisecond)
-	got = col.snapshot()
+	got := col.snapshot()
 	var bodies []string
 	for _, r := range got {
 		bodies = append(bodies, string(r.body))
