@@ -135,21 +135,7 @@ func BenchmarkServiceIngest(b *testing.B) {
 func BenchmarkServiceDueNow(b *testing.B) {
 	freshNSQD := func(b *testing.B) (*nsqdnode.Node, func(b *testing.B, n int)) {
 		node := nsqdnode.StartTest(b, nsqdnode.Config{MemQueueSize: int64(max(b.N, 100_000))})
-		count := func() uint64 {
-			for _, t := range node.NSQD.GetStats("t", "", false).Topics {
-				return t.MessageCount
-			}
-			return 0
-		}
-		return node, func(b *testing.B, n int) {
-			deadline := time.Now().Add(5 * time.Minute)
-			for count() < uint64(n) {
-				if time.Now().After(deadline) {
-					b.Fatalf("nsqd has %d of %d", count(), n)
-				}
-				time.Sleep(time.Millisecond)
-			}
-		}
+		return node, func(b *testing.B, n int) { waitTopic(b, node, "t", n) }
 	}
 	b.Run("direct-go-nsq-mpub", func(b *testing.B) {
 		node, waitFor := freshNSQD(b)
@@ -344,12 +330,6 @@ func parseFsync(s string) (journal.FsyncMode, error) { return journal.ParseFsync
 // to take N messages by MPUB (direct, measured in the same run).
 func BenchmarkServiceBurst(b *testing.B) {
 	node := nsqdnode.StartTest(b, nsqdnode.Config{MemQueueSize: int64(max(2*b.N, 100_000))})
-	count := func(topic string) uint64 {
-		for _, t := range node.NSQD.GetStats(topic, "", false).Topics {
-			return t.MessageCount
-		}
-		return 0
-	}
 	o := testOptions(b.TempDir(), node.TCPAddr)
 	o.Journal.SegmentBytes = 64 << 20
 	o.Egress.ConnsPerAddr = 4
@@ -357,9 +337,7 @@ func BenchmarkServiceBurst(b *testing.B) {
 	due := time.Now().Add(3 * time.Second).UnixMilli()
 	b.ResetTimer()
 	hammer(b, h.srv.Addr(), "/mpub?topic=burst&at="+strconv.FormatInt(due, 10), benchLines(100), 100, b.N, 16)
-	for count("burst") < uint64(b.N) {
-		time.Sleep(time.Millisecond)
-	}
+	waitTopic(b, node, "burst", b.N)
 	after := time.Since(time.UnixMilli(due))
 	b.StopTimer()
 	h.stop()
@@ -378,11 +356,30 @@ func BenchmarkServiceBurst(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	for count("direct") < uint64(b.N) {
-		time.Sleep(time.Millisecond)
-	}
+	waitTopic(b, node, "direct", b.N)
 	direct := time.Since(start)
 	b.ReportMetric(after.Seconds(), "all-out-after-due-s")
 	b.ReportMetric(direct.Seconds(), "nsqd-takes-s")
 	b.ReportMetric(float64(b.N)/after.Seconds(), "drain-msg/s")
+}
+
+// topicCount is how many messages nsqd has taken for topic.
+func topicCount(node *nsqdnode.Node, topic string) uint64 {
+	for _, t := range node.NSQD.GetStats(topic, "", false).Topics {
+		return t.MessageCount
+	}
+	return 0
+}
+
+// waitTopic waits until nsqd has taken n messages for topic; it fails the
+// benchmark after 5 minutes.
+func waitTopic(b *testing.B, node *nsqdnode.Node, topic string, n int) {
+	b.Helper()
+	deadline := time.Now().Add(5 * time.Minute)
+	for topicCount(node, topic) < uint64(n) {
+		if time.Now().After(deadline) {
+			b.Fatalf("nsqd has %d of %d for %s", topicCount(node, topic), n, topic)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

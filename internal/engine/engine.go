@@ -304,6 +304,14 @@ func (e *Engine) segTableLocked(seg uint32) *segTable {
 	return st
 }
 
+// get returns the handle of ordinal ord, 0 if none; st may be nil.
+func (st *segTable) get(ord uint32) wheel.Handle {
+	if st == nil || uint32(len(st.h)) <= ord {
+		return 0
+	}
+	return st.h[ord]
+}
+
 // set records h as the handle of ordinal ord.
 func (st *segTable) set(ord uint32, h wheel.Handle) {
 	for uint32(len(st.h)) <= ord {
@@ -319,7 +327,7 @@ func (st *segTable) set(ord uint32, h wheel.Handle) {
 // good (published or cancelled).
 func (e *Engine) untrackLocked(p journal.Pos) {
 	st := e.segs[p.Seg]
-	if st == nil || uint32(len(st.h)) <= p.Ord || st.h[p.Ord] == 0 {
+	if st.get(p.Ord) == 0 {
 		return
 	}
 	st.h[p.Ord] = 0
@@ -638,14 +646,9 @@ func (e *Engine) compact(seg uint32) (moved int, err error) {
 			return ErrStopping
 		}
 		e.mu.Lock()
-		st := e.segs[p.Seg]
-		if st == nil || uint32(len(st.h)) <= p.Ord || st.h[p.Ord] == 0 {
-			e.mu.Unlock()
-			return nil
-		}
-		h := st.h[p.Ord]
-		if !e.w.Cancel(h) {
-			e.mu.Unlock() // being published now
+		h := e.segs[p.Seg].get(p.Ord)
+		if h == 0 || !e.w.Cancel(h) {
+			e.mu.Unlock() // not in the wheel, or being published now
 			return nil
 		}
 		e.untrackLocked(p)

@@ -143,6 +143,15 @@ func (c *collector) snapshot() []received {
 	return append([]received(nil), c.msgs...)
 }
 
+// bodies returns the bodies received so far, in order, as strings.
+func (c *collector) bodies() []string {
+	var out []string
+	for _, r := range c.snapshot() {
+		out = append(out, string(r.body))
+	}
+	return out
+}
+
 // waitCount waits until the collector has at least n messages.
 func (c *collector) waitCount(t testing.TB, n int, timeout time.Duration) []received {
 	t.Helper()
@@ -302,11 +311,7 @@ func TestCancelAndIDDedupe(t *testing.T) {
 	h.mustPost("/pub?topic=c&defer=60000&id=order-3", []byte("fifth"))
 	col.waitCount(t, 2, 10*time.Second)
 	time.Sleep(300 * time.Millisecond)
-	got := col.snapshot()
-	var bodies []string
-	for _, r := range got {
-		bodies = append(bodies, string(r.body))
-	}
+	bodies := col.bodies()
 	if strings.Join(bodies, ",") != "third,fourth" {
 		t.Fatalf("received %q, want third,fourth", bodies)
 	}
@@ -555,11 +560,7 @@ func TestRejectedMessageParkedOthersDelivered(t *testing.T) {
 	h.mustPost("/mpub?topic=rej", bytes.Join(lines, []byte("\n")))
 	col.waitCount(t, 4, 10*time.Second)
 	time.Sleep(200 * time.Millisecond)
-	got := col.snapshot()
-	var bodies []string
-	for _, r := range got {
-		bodies = append(bodies, string(r.body))
-	}
+	bodies := col.bodies()
 	if strings.Join(bodies, ",") != "one,two,four,five" {
 		t.Fatalf("received %q", bodies)
 	}
