@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"os"
 	"sync"
 	"testing"
@@ -56,8 +57,8 @@ type Node struct {
 	mainErr error
 }
 
-// Start binds and starts an nsqd with cfg. It returns once the listeners are
-// bound; nsqd serves until Exit.
+// Start binds and starts an nsqd with cfg. It returns once nsqd answers
+// on its HTTP address; nsqd serves until Exit.
 func Start(cfg Config) (*Node, error) {
 	if cfg.DataPath == "" {
 		return nil, fmt.Errorf("nsqdnode: DataPath is required")
@@ -103,7 +104,38 @@ func Start(cfg Config) (*Node, error) {
 		node.mainErr = n.Main()
 		close(node.done)
 	}()
+	if err := node.waitServing(10 * time.Second); err != nil {
+		node.Exit()
+		return nil, err
+	}
 	return node, nil
+}
+
+// waitServing returns once nsqd answers GET /ping. nsqd's Main starts its
+// goroutines through a WaitGroup that Exit waits on; an Exit that comes
+// before Main got that far races with it (nsqd v1.3.0), and leaves
+// goroutines behind. An answered /ping proves Main is past that point.
+func (n *Node) waitServing(timeout time.Duration) error {
+	c := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := c.Get("http://" + n.HTTPAddr + "/ping")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-n.done:
+			return fmt.Errorf("nsqdnode: nsqd exited while starting: %v", n.mainErr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nsqdnode: nsqd not serving on %s after %v: %v", n.HTTPAddr, timeout, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Exit stops nsqd: it closes the listeners and persists in-memory messages
