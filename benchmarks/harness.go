@@ -11,8 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/nsqio/go-nsq"
 )
 
 // Load is one scenario step: what the harness offers a design.
@@ -48,10 +46,10 @@ type Load struct {
 	Senders int
 	// BufferedConsumer lets nsqd buffer its writes to the measuring
 	// consumer (go-nsq's defaults: 16 KiB or 250 ms). Unbuffered (false)
-	// measures lateness to the millisecond at any rate but costs the
-	// runner several syscalls per message, which caps every design near
-	// 70k msg/s on 2 cores; at such rates the buffer fills in well under
-	// a millisecond, so buffered is the setting for throughput.
+	// measures lateness to the millisecond at any rate but costs nsqd a
+	// write(2) per message, which caps every design near 85k msg/s on 2
+	// cores; at such rates the buffer fills in well under a millisecond,
+	// so buffered is the setting for throughput.
 	BufferedConsumer bool
 }
 
@@ -81,87 +79,6 @@ type Result struct {
 	Span, IngestTime time.Duration
 	Note             string
 	Skipped          string
-}
-
-// Recorder consumes a topic from nsqd and records, per message, whether and
-// how late it arrived. It is safe for concurrent use.
-type Recorder struct {
-	mu          sync.Mutex
-	counts      []uint8
-	late        []int64
-	dup, early  int
-	first, last int64
-	consumer    *nsq.Consumer
-}
-
-// NewRecorder subscribes to topic on nsqd (channel "bench") before anything
-// is published, for messages with seq < n.
-func NewRecorder(nsqdTCP, topic string, n int, buffered bool) (*Recorder, error) {
-	r := &Recorder{counts: make([]uint8, n), late: make([]int64, 0, n)}
-	cfg := nsq.NewConfig()
-	cfg.MaxInFlight = 2500
-	// nsqd buffers writes to a consumer and flushes every 250 ms (25 ms at
-	// the least) when traffic is light, which would add up to that much
-	// lateness to every design alike. Unbuffered writes cost nsqd a few
-	// syscalls per message and measure lateness to the millisecond.
-	if !buffered {
-		cfg.OutputBufferSize = -1
-		cfg.OutputBufferTimeout = -1
-	}
-	c, err := nsq.NewConsumer(topic, "bench", cfg)
-	if err != nil {
-		return nil, err
-	}
-	c.SetLogger(quietLogger, nsq.LogLevelError)
-	c.AddConcurrentHandlers(nsq.HandlerFunc(r.handle), 4)
-	if err := c.ConnectToNSQD(nsqdTCP); err != nil {
-		return nil, err
-	}
-	r.consumer = c
-	return r, nil
-}
-
-func (r *Recorder) handle(m *nsq.Message) error {
-	now := time.Now().UnixNano()
-	due, seq, err := DecodeBody(m.Body)
-	if err != nil || seq >= uint64(len(r.counts)) {
-		return nil // not ours; finish it
-	}
-	r.mu.Lock()
-	if r.counts[seq] > 0 {
-		r.dup++
-	} else {
-		if r.first == 0 {
-			r.first = now
-		}
-		l := now - due
-		if l < 0 {
-			r.early++
-		}
-		r.late = append(r.late, l)
-	}
-	if r.counts[seq] < 255 {
-		r.counts[seq]++
-	}
-	r.last = now
-	r.mu.Unlock()
-	return nil
-}
-
-// Delivered returns how many distinct messages arrived so far.
-func (r *Recorder) Delivered() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.late)
-}
-
-// Stop disconnects the consumer.
-func (r *Recorder) Stop() {
-	r.consumer.Stop()
-	select {
-	case <-r.consumer.StopChan:
-	case <-time.After(5 * time.Second):
-	}
 }
 
 // Harness runs loads against designs with one nsqd.

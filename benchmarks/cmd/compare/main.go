@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -103,7 +104,20 @@ func main() {
 	flag.IntVar(&o.channelCap, "channel-capacity", 24000, "channel: buffered channel capacity")
 	flag.IntVar(&o.channelWorks, "channel-workers", 20, "channel: worker goroutines")
 	replot := flag.String("replot", "", "redraw the table and chart from this comparison.json instead of running")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (harness, consumer, in-process nsqd and designs) to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "compare:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "compare:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if *replot != "" {
 		if err := redraw(*replot, o.out); err != nil {
 			fmt.Fprintln(os.Stderr, "compare:", err)
@@ -120,6 +134,7 @@ func main() {
 		os.Exit(130)
 	}()
 	if err := run(o); err != nil {
+		pprof.StopCPUProfile()
 		benchmarks.KillChildren()
 		fmt.Fprintln(os.Stderr, "compare:", err)
 		os.Exit(1)
