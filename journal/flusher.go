@@ -63,6 +63,7 @@ func (j *Journal) flush() (bool, error) {
 	j.newGroupLocked()
 	j.cond.Broadcast()
 	j.mu.Unlock()
+	g.writers.Wait() // appenders still encoding into their reservations
 
 	if err := j.writeGroup(g); err != nil {
 		j.fail(g, err)

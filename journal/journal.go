@@ -213,12 +213,15 @@ type rng struct {
 // group is one group commit: records encoded by many callers, written by
 // the flusher with one write(2) per segment touched.
 type group struct {
-	buf    []byte
-	ranges []rng
-	dones  [][2]int // Done frames in buf, re-queued if the group fails
-	moved  []Key    // old keys to mark dead once written
-	done   chan struct{}
-	err    error
+	buf []byte
+	// writers counts appenders encoding frames into space they reserved
+	// in buf with j.mu released; the flusher waits for it before writing.
+	writers sync.WaitGroup
+	ranges  []rng
+	dones   [][2]int // Done frames in buf, re-queued if the group fails
+	moved   []Key    // old keys to mark dead once written
+	done    chan struct{}
+	err     error
 }
 
 // Journal is a durable, segmented, group-committed log. All methods are
@@ -377,6 +380,9 @@ func listSegments(dir string) ([]uint32, error) {
 func (j *Journal) newGroupLocked() {
 	buf := j.spare
 	j.spare = nil
+	if cap(buf) < j.opts.GroupBytes {
+		buf = make([]byte, 0, j.opts.GroupBytes)
+	}
 	j.cur = &group{buf: buf[:0], done: make(chan struct{})}
 }
 
@@ -436,8 +442,8 @@ func (j *Journal) kickFlusher() {
 // mode). It returns once they are written to the OS (FsyncAlways: on disk).
 // pos[i] receives msgs[i]'s position; len(pos) must be >= len(msgs).
 // Safe for concurrent use; the caller keeps ownership of msgs (they are
-// copied). Cost: one memcpy and CRC per message under j.mu, plus waiting
-// for the group. On a write error (e.g. ENOSPC) the partial write is
+// copied). Cost: O(1) bookkeeping per message under j.mu, one memcpy and
+// CRC per message outside it, plus waiting for the group. On a write error (e.g. ENOSPC) the partial write is
 // truncated away and the error returned; both the failing group and the
 // group being filled behind it fail, and the journal stays usable. If
 // Append returns an error other than a write error (ErrClosed while
@@ -457,31 +463,77 @@ func (j *Journal) Append(msgs []Message, pos []Pos) error {
 	}
 	var groups [4]*group
 	gs := groups[:0]
-	j.mu.Lock()
-	for i := range msgs {
-		m := &msgs[i]
-		n := msgFrameLen(m, false)
+	// Reserve room for as many frames as the current group takes without
+	// waiting, then encode them (copy, CRC) with j.mu released, so
+	// concurrent appenders encode in parallel; repeat for the rest. The
+	// flusher writes a group only when its writers are done. A chunk never
+	// waits for room while it holds a reservation (the flusher would wait
+	// for it in turn).
+	for i := 0; i < len(msgs); {
+		j.mu.Lock()
+		n := msgFrameLen(&msgs[i], false)
 		g, r, err := j.roomLocked(n)
 		if err != nil {
 			j.mu.Unlock()
 			j.waitGroups(gs) // earlier messages may be in flight; let them land
 			return err
 		}
-		s := r.seg
-		pos[i] = Pos{Seg: s.id, Ord: s.nextOrd, Off: uint32(s.end), Len: uint32(n)}
-		g.buf = appendMsgFrame(g.buf, s.nextOrd, nil, m)
-		r.end = len(g.buf)
-		r.nmsg++
-		r.msgBytes += int64(n)
-		s.end += int64(n)
-		s.nextOrd++
+		first, off := i, j.reserveLocked(g, n)
+		for {
+			s := r.seg
+			pos[i] = Pos{Seg: s.id, Ord: s.nextOrd, Off: uint32(s.end), Len: uint32(n)}
+			r.end = len(g.buf)
+			r.nmsg++
+			r.msgBytes += int64(n)
+			s.end += int64(n)
+			s.nextOrd++
+			i++
+			if i == len(msgs) {
+				break
+			}
+			n = msgFrameLen(&msgs[i], false)
+			if len(g.buf)+n > j.opts.GroupBytes {
+				break
+			}
+			g, r = j.placeLocked(n) // same group; maybe a new segment
+			j.reserveLocked(g, n)
+		}
+		g.writers.Add(1)
+		buf := g.buf[off:len(g.buf)]
+		j.mu.Unlock()
+
+		for k := first; k < i; k++ {
+			l := int(pos[k].Len)
+			if f := appendMsgFrame(buf[:0:l], pos[k].Ord, nil, &msgs[k]); len(f) != l {
+				panic("journal: frame size changed while encoding")
+			}
+			buf = buf[l:]
+		}
+		g.writers.Done()
 		if len(gs) == 0 || gs[len(gs)-1] != g {
 			gs = append(gs, g)
 		}
 	}
-	j.mu.Unlock()
 	j.kickFlusher()
 	return j.waitGroups(gs)
+}
+
+// reserveLocked extends g.buf by n bytes for a frame that its appender
+// fills after releasing j.mu, and returns the frame's offset in g.buf. The
+// buffer never moves while frames in it are being filled: every group is
+// created with room for GroupBytes, roomLocked keeps a non-empty group
+// within that, and only an empty group (no writers) is given a larger
+// buffer. j.mu held.
+func (j *Journal) reserveLocked(g *group, n int) int {
+	off := len(g.buf)
+	if off+n > cap(g.buf) {
+		if off > 0 {
+			panic("journal: group buffer full under writers")
+		}
+		g.buf = make([]byte, 0, max(n, j.opts.GroupBytes))
+	}
+	g.buf = g.buf[:off+n]
+	return off
 }
 
 func (j *Journal) waitGroups(gs []*group) error {

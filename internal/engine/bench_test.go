@@ -108,6 +108,7 @@ func BenchmarkServiceIngest(b *testing.B) {
 				addr := h.srv.Addr()
 				b.ResetTimer()
 				var el time.Duration
+				cpu0 := cpuTime()
 				conc := map[string]int{"mpub": 32, "pub": 64}[kind]
 				if c, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_CONC")); c > 0 {
 					conc = c
@@ -118,7 +119,10 @@ func BenchmarkServiceIngest(b *testing.B) {
 					el = hammer(b, addr, "/pub?topic=bench&defer=3600000", bytes.Repeat([]byte("x"), benchBody), 1, b.N, conc)
 				}
 				b.StopTimer()
+				cpu := cpuSince(cpu0)
 				b.ReportMetric(float64(b.N)/el.Seconds(), "msg/s")
+				b.ReportMetric(cpu/float64(b.N)*1e6, "cpu-µs/msg")
+				b.ReportMetric(cpu/el.Seconds(), "cores")
 				if p := h.e.Pending(); p != int64(b.N) && kind == "pub" {
 					b.Fatalf("pending %d, want %d", p, b.N)
 				}
