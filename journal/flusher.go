@@ -39,6 +39,9 @@ func (j *Journal) run() {
 			for wrote := true; wrote && err == nil; {
 				wrote, err = j.flush()
 			}
+			if j.opts.Fsync == FsyncInterval {
+				j.syncOwed()
+			}
 			if serr := j.syncDirty(); err == nil {
 				err = serr
 			}
@@ -115,10 +118,19 @@ func (j *Journal) writeGroup(g *group) error {
 		r := &g.ranges[i]
 		s := r.seg
 		if s != j.wseg {
-			// Rolling over: make the sealed segment durable first.
-			if j.opts.Fsync != FsyncNever {
+			// Rolling over. FsyncAlways: make the sealed segment durable
+			// before this group's reply. FsyncInterval: the periodic fsync
+			// owes it one; the flusher does not wait for the disk.
+			switch j.opts.Fsync {
+			case FsyncAlways:
 				if err := j.syncDirty(); err != nil {
 					return err
+				}
+			case FsyncInterval:
+				if j.wseg != nil && j.dirty {
+					j.sealedMu.Lock()
+					j.sealed = append(j.sealed, j.wseg)
+					j.sealedMu.Unlock()
 				}
 			}
 			j.wseg, j.dirty = s, false
@@ -163,10 +175,22 @@ func (j *Journal) syncLoop(done chan<- struct{}) {
 			return
 		case <-t.C:
 		}
-		s := j.toSync.Swap(nil)
-		if s == nil {
-			continue
-		}
+		j.syncOwed()
+	}
+}
+
+// syncOwed fsyncs the segments rolled over since the last call, then the
+// one last written (FsyncInterval mode). Syncer goroutine, and the flusher
+// once the syncer has stopped.
+func (j *Journal) syncOwed() {
+	j.sealedMu.Lock()
+	owed := j.sealed
+	j.sealed = nil
+	j.sealedMu.Unlock()
+	if s := j.toSync.Swap(nil); s != nil {
+		owed = append(owed, s)
+	}
+	for _, s := range owed {
 		s.fmu.RLock() // deletion waits; writes and reads do not
 		if s.f != nil {
 			if err := s.f.Sync(); err != nil {
@@ -306,6 +330,9 @@ func (j *Journal) collectDeletableLocked() []*segment {
 func (j *Journal) deleteSegments(dels []*segment) {
 	if len(dels) == 0 {
 		return
+	}
+	if j.opts.Fsync == FsyncInterval {
+		j.syncOwed() // segments rolled over but not yet fsynced
 	}
 	if j.opts.Fsync != FsyncNever {
 		j.syncDirty()

@@ -43,8 +43,10 @@ type Message struct {
 type FsyncMode uint8
 
 const (
-	// FsyncInterval fsyncs the active segment every Options.FsyncInterval
-	// if it was written; Append returns once data is in the OS.
+	// FsyncInterval fsyncs, every Options.FsyncInterval, the active
+	// segment if it was written and the segments rolled over since (the
+	// writer never waits for the disk); Append returns once data is in
+	// the OS.
 	FsyncInterval FsyncMode = iota
 	// FsyncAlways fsyncs every group before Append returns.
 	FsyncAlways
@@ -253,7 +255,11 @@ type Journal struct {
 	dirty bool     // wseg written since its last fsync
 	// toSync is the segment the periodic fsync (FsyncInterval) is owed to;
 	// set by the flusher after a write, taken by syncLoop.
-	toSync     atomic.Pointer[segment]
+	toSync atomic.Pointer[segment]
+	// sealedMu guards sealed: segments rolled over in FsyncInterval mode
+	// with writes not yet fsynced, owed to the periodic fsync as well.
+	sealedMu   sync.Mutex
+	sealed     []*segment
 	lastErrLog time.Time
 
 	// writeAt is the file write used by the flusher; tests inject errors.

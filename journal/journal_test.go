@@ -1062,3 +1062,33 @@ func TestAppendSpansGroups(t *testing.T) {
 		}
 	}
 }
+
+// TestIntervalSyncsSealedSegments: in FsyncInterval mode a rollover does
+// not fsync on the flusher; the periodic fsync owes every sealed segment
+// one, so after a few intervals each segment written has been fsynced.
+func TestIntervalSyncsSealedSegments(t *testing.T) {
+	opts := Options{Dir: t.TempDir(), SegmentBytes: 8 << 10, Fsync: FsyncInterval, FsyncInterval: 20 * time.Millisecond}
+	j, _, _ := openJ(t, opts)
+	defer j.Close()
+	ms := make([]Message, 10)
+	for k := range ms {
+		ms[k] = msg(k, 900)
+	}
+	ps := make([]Pos, len(ms))
+	segs := map[uint32]bool{}
+	for range 6 { // ~54 KiB: 7 segments, written faster than one interval
+		if err := j.Append(ms, ps); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ps {
+			segs[p.Seg] = true
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for j.Stats().Fsyncs < uint64(len(segs)) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := j.Stats().Fsyncs; got < uint64(len(segs)) {
+		t.Fatalf("%d fsyncs for %d segments written", got, len(segs))
+	}
+}
