@@ -61,6 +61,10 @@ func uvarintLen(x int) int {
 	return n
 }
 
+// RecordLen is the size in the journal of an accepted message m: what
+// Append takes on disk for it and what Pos.Len reports. O(1), pure.
+func RecordLen(m *Message) int { return msgFrameLen(m, false) }
+
 // msgFrameLen returns the frame size of a message record for m. O(1).
 func msgFrameLen(m *Message, moved bool) int {
 	n := headerLen + 1 + 4 + 8 + uvarintLen(len(m.ID)) + len(m.ID) +

@@ -350,9 +350,10 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 	if e.pending.Load()+n > e.opts.MaxPending {
 		return ingest.ErrOverCapacity
 	}
+	// In the unit of the pending-bytes counter: journal record bytes.
 	var size int64
 	for _, b := range req.Bodies {
-		size += int64(len(b))
+		size += int64(journal.RecordLen(&journal.Message{ID: req.ID, Topic: req.Topic, Body: b}))
 	}
 	if e.pendingBytes.Load()+size > e.opts.MaxPendingBytes {
 		return ingest.ErrOverCapacity

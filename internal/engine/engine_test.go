@@ -17,6 +17,7 @@ import (
 
 	"github.com/deferd/deferd/ingest"
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/journal"
 )
 
 // harness is one deferd (engine + HTTP server) publishing to a real nsqd.
@@ -404,6 +405,26 @@ func TestCapacityLimit(t *testing.T) {
 	}
 	if s := h.stats(); s.Pending != 10 {
 		t.Fatalf("pending %d, want 10", s.Pending)
+	}
+}
+
+// --max-pending-bytes counts journal record bytes, in the check as in the
+// counter: room for one more body but not for its record is no room.
+func TestCapacityLimitBytes(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	o := testOptions(t.TempDir(), node.TCPAddr)
+	body := bytes.Repeat([]byte("b"), 100)
+	rec := int64(journal.RecordLen(&journal.Message{Topic: "capb", Body: body}))
+	o.MaxPendingBytes = 5*rec + int64(len(body))
+	h := startHarness(t, o)
+	for i := 0; i < 5; i++ {
+		h.mustPost("/pub?topic=capb&defer=60000", body)
+	}
+	if code, b := h.post("/pub?topic=capb&defer=60000", body); code != 503 || b != `{"message":"OVER_CAPACITY"}` {
+		t.Fatalf("over capacity: %d %q", code, b)
+	}
+	if p, pb := h.e.Pending(), h.e.pendingBytes.Load(); p != 5 || pb != 5*rec {
+		t.Fatalf("pending %d (%d bytes), want 5 (%d bytes)", p, pb, 5*rec)
 	}
 }
 
