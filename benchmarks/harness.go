@@ -353,10 +353,10 @@ func perMillion(d time.Duration, n int) float64 {
 
 // NSQDTake measures nsqd alone: how long it takes to accept n messages of
 // size bytes by MPUB in batches of 500 (take), and until a consumer has
-// received them all (take+deliver).
-func (h *Harness) NSQDTake(n, size int) (take, deliver time.Duration, err error) {
+// received them all (take+deliver); buffered is as Load.BufferedConsumer.
+func (h *Harness) NSQDTake(n, size int, buffered bool) (take, deliver time.Duration, err error) {
 	topic := fmt.Sprintf("b%d_nsqd_take", h.runs.Add(1))
-	rec, err := NewRecorder(h.NSQDTCPAddr, topic, n, false)
+	rec, err := NewRecorder(h.NSQDTCPAddr, topic, n, buffered)
 	if err != nil {
 		return 0, 0, err
 	}
