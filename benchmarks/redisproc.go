@@ -15,7 +15,7 @@ import (
 )
 
 // ErrNoRedis reports that redis-server is not on PATH.
-var ErrNoRedis = errors.New("redis-server not found on PATH (apt-get install -y redis-server)")
+var ErrNoRedis = errors.New("redis-server not found on PATH (benchmarks/install-redis.sh installs it)")
 
 // RedisServer is a redis-server process this suite started on 127.0.0.1
 // with its own port and directory. Its methods are not safe for concurrent

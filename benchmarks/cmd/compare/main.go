@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -40,6 +41,7 @@ type options struct {
 	duration         time.Duration
 	burstBuffered    bool
 	nsqdMemQueue     int64
+	installRedis     bool
 
 	mixedRate          float64
 	mixedMin, mixedMax time.Duration
@@ -72,6 +74,7 @@ func main() {
 	flag.StringVar(&o.deferdBin, "deferd-bin", "", "use this deferd binary instead of building ./cmd/deferd")
 	flag.StringVar(&o.deferdArgs, "deferd-args", "", "extra flags for deferd, space-separated")
 	flag.IntVar(&o.size, "size", 500, "message body size in bytes")
+	flag.BoolVar(&o.installRedis, "install-redis", true, "if a ZSET design is selected and redis-server is not on PATH, run benchmarks/install-redis.sh (Debian's package)")
 	flag.Int64Var(&o.nsqdMemQueue, "nsqd-mem-queue-size", 1_000_000, "the in-process nsqd's --mem-queue-size: messages per topic and channel held in memory before nsqd spills to its disk queue (sized to hold a 500k burst)")
 	flag.DurationVar(&o.progress, "progress", 5*time.Second, "interval of progress lines on stderr (0: none)")
 
@@ -152,6 +155,16 @@ func logf(format string, args ...any) {
 func run(o options) error {
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
+	}
+	if o.installRedis && strings.Contains(o.designs, "zset") {
+		if _, err := exec.LookPath("redis-server"); err != nil {
+			logf("redis-server not on PATH: running benchmarks/install-redis.sh")
+			cmd := exec.Command(filepath.Join(o.repo, "benchmarks", "install-redis.sh"))
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			if err := cmd.Run(); err != nil {
+				return fmt.Errorf("installing redis-server: %w (or pass -install-redis=false to skip the ZSET designs)", err)
+			}
+		}
 	}
 	tmp, err := os.MkdirTemp("", "deferd-compare-*")
 	if err != nil {
