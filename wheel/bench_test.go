@@ -408,3 +408,45 @@ func BenchmarkAddParallel(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAddBatch: AddBatch of 100 entries at one due time (what deferd
+// does per /mpub request) with n entries already pending far ahead, growing
+// the slab or reusing 256Ki free entries as in BenchmarkAdd (so b.N up to
+// 256Ki reuses only). One op is one entry.
+func BenchmarkAddBatch(b *testing.B) {
+	const batch = 100
+	for _, n := range benchSizes(b) {
+		for _, reuse := range []bool{false, true} {
+			name := "wheel"
+			if reuse {
+				name = "wheel-reuse"
+			}
+			b.Run(fmt.Sprintf("impl=%s/pending=%dM", name, n/1_000_000), func(b *testing.B) {
+				var c fakeClock
+				w := New[uint64](Options{Clock: &c})
+				vals := make([]uint64, batch)
+				hs := make([]Handle, batch)
+				for i := 0; i < n; i += batch {
+					w.AddBatch(int64(farDue(i)), vals, hs)
+				}
+				if reuse {
+					spare := make([]Handle, 0, 256<<10)
+					for i := 0; i < 256<<10; i += batch {
+						w.AddBatch(int64(farDue(i)), vals, hs)
+						spare = append(spare, hs...)
+					}
+					for _, h := range spare {
+						w.Cancel(h)
+					}
+				}
+				b.ReportAllocs()
+				b.ResetTimer()
+				i := n
+				for k := 0; k < b.N; k += batch {
+					w.AddBatch(int64(farDue(i)), vals[:min(batch, b.N-k)], hs)
+					i++
+				}
+			})
+		}
+	}
+}

@@ -93,7 +93,11 @@ func (h *harness) fireAt(due int64) (int64, bool) {
 }
 
 func (h *harness) add(due int64) {
-	hd := h.w.Add(due, due)
+	h.register(h.w.Add(due, due), due)
+}
+
+// register records hd, just returned for an entry due at due, in the model.
+func (h *harness) register(hd Handle, due int64) {
 	if hd == 0 {
 		h.tb.Fatalf("Add(%d) returned the zero Handle", due)
 	}
@@ -105,6 +109,19 @@ func (h *harness) add(due int64) {
 	h.all[hd] = e
 	heap.Push(&h.pending, e)
 	h.handles = append(h.handles, hd)
+}
+
+// addBatch adds n entries due at due with one AddBatch.
+func (h *harness) addBatch(due int64, n int) {
+	vals := make([]int64, n)
+	for i := range vals {
+		vals[i] = due
+	}
+	hs := make([]Handle, n)
+	h.w.AddBatch(due, vals, hs)
+	for _, hd := range hs {
+		h.register(hd, due)
+	}
 }
 
 func (h *harness) cancel(hd Handle) {
@@ -246,6 +263,9 @@ func runModel(tb testing.TB, r ops, tick time.Duration, start int64, steps int) 
 			due := now + spanDelay(r, h.tick)
 			h.add(due)
 			h.add(due)
+		case x%100 < 75:
+			// A batch at one due, as deferd adds an /mpub request.
+			h.addBatch(now+spanDelay(r, h.tick), 1+int(x>>32)%6)
 		default:
 			step := spanStep(r, h.tick)
 			if now > math.MaxInt64-step {

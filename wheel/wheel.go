@@ -315,6 +315,43 @@ func (w *Wheel[T]) Add(due int64, v T) Handle {
 	return h
 }
 
+// AddBatch schedules every values[i] at due, as len(values) calls of Add
+// would, in that order, and stores their handles in hs[i]; it panics if
+// len(hs) < len(values). It takes the lock once and computes the slot once,
+// so it costs less per entry than Add (deferd adds each /mpub request's
+// messages with one call). O(len(values)); no allocation in steady state;
+// safe for concurrent use.
+func (w *Wheel[T]) AddBatch(due int64, values []T, hs []Handle) {
+	if len(hs) < len(values) {
+		panic("wheel: AddBatch: len(hs) < len(values)")
+	}
+	if len(values) == 0 {
+		return
+	}
+	t := w.dueTick(due)
+	w.mu.Lock()
+	for k, v := range values {
+		i := w.alloc()
+		e := w.at(i)
+		e.due = due
+		e.value = v
+		w.place(i, e, t)
+		hs[k] = Handle(uint64(e.gen)<<32 | uint64(i))
+	}
+	w.n += len(values)
+	wake := t < w.planned
+	if wake {
+		w.planned = t
+	}
+	w.mu.Unlock()
+	if wake {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // AddAfter is Add(w.Now()+d, v), with the sum clamped to math.MaxInt64 (and
 // math.MinInt64) on overflow. O(1); safe for concurrent use.
 func (w *Wheel[T]) AddAfter(d time.Duration, v T) Handle {

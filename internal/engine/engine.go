@@ -397,13 +397,20 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 
 	due := e.wheelDue(req.Due)
 	var bytes int64
+	// Into the wheel and the indexes in one critical section: a message
+	// due now could otherwise be published (and untracked) before it is
+	// tracked.
 	e.mu.Lock()
-	for _, p := range b.pos[:n] {
-		h := e.w.Add(due, p)
-		e.trackLocked(p, h)
+	e.w.AddBatch(due, b.pos[:n], b.hs[:n])
+	var st *segTable
+	for i, p := range b.pos[:n] {
+		if st == nil || i > 0 && p.Seg != b.pos[i-1].Seg {
+			st = e.segTableLocked(p.Seg)
+		}
+		st.set(p.Ord, b.hs[i])
 		bytes += int64(p.Len)
 		if req.ID != "" {
-			e.ids[req.ID] = idRef{h, p}
+			e.ids[req.ID] = idRef{b.hs[i], p}
 		}
 	}
 	e.topics[req.Topic] += n

@@ -76,6 +76,7 @@ func (t *task) add(topic string, r msgRef) {
 type pubBuf struct {
 	msgs []journal.Message
 	pos  []journal.Pos
+	hs   []wheel.Handle
 }
 
 var pubBufPool sync.Pool
@@ -88,9 +89,11 @@ func getPubBuf(n int) *pubBuf {
 	if cap(b.msgs) < n {
 		b.msgs = make([]journal.Message, n)
 		b.pos = make([]journal.Pos, n)
+		b.hs = make([]wheel.Handle, n)
 	}
 	b.msgs = b.msgs[:n]
 	b.pos = b.pos[:n]
+	b.hs = b.hs[:n]
 	return b
 }
 
