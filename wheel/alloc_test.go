@@ -25,6 +25,20 @@ func TestAddCancelZeroAlloc(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("Add+Cancel: %v allocs/op, want 0", allocs)
 	}
+	vals := make([]uint64, 100)
+	bhs := make([]Handle, 100)
+	allocs = testing.AllocsPerRun(1000, func() {
+		w.AddBatch(int64(i%5000)*int64(time.Minute), vals, bhs)
+		for _, h := range bhs {
+			if !w.Cancel(h) {
+				t.Fatal("Cancel after AddBatch = false")
+			}
+		}
+		i++
+	})
+	if allocs != 0 {
+		t.Fatalf("AddBatch+Cancel: %v allocs/op, want 0", allocs)
+	}
 	// Expiry with recycled batches does not allocate per entry either.
 	c := w.clock.(*fakeClock)
 	now := int64(0)
