@@ -449,12 +449,13 @@ func (j *Journal) kickFlusher() {
 // pos[i] receives msgs[i]'s position; len(pos) must be >= len(msgs).
 // Safe for concurrent use; the caller keeps ownership of msgs (they are
 // copied). Cost: O(1) bookkeeping per message under j.mu, one memcpy and
-// CRC per message outside it, plus waiting for the group. On a write error (e.g. ENOSPC) the partial write is
-// truncated away and the error returned; both the failing group and the
-// group being filled behind it fail, and the journal stays usable. If
-// Append returns an error other than a write error (ErrClosed while
-// waiting for room), a prefix of msgs may already be journaled (their pos
-// entries are set): at-least-once, never silent loss.
+// CRC per message outside it, plus waiting for the group. On a write error
+// (e.g. ENOSPC) the partial write is truncated away and the error
+// returned; both the failing group and the group being filled behind it
+// fail, and the journal stays usable. If Append returns an error other
+// than a write error (ErrClosed while waiting for room), a prefix of msgs
+// may already be journaled (their pos entries are set): at-least-once,
+// never silent loss.
 func (j *Journal) Append(msgs []Message, pos []Pos) error {
 	if len(pos) < len(msgs) {
 		return errors.New("journal: Append: len(pos) < len(msgs)")
