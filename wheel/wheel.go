@@ -301,18 +301,30 @@ func (w *Wheel[T]) Add(due int64, v T) Handle {
 	w.place(i, e, t)
 	w.n++
 	h := Handle(uint64(e.gen)<<32 | uint64(i))
-	wake := t < w.planned
-	if wake {
-		w.planned = t
-	}
+	wake := w.planLocked(t)
 	w.mu.Unlock()
 	if wake {
-		select {
-		case w.wake <- struct{}{}:
-		default:
-		}
+		w.wakeDriver()
 	}
 	return h
+}
+
+// planLocked notes that tick t now has an entry and reports whether the
+// Run driver sleeps past it and must be woken. Caller holds mu.
+func (w *Wheel[T]) planLocked(t uint64) bool {
+	if t >= w.planned {
+		return false
+	}
+	w.planned = t
+	return true
+}
+
+// wakeDriver wakes the Run driver if it sleeps; it never blocks.
+func (w *Wheel[T]) wakeDriver() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
 }
 
 // AddBatch schedules every values[i] at due, as len(values) calls of Add
@@ -330,7 +342,7 @@ func (w *Wheel[T]) AddBatch(due int64, values []T, hs []Handle) {
 	}
 	t := w.dueTick(due)
 	w.mu.Lock()
-	for k, v := range values {
+	for k, v := range values { // Add's steps, kept inline: this is the hot loop
 		i := w.alloc()
 		e := w.at(i)
 		e.due = due
@@ -339,16 +351,10 @@ func (w *Wheel[T]) AddBatch(due int64, values []T, hs []Handle) {
 		hs[k] = Handle(uint64(e.gen)<<32 | uint64(i))
 	}
 	w.n += len(values)
-	wake := t < w.planned
-	if wake {
-		w.planned = t
-	}
+	wake := w.planLocked(t)
 	w.mu.Unlock()
 	if wake {
-		select {
-		case w.wake <- struct{}{}:
-		default:
-		}
+		w.wakeDriver()
 	}
 }
 
