@@ -211,32 +211,45 @@ func TestConcurrentAppend(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	seen := map[Key]bool{}
-	for _, r := range all {
-		if seen[r.p.Key()] {
-			t.Fatalf("duplicate key %+v", r.p)
-		}
-		seen[r.p.Key()] = true
-		m, _, err := j.Read(r.p, nil)
-		if err != nil || !eqMsg(m, r.m) {
-			t.Fatalf("read %+v: %v", r.p, err)
-		}
-	}
 	st := j.Stats()
 	if st.Appends != workers*per || st.Groups == 0 || st.Groups >= workers*per {
 		t.Logf("stats %+v", st)
 	}
 	t.Logf("%d appends in %d groups", st.Appends, st.Groups)
+	checkAppended(t, j, opts, all)
+}
+
+// checkAppended reads every record of all back from j, closes j, reopens
+// the journal and checks that recovery returns exactly those records, each
+// once, in log order.
+func checkAppended(t *testing.T, j *Journal, opts Options, all []rec) {
+	t.Helper()
+	byKey := map[Key]Message{}
+	for _, r := range all {
+		if _, dup := byKey[r.p.Key()]; dup {
+			t.Fatalf("duplicate key %+v", r.p)
+		}
+		byKey[r.p.Key()] = r.m
+		m, _, err := j.Read(r.p, nil)
+		if err != nil || !eqMsg(m, r.m) {
+			t.Fatalf("read %+v: %v", r.p, err)
+		}
+	}
 	j.Close()
 	j, got, _ := openJ(t, opts)
 	defer j.Close()
 	if len(got) != len(all) {
 		t.Fatalf("recovered %d want %d", len(got), len(all))
 	}
-	for i := 1; i < len(got); i++ {
-		a, b := got[i-1].p, got[i].p
-		if a.Seg > b.Seg || a.Seg == b.Seg && a.Off >= b.Off {
-			t.Fatalf("not in log order: %+v then %+v", a, b)
+	for i, g := range got {
+		if m, ok := byKey[g.p.Key()]; !ok || !eqMsg(m, g.m) {
+			t.Fatalf("recovered %+v does not match what was appended", g.p)
+		}
+		if i > 0 {
+			a, b := got[i-1].p, g.p
+			if a.Seg > b.Seg || a.Seg == b.Seg && a.Off >= b.Off {
+				t.Fatalf("not in log order: %+v then %+v", a, b)
+			}
 		}
 	}
 }
@@ -1030,37 +1043,10 @@ func TestAppendSpansGroups(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	for _, r := range all {
-		m, _, err := j.Read(r.p, nil)
-		if err != nil || !eqMsg(m, r.m) {
-			t.Fatalf("read %+v: %v", r.p, err)
-		}
-	}
-	st := j.Stats()
-	if st.Appends != workers*calls*per {
+	if st := j.Stats(); st.Appends != workers*calls*per {
 		t.Fatalf("stats: %d appends, want %d", st.Appends, workers*calls*per)
 	}
-	j.Close()
-	j, got, _ := openJ(t, opts)
-	defer j.Close()
-	if len(got) != len(all) {
-		t.Fatalf("recovered %d want %d", len(got), len(all))
-	}
-	byKey := map[Key]Message{}
-	for _, r := range all {
-		byKey[r.p.Key()] = r.m
-	}
-	for i, g := range got {
-		if m, ok := byKey[g.p.Key()]; !ok || !eqMsg(m, g.m) {
-			t.Fatalf("recovered %+v does not match what was appended", g.p)
-		}
-		if i > 0 {
-			a, b := got[i-1].p, g.p
-			if a.Seg > b.Seg || a.Seg == b.Seg && a.Off >= b.Off {
-				t.Fatalf("not in log order: %+v then %+v", a, b)
-			}
-		}
-	}
+	checkAppended(t, j, opts, all)
 }
 
 // TestIntervalSyncsSealedSegments: in FsyncInterval mode a rollover does
