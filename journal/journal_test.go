@@ -196,16 +196,9 @@ func TestConcurrentAppend(t *testing.T) {
 				for k := range ms {
 					ms[k] = msg(w*1000+i+k, 200)
 				}
-				ps := make([]Pos, n)
-				if err := j.Append(ms, ps); err != nil {
-					t.Error(err)
+				if !appendRecorded(t, j, ms, &mu, &all) {
 					return
 				}
-				mu.Lock()
-				for k := range ms {
-					all = append(all, rec{ps[k], ms[k]})
-				}
-				mu.Unlock()
 				i += n
 			}
 		}()
@@ -217,6 +210,22 @@ func TestConcurrentAppend(t *testing.T) {
 	}
 	t.Logf("%d appends in %d groups", st.Appends, st.Groups)
 	checkAppended(t, j, opts, all)
+}
+
+// appendRecorded appends ms with one Append and adds each message with its
+// position to *all under mu; it reports whether Append succeeded.
+func appendRecorded(t *testing.T, j *Journal, ms []Message, mu *sync.Mutex, all *[]rec) bool {
+	ps := make([]Pos, len(ms))
+	if err := j.Append(ms, ps); err != nil {
+		t.Error(err)
+		return false
+	}
+	mu.Lock()
+	for k := range ms {
+		*all = append(*all, rec{ps[k], ms[k]})
+	}
+	mu.Unlock()
+	return true
 }
 
 // checkAppended reads every record of all back from j, closes j, reopens
@@ -1029,16 +1038,9 @@ func TestAppendSpansGroups(t *testing.T) {
 				for k := range ms {
 					ms[k] = msg(w*100000+c*1000+k, 100+(k*37+w)%400)
 				}
-				ps := make([]Pos, per)
-				if err := j.Append(ms, ps); err != nil {
-					t.Error(err)
+				if !appendRecorded(t, j, ms, &mu, &all) {
 					return
 				}
-				mu.Lock()
-				for k := range ms {
-					all = append(all, rec{ps[k], ms[k]})
-				}
-				mu.Unlock()
 			}
 		}()
 	}
