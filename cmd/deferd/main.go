@@ -224,6 +224,9 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 			err = serr
 		}
 	}
+	if node != nil {
+		node.WaitProducersGone(2 * time.Second) // our egress connections
+	}
 	logger.Printf("stopped; %d messages pending in the journal", pending)
 	return err
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"net"
 	"net/http"
 	"strings"
@@ -73,7 +74,27 @@ func TestDefaultsRunEmbeddedNSQD(t *testing.T) {
 	p := run()
 	post("/pub?topic=hello&defer=100", "now-ish")
 	post("/pub?topic=hello&defer=3000", "after-restart")
+	// Let the first go out, so deferd's egress has a connection open at
+	// shutdown (nsqd keeps it in the topic across the restart).
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var st struct{ Published int }
+		if resp, err := http.Get("http://127.0.0.1:4180/stats"); err == nil {
+			json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+		}
+		if st.Published == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the first message was not published\n%s", p.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	p.terminate(t) // before the second one is due
+	if strings.Contains(p.log.String(), "ERROR") {
+		// deferd's own producers are gone before its nsqd exits.
+		t.Fatalf("ERROR in the log of a clean shutdown:\n%s", p.log.String())
+	}
 	p = run()
 
 	got := make(chan string, 4)

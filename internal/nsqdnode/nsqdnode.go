@@ -138,6 +138,18 @@ func (n *Node) waitServing(timeout time.Duration) error {
 	}
 }
 
+// WaitProducersGone waits up to d until no producer is connected to nsqd.
+// A go-nsq Producer's Stop returns before its connection is fully closed;
+// calling Exit right after would cut the connection under nsqd's reader,
+// which nsqd logs as an ERROR. Consumers are not waited for. Safe for
+// concurrent use; it polls nsqd's stats every 5 ms.
+func (n *Node) WaitProducersGone(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for len(n.NSQD.GetStats("", "", true).Producers) > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // Exit stops nsqd: it closes the listeners and persists in-memory messages
 // and metadata to DataPath, as nsqd does on SIGTERM. It is idempotent.
 func (n *Node) Exit() {
