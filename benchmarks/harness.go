@@ -298,6 +298,9 @@ func (h *Harness) Run(d Design, l Load) (Result, error) {
 	if err := d.Stop(); err != nil {
 		res.Note = strings.TrimPrefix(res.Note+"; "+err.Error(), "; ")
 	}
+	if err := rec.Err(); err != nil {
+		res.Note = strings.TrimPrefix(res.Note+"; measuring consumer disconnected: "+err.Error(), "; ")
+	}
 
 	rec.mu.Lock()
 	defer rec.mu.Unlock()

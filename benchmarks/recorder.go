@@ -210,6 +210,17 @@ func (r *Recorder) Delivered() int {
 	return len(r.late)
 }
 
+// Err returns why the connection to nsqd ended before Stop, or nil while it
+// is up. Messages nsqd sent after that were not counted.
+func (r *Recorder) Err() error {
+	select {
+	case <-r.done:
+		return r.err
+	default:
+		return nil
+	}
+}
+
 // Stop disconnects from nsqd and waits for the read loop to end; messages
 // still in flight go back to nsqd's queue.
 func (r *Recorder) Stop() {

@@ -66,6 +66,9 @@ func TestRecorder(t *testing.T) {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
+		if err := r.Err(); err != nil {
+			t.Errorf("buffered=%v: consumer connection ended early: %v", buffered, err)
+		}
 		r.Stop()
 		r.mu.Lock()
 		got, dup, early := len(r.late), r.dup, r.early
@@ -82,5 +85,27 @@ func TestRecorder(t *testing.T) {
 		if inFlight != 0 || depth != 0 {
 			t.Errorf("buffered=%v: nsqd has %d in flight and %d queued: FINs missing", buffered, inFlight, depth)
 		}
+	}
+}
+
+// TestRecorderReportsDisconnect: when nsqd goes away under the recorder,
+// Err says so (the harness puts it in the run's note).
+func TestRecorderReportsDisconnect(t *testing.T) {
+	n := nsqdnode.StartTest(t, nsqdnode.Config{})
+	r, err := NewRecorder(n.TCPAddr, "rec_gone", 10, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Stop()
+	if err := r.Err(); err != nil {
+		t.Fatalf("Err while connected: %v", err)
+	}
+	n.Exit()
+	deadline := time.Now().Add(10 * time.Second)
+	for r.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if r.Err() == nil {
+		t.Fatal("Err is nil after nsqd exited")
 	}
 }
