@@ -180,9 +180,15 @@ func (j *Journal) syncLoop(done chan<- struct{}) {
 }
 
 // syncOwed fsyncs the segments rolled over since the last call, then the
-// one last written (FsyncInterval mode). Syncer goroutine, and the flusher
-// once the syncer has stopped.
+// one last written (FsyncInterval mode). The syncer calls it every
+// interval; the flusher before deleting segments and at Close. It returns
+// only when every fsync owed at the time of the call is done, including
+// those another caller took first (syncMu is held throughout), so the
+// flusher never deletes old segments while the records that superseded
+// them are not yet on disk.
 func (j *Journal) syncOwed() {
+	j.syncMu.Lock()
+	defer j.syncMu.Unlock()
 	j.sealedMu.Lock()
 	owed := j.sealed
 	j.sealed = nil

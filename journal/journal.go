@@ -254,12 +254,15 @@ type Journal struct {
 	wseg  *segment // segment last written
 	dirty bool     // wseg written since its last fsync
 	// toSync is the segment the periodic fsync (FsyncInterval) is owed to;
-	// set by the flusher after a write, taken by syncLoop.
+	// set by the flusher after a write, taken by syncOwed.
 	toSync atomic.Pointer[segment]
 	// sealedMu guards sealed: segments rolled over in FsyncInterval mode
 	// with writes not yet fsynced, owed to the periodic fsync as well.
-	sealedMu   sync.Mutex
-	sealed     []*segment
+	sealedMu sync.Mutex
+	sealed   []*segment
+	// syncMu serialises syncOwed, so a call waits for fsyncs of owed
+	// segments that a concurrent call has taken but not finished.
+	syncMu     sync.Mutex
 	lastErrLog time.Time
 
 	// writeAt is the file write used by the flusher; tests inject errors.
