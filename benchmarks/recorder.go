@@ -149,12 +149,14 @@ func (r *Recorder) readLoop(buf []byte, n int, bw *bufio.Writer) {
 					return
 				}
 				r.record(body[26:], now)
+				// nsq.Finish's command, written without allocating one per
+				// message: FIN <16-byte id>\n.
 				bw.WriteString("FIN ")
 				bw.Write(body[10:26])
 				bw.WriteByte('\n')
 			case nsq.FrameTypeResponse:
 				if bytes.Equal(body, []byte("_heartbeat_")) {
-					bw.WriteString("NOP\n")
+					nsq.Nop().WriteTo(bw)
 				}
 			case nsq.FrameTypeError:
 				// E_FIN_FAILED and the like after a requeue: not fatal.
