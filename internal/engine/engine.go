@@ -402,9 +402,9 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 	// tracked.
 	e.mu.Lock()
 	e.w.AddBatch(due, b.pos[:n], b.hs[:n])
-	var st *segTable
+	var st *segTable // of the segment of the message before, usually the same
 	for i, p := range b.pos[:n] {
-		if st == nil || i > 0 && p.Seg != b.pos[i-1].Seg {
+		if st == nil || p.Seg != b.pos[i-1].Seg {
 			st = e.segTableLocked(p.Seg)
 		}
 		st.set(p.Ord, b.hs[i])
