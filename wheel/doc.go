@@ -12,10 +12,11 @@
 //
 // # Never early
 //
-// Every entry keeps the exact due time it was given. Its tick is
-// ceil((due-origin)/tick) and it is handed out only once the wheel has
-// processed that tick, that is at a Poll whose now >= origin+tick*Tick. So an
-// entry is never early and at most one tick (plus scheduling noise) late.
+// Every entry keeps its due tick, ceil((due-origin)/tick), and it is handed
+// out only once the wheel has processed that tick, that is at a Poll whose
+// now >= origin+tick*Tick. So an entry is never early and at most one tick
+// (plus scheduling noise) late. Item.Due is that tick's time: the due given
+// to Add rounded up to the tick.
 //
 // # Beyond the range
 //
@@ -31,8 +32,14 @@
 // # Memory
 //
 // Entries are value structs in slab chunks of 64Ki entries, linked by uint32
-// indices into per-slot doubly linked lists, with a free list by index. A
-// pending entry is not a heap object; for a pointer-free T the chunks hold no
-// pointers and add no GC scan work. Add and Cancel do not allocate in steady
-// state.
+// indices into circular doubly linked lists (one sentinel entry per slot, so
+// an entry need not record its slot), with a free list by index. An entry is
+// 16 bytes plus T: 24 bytes for T = uint64. It keeps only the low 32 bits of
+// its due tick; the rest follows from its slot, since below the top level a
+// slot spans at most 2^30 ticks. Entries at the top level (due at least
+// 2^36 ticks ahead: 2.2 years at 1 ms, 19 hours at 1 µs) keep their full
+// tick in a side slice, 8 bytes more each until they cascade down. A
+// pending entry is not a heap object; for a pointer-free T the chunks hold
+// no pointers and add no GC scan work. Add and Cancel do not allocate in
+// steady state.
 package wheel

@@ -21,6 +21,7 @@ type refEntry struct {
 	h      Handle
 	due    int64
 	fireAt int64 // origin + ceil((due-origin)/tick)*tick; valid if !never
+	item   int64 // the Item.Due expected (itemDue at Add)
 	never  bool  // fireAt overflows int64: no Poll can reach it
 	done   bool  // fired or cancelled
 	idx    int   // heap index
@@ -92,6 +93,29 @@ func (h *harness) fireAt(due int64) (int64, bool) {
 	return q.Int64(), false
 }
 
+// itemDue is the Item.Due the model expects for an entry due at due, added
+// after a Poll at h.lastNow: the due rounded up to its tick (the origin for a
+// due at or before it), but at most 2^32-1 ticks before the last processed
+// tick (the wheel keeps ticks in 32 bits).
+func (h *harness) itemDue(due int64) int64 {
+	f, never := h.fireAt(due)
+	if never {
+		return math.MaxInt64
+	}
+	var t uint64 // due tick
+	if due > h.origin {
+		t = (uint64(f) - uint64(h.origin)) / uint64(h.tick)
+	}
+	var e uint64 // processed tick
+	if h.lastNow > h.origin {
+		e = (uint64(h.lastNow) - uint64(h.origin)) / uint64(h.tick)
+	}
+	if t <= e && e-t > math.MaxUint32 {
+		t = e - math.MaxUint32
+	}
+	return int64(uint64(h.origin) + t*uint64(h.tick))
+}
+
 func (h *harness) add(due int64) {
 	h.register(h.w.Add(due, due), due)
 }
@@ -105,7 +129,7 @@ func (h *harness) register(hd Handle, due int64) {
 		h.tb.Fatalf("Add(%d) returned handle %#x again while it is still known", due, hd)
 	}
 	f, never := h.fireAt(due)
-	e := &refEntry{h: hd, due: due, fireAt: f, never: never}
+	e := &refEntry{h: hd, due: due, fireAt: f, never: never, item: h.itemDue(due)}
 	h.all[hd] = e
 	heap.Push(&h.pending, e)
 	h.handles = append(h.handles, hd)
@@ -146,8 +170,8 @@ func (h *harness) advance(now int64) {
 			h.tb.Fatalf("Poll handed out an empty batch")
 		}
 		for _, it := range b.Items {
-			if it.Value != it.Due {
-				h.tb.Fatalf("item %#x: value %d != due %d", it.Handle, it.Value, it.Due)
+			if now < it.Due {
+				h.tb.Fatalf("Poll(%d): item %#x handed out before its Due %d", now, it.Handle, it.Due)
 			}
 			if _, dup := got[it.Handle]; dup {
 				h.tb.Fatalf("item %#x handed out twice in one Poll", it.Handle)
@@ -165,8 +189,8 @@ func (h *harness) advance(now int64) {
 		if !ok {
 			h.tb.Fatalf("Poll(%d): entry %#x due %d (fire at %d) not handed out", now, e.h, e.due, e.fireAt)
 		}
-		if due != e.due {
-			h.tb.Fatalf("Poll(%d): entry %#x due %d, item says %d", now, e.h, e.due, due)
+		if due != e.item {
+			h.tb.Fatalf("Poll(%d): entry %#x due %d: Item.Due %d, want %d (rounded up to its tick)", now, e.h, e.due, due, e.item)
 		}
 		if now < e.due {
 			h.tb.Fatalf("Poll(%d): entry %#x fired early, due %d", now, e.h, e.due)
@@ -439,5 +463,40 @@ func TestDivTick(t *testing.T) {
 			check(d / tick * tick)
 			check(d/tick*tick - 1)
 		}
+	}
+}
+
+// TestFarSlotsReused checks that entries beyond 32 bits of ticks (kept at
+// the top level with their full tick on the side) give their side slot back
+// when they are cancelled, cascade down, or fire.
+func TestFarSlotsReused(t *testing.T) {
+	c := &fakeClock{}
+	w := New[int](Options{Tick: time.Microsecond, Clock: c})
+	far := int64(100 * 24 * time.Hour) // 2^36 µs is 19 h: top level
+	var hs []Handle
+	for i := range 100 {
+		hs = append(hs, w.Add(far+int64(i), i))
+	}
+	if len(w.far) != 100 {
+		t.Fatalf("%d side slots for 100 top-level entries", len(w.far))
+	}
+	for _, h := range hs[:50] {
+		if !w.Cancel(h) {
+			t.Fatal("Cancel of a top-level entry = false")
+		}
+	}
+	for i := range 50 {
+		w.Add(far+int64(i), i)
+	}
+	if len(w.far) != 100 || len(w.farFree) != 0 {
+		t.Fatalf("cancelled side slots not reused: %d slots, %d free", len(w.far), len(w.farFree))
+	}
+	n := 0
+	w.Poll(far+1000, func(b *Batch[int]) { n += len(b.Items); b.Release() })
+	if n != 100 || w.Len() != 0 {
+		t.Fatalf("fired %d of 100, %d left", n, w.Len())
+	}
+	if len(w.farFree) != len(w.far) {
+		t.Fatalf("%d of %d side slots free after everything fired", len(w.farFree), len(w.far))
 	}
 }

@@ -35,7 +35,7 @@ func TestRunRealClock(t *testing.T) {
 				if !ok {
 					t.Fatalf("unexpected or duplicate item %+v", it)
 				}
-				if due != it.Due {
+				if w.tickTime(w.dueTick(due)) != it.Due { // rounded up to the tick
 					t.Fatalf("item %+v: due %d", it, due)
 				}
 				if now < it.Due {

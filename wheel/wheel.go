@@ -15,11 +15,20 @@ const (
 	topLevel  = numLevels - 1
 
 	// List ids: 0..numLevels*numSlots-1 are wheel slots (level*64+slot),
-	// readyList holds entries whose tick is already processed, freeList marks
-	// a free entry.
-	readyList = numLevels * numSlots
-	numLists  = readyList + 1
-	freeList  = math.MaxUint16
+	// readyList holds entries whose tick is already processed. Each list is
+	// circular through a sentinel entry, list id + 1 in the slab; index 0
+	// means "none" (the end of the free list) and real entries start at
+	// firstEntry.
+	readyList  = numLevels * numSlots
+	numLists   = readyList + 1
+	firstEntry = numLists + 1
+
+	// Bits of entry.gen: genLive while the entry is pending; genFar when
+	// its due field indexes Wheel.far (top-level entries, whose tick does
+	// not fit in 32 bits). The generation proper counts in steps of genStep.
+	genLive = 1
+	genFar  = 2
+	genStep = 4
 
 	chunkBits = 16
 	chunkSize = 1 << chunkBits
@@ -32,8 +41,8 @@ const (
 
 // Handle identifies one Add. It is generation<<32 | index; the zero Handle is
 // never valid, and a Handle whose entry has fired or been cancelled is stale:
-// Cancel returns false for it. Generations are 32 bits, so a Handle kept
-// across 2^32 reuses of the same entry may alias a newer entry.
+// Cancel returns false for it. Generations are 30 bits, so a Handle kept
+// across 2^30 reuses of the same entry may alias a newer entry.
 type Handle uint64
 
 // Clock is a monotonic clock in nanoseconds; only differences matter. It must
@@ -50,8 +59,12 @@ type Options struct {
 // Item is one handed-out entry: a plain value, copied out of the wheel.
 type Item[T any] struct {
 	Handle Handle
-	Due    int64 // the due time given to Add (wheel clock ns), unrounded
-	Value  T
+	// Due is the due time given to Add rounded up to its tick (wheel
+	// clock ns): the time the entry became due for the wheel, at most one
+	// Tick after the time given. (An entry added already due more than
+	// 2^32 ticks in the past reports 2^32 ticks before its hand-out tick.)
+	Due   int64
+	Value T
 }
 
 // Batch is a group of items that became due in the same tick bucket (one
@@ -80,14 +93,17 @@ func (b *Batch[T]) Release() {
 	b.w.batches.Put(b)
 }
 
-// entry is one pending (or free) entry. For T = uint64 it is 32 bytes.
+// entry is one pending (or free) entry: 16 bytes plus T, so 24 bytes for
+// T = uint64. It does not record its list: lists are circular through
+// sentinels, so unlinking needs only the neighbours. Its tick is kept in 32
+// bits: the bits above follow from the slot it sits in (below the top
+// level a slot spans at most 2^30 ticks) or, on the ready list, from the
+// processed tick; top-level entries keep the full tick in Wheel.far.
 type entry[T any] struct {
-	due   int64  // exact due on the wheel clock
-	next  uint32 // list links by index; 0 = none
-	prev  uint32
-	gen   uint32 // bumped each time the entry is freed
-	list  uint16 // level*64+slot, readyList, or freeList
-	value T
+	next, prev uint32 // circular list links by index (free list: next, 0-terminated)
+	due        uint32 // low 32 bits of the due tick, or (genFar) an index into Wheel.far
+	gen        uint32 // genLive | genFar | generation (bumped by genStep when freed)
+	value      T
 }
 
 // Wheel is a hierarchical timing wheel. Add and Cancel are O(1); handing out
@@ -106,12 +122,16 @@ type Wheel[T any] struct {
 	elapsed  uint64 // last processed tick
 	n        int    // pending entries
 	occupied [numLevels]uint64
-	heads    [numLists]uint32
-	tails    [numLists]uint32
 
-	chunks [][]entry[T]
-	free   uint32 // head of the free list (linked by next); 0 = empty
-	used   uint32 // entries ever handed out of the slab (index 0 reserved)
+	chunks [][]entry[T]          // chunks[0] holds the list sentinels
+	sent   *[firstEntry]entry[T] // chunks[0][:firstEntry], for direct access to the sentinels
+	free   uint32                // head of the free list (linked by next); 0 = empty
+	used   uint32                // slab indices in use or freed (index 0 and the sentinels included)
+
+	// far holds the full due tick of top-level entries (genFar); farFree
+	// lists its free slots.
+	far     []uint64
+	farFree []uint32
 
 	// planned is the tick the sleeping driver will wake at; 0 when no driver
 	// sleeps. An Add due before it wakes the driver.
@@ -126,8 +146,10 @@ type monoClock struct{ base time.Time }
 func (c monoClock) Now() int64 { return int64(time.Since(c.base)) }
 
 // New returns an empty wheel. The zero Options are fine. It panics if
-// opts.Tick is non-zero and below 1µs. O(1); safe for concurrent use.
-// Tick 0 of the wheel is opts.Clock.Now() at the time of the call.
+// opts.Tick is non-zero and below 1µs. O(1): it allocates the first slab
+// chunk (64Ki entries, which also hold the lists' sentinels); safe for
+// concurrent use. Tick 0 of the wheel is opts.Clock.Now() at the time of
+// the call.
 func New[T any](opts Options) *Wheel[T] {
 	tick := opts.Tick
 	if tick == 0 {
@@ -145,8 +167,14 @@ func New[T any](opts Options) *Wheel[T] {
 		tickInv: math.MaxUint64 / uint64(tick),
 		clock:   clock,
 		origin:  clock.Now(),
-		used:    1, // index 0 is reserved: the zero Handle is never valid
+		used:    firstEntry, // index 0 is reserved: the zero Handle is never valid
 		wake:    make(chan struct{}, 1),
+		chunks:  [][]entry[T]{make([]entry[T], chunkSize)},
+	}
+	w.sent = (*[firstEntry]entry[T])(w.chunks[0][:firstEntry])
+	for sn := uint32(1); sn <= numLists; sn++ { // empty lists
+		e := &w.sent[sn]
+		e.next, e.prev = sn, sn
 	}
 	w.batches.New = func() any { return &Batch[T]{w: w} }
 	return w
@@ -192,25 +220,38 @@ func (w *Wheel[T]) nowTick(now int64) uint64 {
 // tickTime is the wheel-clock time of tick t, clamped to math.MaxInt64.
 func (w *Wheel[T]) tickTime(t uint64) int64 {
 	hi, lo := bits.Mul64(t, w.tick)
-	if hi != 0 || lo > math.MaxInt64 {
+	if hi != 0 {
 		return math.MaxInt64
 	}
-	s := int64(lo) + w.origin
-	if w.origin > 0 && s < 0 { // overflow
+	if w.origin < 0 {
+		neg := -uint64(w.origin) // |origin|, 2^63 included
+		if lo < neg {
+			return w.origin + int64(lo) // lo < 2^63: no overflow
+		}
+		lo -= neg
+		if lo > math.MaxInt64 {
+			return math.MaxInt64
+		}
+		return int64(lo)
+	}
+	if lo > math.MaxInt64-uint64(w.origin) {
 		return math.MaxInt64
 	}
-	return s
+	return w.origin + int64(lo)
 }
 
 func (w *Wheel[T]) at(i uint32) *entry[T] {
 	return &w.chunks[i>>chunkBits][i&chunkMask]
 }
 
-// alloc takes an entry index off the free list or the slab. Caller holds mu.
-func (w *Wheel[T]) alloc() uint32 {
+// alloc takes an entry off the free list or the slab and marks it live.
+// Caller holds mu.
+func (w *Wheel[T]) alloc() (uint32, *entry[T]) {
 	if i := w.free; i != 0 {
-		w.free = w.at(i).next
-		return i
+		e := w.at(i)
+		w.free = e.next
+		e.gen |= genLive
+		return i, e
 	}
 	i := w.used
 	if i == math.MaxUint32 {
@@ -220,18 +261,68 @@ func (w *Wheel[T]) alloc() uint32 {
 		w.chunks = append(w.chunks, make([]entry[T], chunkSize))
 	}
 	w.used++
-	return i
+	e := w.at(i)
+	e.gen = genLive
+	return i, e
 }
 
-// release puts an unlinked entry on the free list. Caller holds mu.
+// release puts an unlinked entry on the free list, with a new generation.
+// Caller holds mu.
 func (w *Wheel[T]) release(i uint32, e *entry[T]) {
+	if e.gen&genFar != 0 {
+		w.farFree = append(w.farFree, e.due)
+	}
 	var zero T
 	e.value = zero
-	e.gen++
-	e.list = freeList
+	e.gen = e.gen&^(genLive|genFar) + genStep
 	e.prev = 0
 	e.next = w.free
 	w.free = i
+}
+
+// handle is the Handle of entry i (the genFar bit is not part of it: it
+// changes when the entry cascades).
+func handle(gen, i uint32) Handle {
+	return Handle(uint64(gen&^genFar)<<32 | uint64(i))
+}
+
+// setTick records tick t in e for the list it is going to: the low 32 bits,
+// or for the top level a slot of far. Caller holds mu.
+func (w *Wheel[T]) setTick(e *entry[T], t uint64, top bool) {
+	if top {
+		if e.gen&genFar == 0 {
+			if n := len(w.farFree); n > 0 {
+				e.due = w.farFree[n-1]
+				w.farFree = w.farFree[:n-1]
+			} else {
+				e.due = uint32(len(w.far))
+				w.far = append(w.far, 0)
+			}
+			e.gen |= genFar
+		}
+		w.far[e.due] = t
+		return
+	}
+	if e.gen&genFar != 0 {
+		w.farFree = append(w.farFree, e.due)
+		e.gen &^= genFar
+	}
+	e.due = uint32(t)
+}
+
+// slotTick is the due tick of an entry of a slot starting at tick start.
+func (w *Wheel[T]) slotTick(e *entry[T], start uint64) uint64 {
+	if e.gen&genFar != 0 {
+		return w.far[e.due]
+	}
+	return start + uint64(e.due-uint32(start)) // below the top level: t-start < 2^30
+}
+
+// readyTick is the due tick of an entry of the ready list (or of the level-0
+// slot being handed out): at most elapsed, and at most 2^32-1 ticks before
+// it (place clamps). Caller holds mu.
+func (w *Wheel[T]) readyTick(e *entry[T]) uint64 {
+	return w.elapsed - uint64(uint32(w.elapsed)-e.due)
 }
 
 // levelFor is the level an entry due at tick `when` belongs in while the
@@ -245,62 +336,84 @@ func levelFor(elapsed, when uint64) int {
 	return l
 }
 
-// place links entry i (due at tick t) into its slot, or the ready list if
-// its tick is already processed. Caller holds mu.
+// place links entry i (due at tick t) at the tail of its slot, or of the
+// ready list if its tick is already processed. Caller holds mu.
 func (w *Wheel[T]) place(i uint32, e *entry[T], t uint64) {
-	var list int
-	if t <= w.elapsed {
-		list = readyList
+	list, top, t := w.listFor(t)
+	if top || e.gen&genFar != 0 {
+		w.setTick(e, t, top)
 	} else {
-		l := levelFor(w.elapsed, t)
-		s := int(t>>(levelBits*l)) & slotMask
-		list = l*numSlots + s
-		w.occupied[l] |= 1 << s
+		e.due = uint32(t) // the common case, inline
 	}
-	e.list = uint16(list)
-	e.next = 0
-	e.prev = w.tails[list]
-	if e.prev != 0 {
-		w.at(e.prev).next = i
-	} else {
-		w.heads[list] = i
-	}
-	w.tails[list] = i
+	sn := uint32(list + 1)
+	sent := &w.sent[sn]
+	e.next, e.prev = sn, sent.prev
+	w.at(e.prev).next = i
+	sent.prev = i
 }
 
-// unlink removes entry i from its list. Caller holds mu.
-func (w *Wheel[T]) unlink(i uint32, e *entry[T]) {
-	list := int(e.list)
-	if e.prev != 0 {
-		w.at(e.prev).next = e.next
-	} else {
-		w.heads[list] = e.next
+// listFor is the list for an entry due at tick t, whether it is the top
+// level, and the tick to record (clamped for the ready list, see
+// readyTick). It marks the slot occupied. Caller holds mu.
+func (w *Wheel[T]) listFor(t uint64) (list int, top bool, rec uint64) {
+	if t <= w.elapsed {
+		if w.elapsed-t > math.MaxUint32 {
+			t = w.elapsed - math.MaxUint32
+		}
+		return readyList, false, t
 	}
-	if e.next != 0 {
-		w.at(e.next).prev = e.prev
-	} else {
-		w.tails[list] = e.prev
+	l := levelFor(w.elapsed, t)
+	s := int(t>>(levelBits*l)) & slotMask
+	w.occupied[l] |= 1 << s
+	return l*numSlots + s, l == topLevel, t
+}
+
+// unlink removes entry i from its list, clearing the slot's occupancy bit
+// if the list is left empty. Caller holds mu.
+func (w *Wheel[T]) unlink(e *entry[T]) {
+	p, n := e.prev, e.next
+	w.at(p).next = n
+	w.at(n).prev = p
+	if p == n && p < firstEntry { // only the sentinel is left
+		if list := int(p) - 1; list < readyList {
+			w.occupied[list/numSlots] &^= 1 << (list % numSlots)
+		}
 	}
-	if w.heads[list] == 0 && list < readyList {
+}
+
+// empty reports whether list has no entries. Caller holds mu.
+func (w *Wheel[T]) empty(list int) bool {
+	sn := uint32(list + 1)
+	return w.sent[sn].next == sn
+}
+
+// detach empties list and returns its first entry and its sentinel; the
+// detached entries still end at the sentinel. Caller holds mu.
+func (w *Wheel[T]) detach(list int) (first, sn uint32) {
+	sn = uint32(list + 1)
+	sent := &w.sent[sn]
+	first = sent.next
+	sent.next, sent.prev = sn, sn
+	if list < readyList {
 		w.occupied[list/numSlots] &^= 1 << (list % numSlots)
 	}
+	return first, sn
 }
 
 // Add schedules v to be handed out at or after due (wheel clock ns), at most
 // one tick plus scheduling noise late. A due in the past fires at the next
 // Poll. O(1); no allocation in steady state (the slab grows by a 64Ki-entry
-// chunk when full). Safe for concurrent use. If due is earlier than the
+// chunk when full, the side slice of top-level ticks by append). Safe for
+// concurrent use. If due is earlier than the
 // sleeping Run driver's planned wake-up, the driver is woken.
 func (w *Wheel[T]) Add(due int64, v T) Handle {
 	t := w.dueTick(due)
 	w.mu.Lock()
-	i := w.alloc()
-	e := w.at(i)
-	e.due = due
+	i, e := w.alloc()
 	e.value = v
 	w.place(i, e, t)
 	w.n++
-	h := Handle(uint64(e.gen)<<32 | uint64(i))
+	h := handle(e.gen, i)
 	wake := w.planLocked(t)
 	w.mu.Unlock()
 	if wake {
@@ -342,14 +455,28 @@ func (w *Wheel[T]) AddBatch(due int64, values []T, hs []Handle) {
 	}
 	t := w.dueTick(due)
 	w.mu.Lock()
-	for k, v := range values { // Add's steps, kept inline: this is the hot loop
-		i := w.alloc()
-		e := w.at(i)
-		e.due = due
+	// Add's steps with the list found once, and the new entries chained
+	// to each other before the chain is closed on the sentinel.
+	list, top, rec := w.listFor(t)
+	sn := uint32(list + 1)
+	sent := &w.sent[sn] // chunk arrays never move, so these pointers stay valid
+	prev := sent.prev
+	pe := w.at(prev)
+	for k, v := range values {
+		i, e := w.alloc() // genFar is clear on a newly allocated entry
 		e.value = v
-		w.place(i, e, t)
-		hs[k] = Handle(uint64(e.gen)<<32 | uint64(i))
+		if top {
+			w.setTick(e, rec, true)
+		} else {
+			e.due = uint32(rec)
+		}
+		e.prev = prev
+		pe.next = i
+		hs[k] = handle(e.gen, i)
+		prev, pe = i, e
 	}
+	pe.next = sn
+	sent.prev = prev
 	w.n += len(values)
 	wake := w.planLocked(t)
 	w.mu.Unlock()
@@ -385,11 +512,11 @@ func (w *Wheel[T]) Cancel(h Handle) bool {
 		return false
 	}
 	e := w.at(i)
-	if e.gen != uint32(h>>32) || e.list == freeList {
+	if e.gen&^genFar != uint32(h>>32) || e.gen&genLive == 0 { // stale, free or a sentinel
 		w.mu.Unlock()
 		return false
 	}
-	w.unlink(i, e)
+	w.unlink(e)
 	w.release(i, e)
 	w.n--
 	w.mu.Unlock()
@@ -438,7 +565,7 @@ func (w *Wheel[T]) nextExpiration() (deadline uint64, level, slot int, ok bool) 
 func (w *Wheel[T]) Next() (due int64, ok bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.heads[readyList] != 0 {
+	if !w.empty(readyList) {
 		return w.tickTime(w.elapsed), true
 	}
 	d, _, _, ok := w.nextExpiration()
@@ -452,19 +579,15 @@ func (w *Wheel[T]) newBatch() *Batch[T] {
 	return w.batches.Get().(*Batch[T])
 }
 
-// drain moves every entry of list into a new batch and frees the entries.
-// Caller holds mu.
+// drain moves every entry of list (the ready list, or the level-0 slot of
+// tick elapsed) into a new batch and frees the entries. Caller holds mu.
 func (w *Wheel[T]) drain(list int) *Batch[T] {
 	b := w.newBatch()
-	i := w.heads[list]
-	w.heads[list], w.tails[list] = 0, 0
-	if list < readyList {
-		w.occupied[list/numSlots] &^= 1 << (list % numSlots)
-	}
-	for i != 0 {
+	i, sn := w.detach(list)
+	for i != sn {
 		e := w.at(i)
 		next := e.next
-		b.Items = append(b.Items, Item[T]{Handle: Handle(uint64(e.gen)<<32 | uint64(i)), Due: e.due, Value: e.value})
+		b.Items = append(b.Items, Item[T]{Handle: handle(e.gen, i), Due: w.tickTime(w.readyTick(e)), Value: e.value})
 		w.release(i, e)
 		w.n--
 		i = next
@@ -476,7 +599,7 @@ func (w *Wheel[T]) drain(list int) *Batch[T] {
 // processed time to nowTick. Caller holds mu.
 func (w *Wheel[T]) collect(nowTick uint64) *Batch[T] {
 	for {
-		if w.heads[readyList] != 0 {
+		if !w.empty(readyList) {
 			return w.drain(readyList)
 		}
 		deadline, l, s, ok := w.nextExpiration()
@@ -493,13 +616,11 @@ func (w *Wheel[T]) collect(nowTick uint64) *Batch[T] {
 		}
 		// Cascade: re-insert each entry at a finer level; those due now land
 		// on the ready list, handed out on the next iteration.
-		i := w.heads[list]
-		w.heads[list], w.tails[list] = 0, 0
-		w.occupied[l] &^= 1 << s
-		for i != 0 {
+		i, sn := w.detach(list)
+		for i != sn {
 			e := w.at(i)
 			next := e.next
-			w.place(i, e, w.dueTick(e.due))
+			w.place(i, e, w.slotTick(e, deadline))
 			i = next
 		}
 	}
