@@ -368,7 +368,7 @@ func (w *Wheel[T]) listFor(t uint64) (list int, top bool, rec uint64) {
 	return l*numSlots + s, l == topLevel, t
 }
 
-// unlink removes entry i from its list, clearing the slot's occupancy bit
+// unlink removes e from its list, clearing the slot's occupancy bit
 // if the list is left empty. Caller holds mu.
 func (w *Wheel[T]) unlink(e *entry[T]) {
 	p, n := e.prev, e.next
