@@ -235,12 +235,14 @@ func TestContract(t *testing.T) {
 	for _, c := range contractCases() {
 		t.Run(c.name, func(t *testing.T) {
 			target := c.target
+			before := nowMs()
 			if i := strings.Index(target, "at=AT+"); i >= 0 {
 				var off int64
 				fmt.Sscan(target[i+len("at=AT+"):], &off)
-				target = target[:i] + fmt.Sprint("at=", nowMs()+off)
+				// From before, not a later clock reading: the due is then
+				// exactly before+off, inside the range checked below.
+				target = target[:i] + fmt.Sprint("at=", before+off)
 			}
-			before := nowMs()
 			got := do(t, c.method, srv.Addr(), target, c.body, c.chunked)
 			after := nowMs()
 			if c.nsqd {
