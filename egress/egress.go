@@ -208,6 +208,21 @@ func (p *Publisher) Metrics() *metrics.Set { return p.set }
 // Publish returns ErrStopped promptly once Stop is called. It does not keep
 // bodies after it returns.
 func (p *Publisher) Publish(topic string, bodies [][]byte) (acked int, err error) {
+	return p.publish(topic, bodies, false)
+}
+
+// TryPublish is Publish for a caller that has somewhere else to keep what
+// cannot be sent at once (deferd's journal): each batch gets one try, only
+// on a connection of an nsqd that is up, with no backoff and no probing of
+// an nsqd marked down. With every nsqd down it returns 0 and ErrNoNSQD
+// without sending anything. Otherwise it waits as Publish does for nsqd's
+// answers (at most Options.Timeout per batch). Safe for concurrent use.
+func (p *Publisher) TryPublish(topic string, bodies [][]byte) (acked int, err error) {
+	return p.publish(topic, bodies, true)
+}
+
+// publish is Publish, or TryPublish when once is set.
+func (p *Publisher) publish(topic string, bodies [][]byte, once bool) (acked int, err error) {
 	p.mu.RLock()
 	if p.stopped {
 		p.mu.RUnlock()
@@ -232,7 +247,7 @@ func (p *Publisher) Publish(topic string, bodies [][]byte) (acked int, err error
 			return acked, &PublishError{Topic: topic, Index: acked, Err: verr, permanent: true}
 		}
 		batch := bodies[acked : acked+n]
-		addr, tries, err := p.sendBatch(topic, batch)
+		addr, tries, err := p.sendBatch(topic, batch, once)
 		if err == nil {
 			acked += n
 			continue
@@ -251,7 +266,9 @@ func (p *Publisher) Publish(topic string, bodies [][]byte) (acked int, err error
 			p.permanent.Inc()
 			return acked, &PublishError{Topic: topic, Addr: addr, Index: acked, Attempts: tries, Err: err, permanent: true}
 		}
-		p.gaveUp.Inc()
+		if !once {
+			p.gaveUp.Inc()
+		}
 		return acked, &PublishError{Topic: topic, Addr: addr, Index: acked, Attempts: tries, Err: err}
 	}
 	return acked, nil
@@ -279,10 +296,22 @@ func (p *Publisher) nextBatch(bodies [][]byte, limit int) (int, error) {
 	return n, nil
 }
 
-// sendBatch tries batch up to Attempts times. It returns the address of the
-// last try, the number of tries and the last error (nil on success). Errors
-// that are the batch's own fault end it at once.
-func (p *Publisher) sendBatch(topic string, batch [][]byte) (addr string, tries int, err error) {
+// sendBatch tries batch up to Attempts times, or once on an nsqd that is up
+// if once is set. It returns the address of the last try, the number of
+// tries and the last error (nil on success). Errors that are the batch's
+// own fault end it at once.
+func (p *Publisher) sendBatch(topic string, batch [][]byte, once bool) (addr string, tries int, err error) {
+	if once {
+		c := p.pickUp()
+		if c == nil {
+			return "", 0, ErrNoNSQD
+		}
+		first, err := p.send(c, topic, batch)
+		if err != nil && !errors.Is(err, ErrStopped) {
+			c.node.failed(err, first && nodeFault(err), p)
+		}
+		return c.node.addr, 1, err
+	}
 	c, _ := p.pick(nil)
 	for tries = 1; ; tries++ {
 		addr = c.node.addr
@@ -478,6 +507,24 @@ func (p *Publisher) pick(avoid *node) (c *conn, healthy bool) {
 		}
 	}
 	return probe.leastBusy(), false
+}
+
+// pickUp returns the least-busy connection of an nsqd that is up, scanning
+// from a random start so ties spread, or nil if every nsqd is down.
+func (p *Publisher) pickUp() *conn {
+	var best *conn
+	var bestLoad int32
+	start := rand.IntN(len(p.conns))
+	for i := range p.conns {
+		cc := p.conns[(start+i)%len(p.conns)]
+		if cc.node.downUntil.Load() != 0 {
+			continue
+		}
+		if load := cc.inFlight.Load(); best == nil || load < bestLoad {
+			best, bestLoad = cc, load
+		}
+	}
+	return best
 }
 
 // sleep waits d or until Stop; it reports whether it waited the full d.

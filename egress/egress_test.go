@@ -550,3 +550,74 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// TryPublish gives each batch one try on an nsqd that is up: a failure
+// comes back at once (no retry, no backoff) with the acknowledged prefix,
+// the failed nsqd is then skipped, and with every nsqd down nothing is
+// sent at all.
+func TestTryPublish(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	dead := closedAddr(t)
+	const backoff = time.Minute // a sleep of it would time the test out
+	p := newTestPublisher(t, Options{
+		Addrs: []string{dead, node.TCPAddr}, ConnsPerAddr: 1, MaxBatchMsgs: 10,
+		Attempts: 3, Backoff: backoff, MaxBackoff: backoff,
+	})
+	var acked [][]byte
+	failures := 0
+	for i := range 20 {
+		bodies := make([][]byte, 25)
+		for j := range bodies {
+			bodies[j] = fmt.Appendf(nil, "try-%d-%d", i, j)
+		}
+		k, err := p.TryPublish("try", bodies)
+		acked = append(acked, bodies[:k]...)
+		if err != nil {
+			failures++
+			var pe *PublishError
+			if !errors.As(err, &pe) || pe.Addr != dead || pe.Attempts != 1 || pe.Index != k || IsPermanent(err) {
+				t.Fatalf("TryPublish: acked %d, err %#v; want one transient try on %s", k, err, dead)
+			}
+			if k%10 != 0 {
+				t.Fatalf("acked %d: not whole batches", k)
+			}
+		} else if k != 25 {
+			t.Fatalf("TryPublish: acked %d of 25 without an error", k)
+		}
+	}
+	// Only the first try on the dead nsqd can fail: it is marked down then.
+	if failures > 1 {
+		t.Fatalf("%d calls failed, want at most 1", failures)
+	}
+	if st := p.Stats(); st[0].Up || !st[1].Up {
+		t.Fatalf("stats %+v, want %s down and the live nsqd up", st, dead)
+	}
+	if p.gaveUp.Get() != 0 || p.retries.Get() != 0 {
+		t.Fatalf("gave up %d, retries %d: TryPublish does neither", p.gaveUp.Get(), p.retries.Get())
+	}
+	col := newCollector(t, []string{node.TCPAddr}, "try")
+	col.waitTotal(t, len(acked), 10*time.Second)
+	for _, b := range acked {
+		if n := col.count("try", b); n != 1 {
+			t.Fatalf("acknowledged body %q arrived %d times", b, n)
+		}
+	}
+	col.mu.Lock()
+	total := col.total
+	col.mu.Unlock()
+	if total != len(acked) {
+		t.Fatalf("nsqd delivered %d messages, %d were acknowledged", total, len(acked))
+	}
+
+	// Every nsqd down: the first call fails on the dial, the next ones
+	// return ErrNoNSQD without trying.
+	q := newTestPublisher(t, Options{Addrs: []string{dead}, Backoff: backoff, MaxBackoff: backoff})
+	if k, err := q.TryPublish("try", [][]byte{[]byte("x")}); k != 0 || err == nil || errors.Is(err, ErrNoNSQD) {
+		t.Fatalf("first try on a dead nsqd: acked %d, err %v; want 0 and the dial error", k, err)
+	}
+	for range 3 {
+		if k, err := q.TryPublish("try", [][]byte{[]byte("x")}); k != 0 || !errors.Is(err, ErrNoNSQD) {
+			t.Fatalf("every nsqd down: acked %d, err %v; want 0 and ErrNoNSQD", k, err)
+		}
+	}
+}

@@ -23,6 +23,8 @@ var (
 	// ErrTimeout: nsqd did not answer a batch within Options.Timeout. The
 	// batch may or may not have been queued by nsqd.
 	ErrTimeout = errors.New("egress: no answer from nsqd")
+	// ErrNoNSQD: TryPublish found every nsqd marked down and sent nothing.
+	ErrNoNSQD = errors.New("egress: every nsqd is down")
 )
 
 // PublishError is the error Publish returns when it stops early. Unwrap gives
