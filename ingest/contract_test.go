@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
 )
@@ -235,7 +236,8 @@ func TestContract(t *testing.T) {
 	for _, c := range contractCases() {
 		t.Run(c.name, func(t *testing.T) {
 			target := c.target
-			before := nowMs()
+			beforeNs := time.Now().UnixNano()
+			before := ceilMs(beforeNs)
 			if i := strings.Index(target, "at=AT+"); i >= 0 {
 				var off int64
 				fmt.Sscan(target[i+len("at=AT+"):], &off)
@@ -281,7 +283,11 @@ func TestContract(t *testing.T) {
 					t.Errorf("body %d = %q, want %q", i, p.Bodies[i], c.bodies[i])
 				}
 			}
-			if lo, hi := before+c.deferMs, after+c.deferMs; p.Due < lo || p.Due > hi {
+			lo := before + c.deferMs
+			if c.deferMs == 0 {
+				lo = beforeNs / 1_000_000 // no delay: due now, rounded down
+			}
+			if hi := after + c.deferMs; p.Due < lo || p.Due > hi {
 				t.Errorf("due %d not in [%d, %d]", p.Due, lo, hi)
 			}
 		})

@@ -42,7 +42,7 @@ const (
 type PubRequest struct {
 	Topic  string
 	Bodies [][]byte // alias the request's memory: valid only during Backend.Publish; the backend must copy what it keeps
-	Due    int64    // unix ms, always set (now for no delay)
+	Due    int64    // unix ms, always set; no delay: the current ms rounded down (already due)
 	ID     string   // /pub only; "" if none
 }
 
@@ -666,9 +666,14 @@ func lingerClose(ctx *fasthttp.RequestCtx) {
 // computed from it is never early.
 func ceilMs(ns int64) int64 { return (ns + 999_999) / 1_000_000 }
 
-// due computes a request's due time from defer= or at=.
+// due computes a request's due time from defer= or at=. A message without
+// a delay (none, defer=0, or at= not after now) is due at the current
+// millisecond, rounded down: it is already due, and the backend may hand it
+// to nsqd at once. A delay counts from the current time rounded up, so the
+// message is never early.
 func (s *Server) due(args *fasthttp.Args) (int64, *Error) {
-	now := ceilMs(time.Now().UnixNano())
+	ns := time.Now().UnixNano()
+	now, up := ns/1_000_000, ceilMs(ns)
 	hasDefer, hasAt := args.Has("defer"), args.Has("at")
 	switch {
 	case hasDefer && hasAt:
@@ -678,10 +683,13 @@ func (s *Server) due(args *fasthttp.Args) (int64, *Error) {
 		if !ok || d < 0 || d > s.maxDeferMs {
 			return 0, errInvalidDefer
 		}
-		return now + d, nil
+		if d == 0 {
+			return now, nil
+		}
+		return up + d, nil
 	case hasAt:
 		at, ok := parseInt(args.Peek("at"))
-		if !ok || at < 0 || at > now+s.maxDeferMs {
+		if !ok || at < 0 || at > up+s.maxDeferMs {
 			return 0, errInvalidDefer
 		}
 		return max(at, now), nil
