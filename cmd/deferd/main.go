@@ -57,6 +57,7 @@ type config struct {
 	fsyncInterval   time.Duration
 	segmentSize     int64
 	compactEvery    time.Duration
+	directPublish   bool
 	shutdownGrace   time.Duration
 	version         bool
 }
@@ -86,6 +87,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.DurationVar(&c.fsyncInterval, "fsync-interval", def.Journal.FsyncInterval, "fsync period with --fsync=interval")
 	fs.Int64Var(&c.segmentSize, "segment-size", def.Journal.SegmentBytes, "journal segment size in bytes")
 	fs.DurationVar(&c.compactEvery, "compact-interval", def.CompactEvery, "how often to look for journal segments to compact (0 disables)")
+	fs.BoolVar(&c.directPublish, "direct-publish", def.DirectPublish, "send messages already due (no delay, no id) to nsqd before replying, skipping the journal; the 200 then means nsqd acknowledged them. What nsqd does not take at once is journaled as usual")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight publishes may take to finish")
 	fs.BoolVar(&c.version, "version", false, "print version and exit")
 	return fs
@@ -179,6 +181,7 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 	opts.MaxPendingBytes = c.maxPendingBytes
 	opts.RetryBackoff = c.retryBackoff
 	opts.CompactEvery = c.compactEvery
+	opts.DirectPublish = c.directPublish
 	opts.Journal.Fsync = fsyncMode
 	opts.Journal.FsyncInterval = c.fsyncInterval
 	opts.Journal.SegmentBytes = c.segmentSize

@@ -21,7 +21,7 @@ func TestHelpListsFlags(t *testing.T) {
 	fs.PrintDefaults()
 	for _, f := range []string{"http-address", "data-path", "nsqd-tcp-address", "embedded-nsqd-tcp-address",
 		"embedded-nsqd-http-address", "max-msg-size", "max-body-size", "max-defer", "fsync", "tick", "pool-size",
-		"batch-size", "conns-per-nsqd", "max-pending", "max-pending-bytes"} {
+		"batch-size", "conns-per-nsqd", "max-pending", "max-pending-bytes", "direct-publish"} {
 		if !strings.Contains(out.String(), "-"+f) {
 			t.Errorf("--help does not list --%s", f)
 		}

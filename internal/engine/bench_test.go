@@ -177,30 +177,44 @@ func BenchmarkServiceDueNow(b *testing.B) {
 		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
 		b.ReportMetric(cpuSince(cpu0)/float64(b.N)*1e6, "cpu-µs/msg")
 	})
-	b.Run("deferd-http-mpub", func(b *testing.B) {
-		node, waitFor := freshNSQD(b)
-		o := testOptions(b.TempDir(), node.TCPAddr)
-		o.Journal.SegmentBytes = 64 << 20
-		o.Egress.ConnsPerAddr = 4
-		o.PoolSize = NewOptions("", nil).PoolSize
-		h := benchHarness(b, o)
-		b.ResetTimer()
-		if f := os.Getenv("DEFERD_BENCH_PROFILE"); f != "" {
-			pf, _ := os.Create(f)
-			pprof.StartCPUProfile(pf)
-			defer pprof.StopCPUProfile()
+	// deferd's default sends messages already due straight to nsqd
+	// (DirectPublish); "journaled" takes them through the journal and the
+	// wheel, the path of every delayed message and of due messages while
+	// nsqd is unreachable.
+	for _, direct := range []bool{true, false} {
+		name := "deferd-http-mpub"
+		if !direct {
+			name += "-journaled"
 		}
-		start, cpu0 := time.Now(), cpuTime()
-		conc := 16
-		if c, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_CONC")); c > 0 {
-			conc = c
-		}
-		hammer(b, h.srv.Addr(), "/mpub?topic=t", benchLines(100), 100, b.N, conc)
-		waitFor(b, b.N)
-		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
-		b.ReportMetric(cpuSince(cpu0)/float64(b.N)*1e6, "cpu-µs/msg")
-		pprof.StopCPUProfile()
-	})
+		b.Run(name, func(b *testing.B) { benchDeferdDueNow(b, freshNSQD, direct) })
+	}
+}
+
+// benchDeferdDueNow is the deferd side of BenchmarkServiceDueNow.
+func benchDeferdDueNow(b *testing.B, freshNSQD func(*testing.B) (*nsqdnode.Node, func(*testing.B, int)), direct bool) {
+	node, waitFor := freshNSQD(b)
+	o := testOptions(b.TempDir(), node.TCPAddr)
+	o.Journal.SegmentBytes = 64 << 20
+	o.Egress.ConnsPerAddr = 4
+	o.PoolSize = NewOptions("", nil).PoolSize
+	o.DirectPublish = direct
+	h := benchHarness(b, o)
+	b.ResetTimer()
+	if f := os.Getenv("DEFERD_BENCH_PROFILE"); f != "" {
+		pf, _ := os.Create(f)
+		pprof.StartCPUProfile(pf)
+		defer pprof.StopCPUProfile()
+	}
+	start, cpu0 := time.Now(), cpuTime()
+	conc := 16
+	if c, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_CONC")); c > 0 {
+		conc = c
+	}
+	hammer(b, h.srv.Addr(), "/mpub?topic=t", benchLines(100), 100, b.N, conc)
+	waitFor(b, b.N)
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+	b.ReportMetric(cpuSince(cpu0)/float64(b.N)*1e6, "cpu-µs/msg")
+	pprof.StopCPUProfile()
 }
 
 // cpuTime is the process's user+system CPU time in seconds.

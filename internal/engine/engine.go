@@ -10,6 +10,11 @@
 // A message leaves the journal's live set only after nsqd answered OK, so
 // deferd is at-least-once: a crash between nsqd's OK and the Done record
 // reaching the OS publishes that message again after restart.
+//
+// A message already due when it arrives (and without a client id) takes a
+// shorter path by default (Options.DirectPublish): ingest → egress MPUB of
+// the request's bodies, and the 200 goes out after nsqd's OK. Only what
+// nsqd did not take at once is journaled and scheduled.
 package engine
 
 import (
@@ -56,6 +61,14 @@ type Options struct {
 	// CompactEvery is how often the journal is checked for a segment worth
 	// compacting. 0 disables compaction.
 	CompactEvery time.Duration
+	// DirectPublish sends messages that are already due (no delay, or a
+	// due time in the past) and carry no client id straight to nsqd before
+	// Publish returns, instead of through the journal and the wheel: the
+	// 200 then means nsqd acknowledged them, as a /pub to nsqd itself
+	// would. What nsqd does not acknowledge at once (every nsqd down, an
+	// error, no answer within Egress.Timeout) is journaled and scheduled as
+	// usual. Default true.
+	DirectPublish bool
 
 	Logf func(format string, args ...any)
 
@@ -92,6 +105,7 @@ func NewOptions(dir string, addrs []string) Options {
 		RetryBackoff:    time.Second,
 		ParkBackoff:     time.Minute,
 		CompactEvery:    10 * time.Second,
+		DirectPublish:   true,
 	}
 }
 
@@ -125,6 +139,7 @@ type Engine struct {
 	pendingBytes atomic.Int64
 	accepted     atomic.Uint64
 	published    atomic.Uint64
+	direct       atomic.Uint64 // of published: by DirectPublish
 	cancelled    atomic.Uint64
 	retried      atomic.Uint64
 	failed       atomic.Uint64
@@ -339,20 +354,37 @@ func (e *Engine) untrackLocked(p journal.Pos) {
 
 // Publish implements ingest.Backend: it journals every body of req (or
 // none), then schedules them. It returns after the journal's group commit.
+// With Options.DirectPublish, bodies already due go to nsqd first and only
+// those nsqd did not acknowledge are journaled.
 func (e *Engine) Publish(req *ingest.PubRequest) error {
 	if e.exiting.Load() {
 		return ingest.ErrExiting
 	}
-	n := int64(len(req.Bodies))
-	if n == 0 {
+	bodies := req.Bodies
+	if len(bodies) == 0 {
 		return nil
 	}
+	if e.opts.DirectPublish && req.ID == "" && req.Due <= time.Now().UnixMilli() {
+		// Never early: the due time has passed. A client id takes the
+		// journal path, where ids are tracked for dedupe and cancel.
+		acked, _ := e.pub.TryPublish(req.Topic, bodies)
+		if acked > 0 {
+			e.publishedDirect(acked, req.Due)
+		}
+		// The error, if any, is egress's to log and count; the rest is
+		// journaled and retried by the wheel like any due message.
+		bodies = bodies[acked:]
+		if len(bodies) == 0 {
+			return nil
+		}
+	}
+	n := int64(len(bodies))
 	if e.pending.Load()+n > e.opts.MaxPending {
 		return ingest.ErrOverCapacity
 	}
 	// In the unit of the pending-bytes counter: journal record bytes.
 	var size int64
-	for _, b := range req.Bodies {
+	for _, b := range bodies {
 		size += int64(journal.RecordLen(&journal.Message{ID: req.ID, Topic: req.Topic, Body: b}))
 	}
 	if e.pendingBytes.Load()+size > e.opts.MaxPendingBytes {
@@ -371,9 +403,9 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 		e.mu.Unlock()
 	}
 
-	b := getPubBuf(len(req.Bodies))
+	b := getPubBuf(len(bodies))
 	defer putPubBuf(b)
-	for i, body := range req.Bodies {
+	for i, body := range bodies {
 		b.msgs[i] = journal.Message{ID: req.ID, Topic: req.Topic, Due: req.Due, Body: body}
 	}
 	if e.opts.journalOff {
@@ -419,6 +451,18 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 	e.pendingBytes.Add(bytes)
 	e.accepted.Add(uint64(n))
 	return nil
+}
+
+// publishedDirect counts n messages due at dueMs that nsqd acknowledged
+// straight from Publish, and records their lateness.
+func (e *Engine) publishedDirect(n int, dueMs int64) {
+	late := time.Since(time.UnixMilli(dueMs)).Seconds()
+	for range n {
+		e.lateness.Update(late)
+	}
+	e.accepted.Add(uint64(n))
+	e.published.Add(uint64(n))
+	e.direct.Add(uint64(n))
 }
 
 // Cancel implements ingest.Backend: it removes the pending message with
@@ -736,6 +780,7 @@ func (e *Engine) initMetrics() {
 	}
 	counter("deferd_accepted_total", &e.accepted)
 	counter("deferd_published_total", &e.published)
+	counter("deferd_published_direct_total", &e.direct)
 	counter("deferd_cancelled_total", &e.cancelled)
 	counter("deferd_retried_total", &e.retried)
 	counter("deferd_failed_total", &e.failed)

@@ -400,11 +400,19 @@ func TestCapacityLimit(t *testing.T) {
 	if code, b := h.post("/pub?topic=cap&defer=60000", []byte("x")); code != 503 || b != `{"message":"OVER_CAPACITY"}` {
 		t.Fatalf("over capacity: %d %q", code, b)
 	}
-	if code, _ := h.post("/mpub?topic=cap", []byte("a\nb")); code != 503 {
+	if code, _ := h.post("/mpub?topic=cap&defer=1", []byte("a\nb")); code != 503 {
 		t.Fatalf("mpub over capacity: %d", code)
 	}
-	if s := h.stats(); s.Pending != 10 {
-		t.Fatalf("pending %d, want 10", s.Pending)
+	// Messages already due go straight to nsqd (DirectPublish): deferd
+	// does not hold them, so a full deferd still takes them.
+	if code, b := h.post("/mpub?topic=cap", []byte("a\nb")); code != 200 {
+		t.Fatalf("due-now mpub at capacity: %d %q", code, b)
+	}
+	if s := h.stats(); s.Pending != 10 || s.PublishedDirect != 2 {
+		t.Fatalf("pending %d, direct %d, want 10 and 2", s.Pending, s.PublishedDirect)
+	}
+	if n := topicCount(node, "cap"); n != 2 {
+		t.Fatalf("nsqd has %d messages, want the 2 due now", n)
 	}
 }
 
@@ -449,6 +457,18 @@ func TestNSQDRestartLosesNothing(t *testing.T) {
 	if s := h.stats(); s.Retried == 0 {
 		t.Errorf("expected failed publishes to be retried while nsqd was down; stats %+v", s)
 	}
+	// Messages due at once cannot go straight to nsqd now: they are
+	// journaled and wait with the others.
+	const nowN = 100
+	var lines []string
+	for i := 0; i < nowN; i++ {
+		lines = append(lines, fmt.Sprintf("now%d", i))
+	}
+	pending := h.stats().Pending
+	h.mustPost("/mpub?topic=r", []byte(strings.Join(lines, "\n")))
+	if s := h.stats(); s.Pending != pending+nowN {
+		t.Fatalf("pending %d after a due-now mpub with nsqd down, want %d", s.Pending, pending+nowN)
+	}
 	node2, err := nsqdnode.Start(nsqdnode.Config{DataPath: dataDir, TCPAddress: addr, HTTPAddress: httpAddr})
 	if err != nil {
 		t.Fatal(err)
@@ -461,11 +481,11 @@ func TestNSQDRestartLosesNothing(t *testing.T) {
 		for _, r := range col.snapshot() {
 			seen[string(r.body)] = true
 		}
-		if len(seen) == n {
+		if len(seen) == n+nowN {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("got %d distinct messages of %d after nsqd restart; stats %+v", len(seen), n, h.stats())
+			t.Fatalf("got %d distinct messages of %d after nsqd restart; stats %+v", len(seen), n+nowN, h.stats())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -524,6 +544,7 @@ func TestCompactionBoundsDisk(t *testing.T) {
 	o := testOptions(dir, node.TCPAddr)
 	o.Journal.SegmentBytes = 64 << 10
 	o.CompactEvery = 20 * time.Millisecond
+	o.DirectPublish = false // the churn must pass through the journal
 	h := startHarness(t, o)
 	for i := 0; i < 10; i++ {
 		h.mustPost(fmt.Sprintf("/pub?topic=long&defer=3600000&id=keep-%d", i), bytes.Repeat([]byte("L"), 300))

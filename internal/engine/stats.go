@@ -16,7 +16,10 @@ type Stats struct {
 	WheelEntries   int              `json:"wheel_entries"`
 	Accepted       uint64           `json:"accepted"`
 	Published      uint64           `json:"published"`
-	Cancelled      uint64           `json:"cancelled"`
+	// PublishedDirect counts the published messages that were due when
+	// they arrived and went to nsqd before the reply, without the journal.
+	PublishedDirect uint64 `json:"published_direct"`
+	Cancelled       uint64 `json:"cancelled"`
 	// Retried counts publish attempts that failed and were rescheduled;
 	// Failed counts messages nsqd rejected outright (they are retried
 	// after ParkBackoff, never dropped).
@@ -67,24 +70,25 @@ func (e *Engine) Snapshot() Stats {
 	p := e.Percentiles(0.5, 0.9, 0.99, 0.999, 1)
 	ms := func(s float64) float64 { return s * 1000 }
 	return Stats{
-		UptimeSeconds:  time.Since(e.startAt).Seconds(),
-		Pending:        e.pending.Load(),
-		PendingBytes:   e.pendingBytes.Load(),
-		PendingByTopic: topics,
-		WheelEntries:   e.w.Len(),
-		Accepted:       e.accepted.Load(),
-		Published:      e.published.Load(),
-		Cancelled:      e.cancelled.Load(),
-		Retried:        e.retried.Load(),
-		Failed:         e.failed.Load(),
-		ReadErrors:     e.readErrors.Load(),
-		Moved:          e.moved.Load(),
-		Early:          e.early.Load(),
-		Lateness:       Lateness{P50: ms(p[0]), P90: ms(p[1]), P99: ms(p[2]), P999: ms(p[3]), Max: ms(p[4])},
-		Pool:           PoolStats{Size: e.pool.Cap(), Running: e.pool.Running(), Waiting: e.pool.Waiting()},
-		Egress:         e.pub.Stats(),
-		Journal:        e.j.Stats(),
-		Recovery:       e.recovery,
+		UptimeSeconds:   time.Since(e.startAt).Seconds(),
+		Pending:         e.pending.Load(),
+		PendingBytes:    e.pendingBytes.Load(),
+		PendingByTopic:  topics,
+		WheelEntries:    e.w.Len(),
+		Accepted:        e.accepted.Load(),
+		Published:       e.published.Load(),
+		PublishedDirect: e.direct.Load(),
+		Cancelled:       e.cancelled.Load(),
+		Retried:         e.retried.Load(),
+		Failed:          e.failed.Load(),
+		ReadErrors:      e.readErrors.Load(),
+		Moved:           e.moved.Load(),
+		Early:           e.early.Load(),
+		Lateness:        Lateness{P50: ms(p[0]), P90: ms(p[1]), P99: ms(p[2]), P999: ms(p[3]), Max: ms(p[4])},
+		Pool:            PoolStats{Size: e.pool.Cap(), Running: e.pool.Running(), Waiting: e.pool.Waiting()},
+		Egress:          e.pub.Stats(),
+		Journal:         e.j.Stats(),
+		Recovery:        e.recovery,
 	}
 }
 
@@ -104,5 +108,6 @@ func (e *Engine) Info() any {
 		"fsync":              o.Journal.Fsync.String(),
 		"fsync_interval":     o.Journal.FsyncInterval.String(),
 		"segment_size":       o.Journal.SegmentBytes,
+		"direct_publish":     o.DirectPublish,
 	}
 }
