@@ -1,0 +1,87 @@
+package engine
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deferd/deferd/internal/nsqdnode"
+)
+
+// Messages already due and without an id go straight to nsqd: when the 200
+// arrives nsqd has them, and the journal never saw them. Delayed messages
+// and messages with an id still go through the journal. Every body arrives
+// once, unchanged.
+func TestDirectPublish(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
+	col := consume(t, node.TCPAddr, "d")
+	var want []string
+	var lines [][]byte
+	for i := 0; i < 100; i++ {
+		b := fmt.Sprintf("m%03d %s", i, strings.Repeat("x", i))
+		lines = append(lines, []byte(b))
+		want = append(want, b)
+	}
+	h.mustPost("/mpub?topic=d", bytes.Join(lines, []byte("\n")))
+	if n := topicCount(node, "d"); n != 100 {
+		t.Fatalf("nsqd has %d messages when the 200 arrived, want 100", n)
+	}
+	h.mustPost("/pub?topic=d&defer=0", []byte("defer0"))
+	h.mustPost(fmt.Sprintf("/pub?topic=d&at=%d", time.Now().Add(-time.Minute).UnixMilli()), []byte("past"))
+	if n := topicCount(node, "d"); n != 102 {
+		t.Fatalf("nsqd has %d messages, want 102", n)
+	}
+	if a := h.e.j.Stats().Appends; a != 0 {
+		t.Fatalf("journal appended %d records for messages published directly", a)
+	}
+	s := h.stats()
+	if s.Accepted != 102 || s.Published != 102 || s.PublishedDirect != 102 || s.Pending != 0 || s.Early != 0 {
+		t.Fatalf("stats: accepted %d published %d direct %d pending %d early %d, want 102/102/102/0/0",
+			s.Accepted, s.Published, s.PublishedDirect, s.Pending, s.Early)
+	}
+
+	// An id (dedupe, cancel) or a delay takes the journal path.
+	h.mustPost("/pub?topic=d&id=k1", []byte("with-id"))
+	h.mustPost("/pub?topic=d&defer=30", []byte("defer30"))
+	if a := h.e.j.Stats().Appends; a != 2 {
+		t.Fatalf("journal appended %d records, want 2 (id, delay)", a)
+	}
+	want = append(want, "defer0", "past", "with-id", "defer30")
+	col.waitCount(t, len(want), 10*time.Second)
+	time.Sleep(100 * time.Millisecond) // duplicates would show by now
+	got := col.snapshot()
+	var bodies []string
+	for _, r := range got {
+		bodies = append(bodies, string(r.body))
+	}
+	sort.Strings(bodies)
+	sort.Strings(want)
+	if strings.Join(bodies, "|") != strings.Join(want, "|") {
+		t.Fatalf("received %d bodies %q, want %d %q", len(bodies), bodies, len(want), want)
+	}
+	if s := h.stats(); s.Published != 104 || s.PublishedDirect != 102 || s.Pending != 0 {
+		t.Fatalf("stats: published %d direct %d pending %d, want 104/102/0", s.Published, s.PublishedDirect, s.Pending)
+	}
+}
+
+// With DirectPublish off, messages due at once are journaled first, like
+// every other message.
+func TestDirectPublishOff(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	o := testOptions(t.TempDir(), node.TCPAddr)
+	o.DirectPublish = false
+	h := startHarness(t, o)
+	col := consume(t, node.TCPAddr, "o")
+	h.mustPost("/mpub?topic=o", []byte("a\nb\nc"))
+	if a := h.e.j.Stats().Appends; a != 3 {
+		t.Fatalf("journal appended %d records, want 3", a)
+	}
+	col.waitCount(t, 3, 10*time.Second)
+	if s := h.stats(); s.PublishedDirect != 0 || s.Published != 3 {
+		t.Fatalf("stats: direct %d published %d, want 0 and 3", s.PublishedDirect, s.Published)
+	}
+}
