@@ -50,7 +50,8 @@ type PubRequest struct {
 // goroutines at once.
 type Backend interface {
 	// Publish durably accepts every body of req or none of them. It returns nil (→ 200 OK), an *Error (→ its status and
-	// {"message":Text}), or another error (→ 500 INTERNAL_ERROR).
+	// {"message":Text}), or another error (→ 500 INTERNAL_ERROR). A backend that hands bodies already due straight to
+	// nsqd may have published some of them before an error: "none" then means none of the others (at-least-once).
 	Publish(req *PubRequest) error
 	Cancel(id string) error // nil → 200 OK; ErrNotFound → 404
 	Info() any              // JSON-encoded for /info
