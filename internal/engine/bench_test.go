@@ -190,6 +190,51 @@ func BenchmarkServiceDueNow(b *testing.B) {
 	}
 }
 
+// BenchmarkServiceDueNowPub is the drop-in case: single-message /pub
+// requests without a delay, sent to nsqd's own HTTP /pub and to deferd's,
+// side by side, each with a fresh nsqd; the clock stops when nsqd has
+// counted every message. deferd publishes each request's message straight
+// to nsqd (DirectPublish) or, for -journaled, through the journal and the
+// wheel.
+func BenchmarkServiceDueNowPub(b *testing.B) {
+	body := bytes.Repeat([]byte("x"), benchBody)
+	conc := 64
+	if c, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_CONC")); c > 0 {
+		conc = c
+	}
+	run := func(b *testing.B, node *nsqdnode.Node, addr string) {
+		b.ResetTimer()
+		start, cpu0 := time.Now(), cpuTime()
+		hammer(b, addr, "/pub?topic=t", body, 1, b.N, conc)
+		waitTopic(b, node, "t", b.N)
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+		b.ReportMetric(cpuSince(cpu0)/float64(b.N)*1e6, "cpu-µs/msg")
+	}
+	newNode := func(b *testing.B) *nsqdnode.Node {
+		return nsqdnode.StartTest(b, nsqdnode.Config{MemQueueSize: int64(max(b.N, 100_000))})
+	}
+	b.Run("nsqd-http-pub", func(b *testing.B) {
+		node := newNode(b)
+		run(b, node, node.HTTPAddr)
+	})
+	for _, direct := range []bool{true, false} {
+		name := "deferd-http-pub"
+		if !direct {
+			name += "-journaled"
+		}
+		b.Run(name, func(b *testing.B) {
+			node := newNode(b)
+			o := testOptions(b.TempDir(), node.TCPAddr)
+			o.Journal.SegmentBytes = 64 << 20
+			o.Egress.ConnsPerAddr = 4
+			o.PoolSize = NewOptions("", nil).PoolSize
+			o.DirectPublish = direct
+			h := benchHarness(b, o)
+			run(b, node, h.srv.Addr())
+		})
+	}
+}
+
 // benchDeferdDueNow is the deferd side of BenchmarkServiceDueNow.
 func benchDeferdDueNow(b *testing.B, freshNSQD func(*testing.B) (*nsqdnode.Node, func(*testing.B, int)), direct bool) {
 	node, waitFor := freshNSQD(b)

@@ -18,6 +18,7 @@
 package engine
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log"
@@ -65,8 +66,9 @@ type Options struct {
 	// due time in the past) and carry no client id straight to nsqd before
 	// Publish returns, instead of through the journal and the wheel: the
 	// 200 then means nsqd acknowledged them, as a /pub to nsqd itself
-	// would. What nsqd does not acknowledge at once (every nsqd down, an
-	// error, no answer within Egress.Timeout) is journaled and scheduled as
+	// would. Concurrent requests for a topic share MPUBs (see directQ).
+	// What nsqd does not acknowledge at once (every nsqd down, an error,
+	// no answer within Egress.Timeout) is journaled and scheduled as
 	// usual. Default true.
 	DirectPublish bool
 
@@ -122,6 +124,7 @@ type Engine struct {
 	w    *wheel.Wheel[ref]
 	pool *pool.Pool
 	pub  *egress.Publisher
+	dq   directQ // DirectPublish's batching
 
 	// mu guards ids, segs and topics. It is never held across I/O.
 	mu sync.Mutex
@@ -232,6 +235,14 @@ func New(opts Options) (*Engine, error) {
 	if err != nil {
 		j.Close()
 		return nil, err
+	}
+	e.dq = directQ{
+		send: func(topic string, bodies [][]byte) int {
+			acked, _ := e.pub.TryPublish(topic, bodies)
+			return acked
+		},
+		max:     len(opts.Egress.Addrs) * cmp.Or(opts.Egress.ConnsPerAddr, egress.DefaultConnsPerAddr),
+		maxMsgs: cmp.Or(opts.Egress.MaxBatchMsgs, egress.DefaultMaxBatchMsgs),
 	}
 	e.pool, err = pool.New(opts.PoolSize, func(v any) { e.logf("BUG: publish task panicked: %v", v) })
 	if err != nil {
@@ -367,7 +378,7 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 	if e.opts.DirectPublish && req.ID == "" && req.Due <= time.Now().UnixMilli() {
 		// Never early: the due time has passed. A client id takes the
 		// journal path, where ids are tracked for dedupe and cancel.
-		acked, _ := e.pub.TryPublish(req.Topic, bodies)
+		acked := e.dq.publish(req.Topic, bodies)
 		if acked > 0 {
 			e.publishedDirect(acked, req.Due)
 		}
