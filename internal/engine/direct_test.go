@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -83,5 +84,64 @@ func TestDirectPublishOff(t *testing.T) {
 	col.waitCount(t, 3, 10*time.Second)
 	if s := h.stats(); s.PublishedDirect != 0 || s.Published != 3 {
 		t.Fatalf("stats: direct %d published %d, want 0 and 3", s.PublishedDirect, s.Published)
+	}
+}
+
+// Many concurrent /pub and /mpub requests due now share MPUBs: when each
+// 200 arrives nsqd has that request's messages, and every body arrives
+// exactly once.
+func TestDirectPublishConcurrent(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
+	col := consume(t, node.TCPAddr, "cc")
+	const workers, perWorker = 32, 20
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var want []string
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWorker {
+				var bodies []string
+				if i%2 == 0 {
+					bodies = []string{fmt.Sprintf("w%d-%d", w, i)}
+					h.mustPost("/pub?topic=cc", []byte(bodies[0]))
+				} else {
+					bodies = []string{fmt.Sprintf("w%d-%d-a", w, i), fmt.Sprintf("w%d-%d-b", w, i)}
+					h.mustPost("/mpub?topic=cc", []byte(strings.Join(bodies, "\n")))
+				}
+				mu.Lock()
+				want = append(want, bodies...)
+				n := len(want)
+				mu.Unlock()
+				// Everything acknowledged so far (this request's messages
+				// included) is in nsqd already.
+				if got := topicCount(node, "cc"); got < uint64(n) {
+					t.Errorf("nsqd has %d messages after %d were acknowledged", got, n)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if a := h.e.j.Stats().Appends; a != 0 {
+		t.Fatalf("journal appended %d records", a)
+	}
+	col.waitCount(t, len(want), 10*time.Second)
+	time.Sleep(100 * time.Millisecond) // duplicates would show by now
+	seen := map[string]int{}
+	for _, r := range col.snapshot() {
+		seen[string(r.body)]++
+	}
+	for _, b := range want {
+		if seen[b] != 1 {
+			t.Fatalf("body %q arrived %d times", b, seen[b])
+		}
+	}
+	if len(seen) != len(want) {
+		t.Fatalf("received %d distinct bodies, sent %d", len(seen), len(want))
+	}
+	if s := h.stats(); s.PublishedDirect != uint64(len(want)) || s.Pending != 0 {
+		t.Fatalf("stats: direct %d pending %d, want %d and 0", s.PublishedDirect, s.Pending, len(want))
 	}
 }
