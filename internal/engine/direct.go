@@ -4,21 +4,22 @@ import "sync"
 
 // directQ coalesces concurrent direct publishes (Options.DirectPublish)
 // into shared MPUBs, as the journal's group commit coalesces appends: while
-// max batches are on their way to nsqd, later requests for the same topic
-// join one open batch, and one of its requests sends it when a sender slot
-// frees. Single-message /pub requests then share MPUBs instead of costing a
-// round trip each.
+// max batches are on their way to nsqd, later requests for a topic join an
+// open batch, which goes out as one MPUB when a sender is free. Single-
+// message /pub requests then share MPUBs instead of costing a round trip
+// each.
 //
-// The senders are the requests' own goroutines, so there is no goroutine to
-// stop: a sender sends open batches oldest first until none is open or its
-// own batch is done, then hands its slot to a request waiting on the oldest
-// open batch (or gives it back). A batch holds at most maxMsgs
-// messages unless one request brings more. A request's bodies alias its HTTP
-// request; they stay valid because it waits until its batch was sent.
+// Senders are tasks on deferd's ants pool, like the wheel's publish tasks: a
+// request that opens a sender slot submits one, and it sends open batches,
+// oldest first, until none is open. There is no goroutine of its own to
+// stop. A batch holds at most maxMsgs messages unless one request brings
+// more. A request's bodies alias its HTTP request; they stay valid because
+// the request waits until its batch was sent.
 type directQ struct {
-	send    func(topic string, bodies [][]byte) (acked int)
-	max     int // batches in flight at most (egress connections)
-	maxMsgs int // a request joins an open batch only while it stays within this (one MPUB)
+	send    func(topic string, bodies [][]byte) (acked int) // must not panic
+	submit  func(task func()) error                         // runs task on the pool; an error means it will not run
+	max     int                                             // senders (batches in flight) at most: egress connections
+	maxMsgs int                                             // a request joins an open batch only while it stays within this (one MPUB)
 
 	mu      sync.Mutex
 	open    []*dbatch // not yet taken by a sender, oldest first
@@ -32,7 +33,6 @@ type dbatch struct {
 	bodies [][]byte
 	acked  int           // leading bodies nsqd acknowledged; set before done closes
 	done   chan struct{} // closed when sent
-	lead   chan struct{} // cap 1: a waiter of this batch takes the sender slot
 }
 
 // publish sends bodies to topic together with what concurrent callers send
@@ -48,56 +48,35 @@ func (q *directQ) publish(topic string, bodies [][]byte) int {
 		}
 	}
 	if b == nil {
-		b = &dbatch{topic: topic, done: make(chan struct{}), lead: make(chan struct{}, 1)}
+		b = &dbatch{topic: topic, done: make(chan struct{})}
 		q.open = append(q.open, b)
 	}
 	start := len(b.bodies)
 	b.bodies = append(b.bodies, bodies...)
-	sender := q.senders < q.max
-	if sender {
+	spawn := q.senders < q.max
+	if spawn {
 		q.senders++
 	}
 	q.mu.Unlock()
-	if !sender {
-		select {
-		case <-b.lead:
-			sender = true
-		case <-b.done:
+	if spawn {
+		if err := q.submit(q.sendOpen); err != nil {
+			q.sendOpen() // the pool is closed (deferd is stopping): send from here
 		}
 	}
-	for {
-		if sender {
-			q.sendWhileOpen(b)
-		}
-		<-b.done // another sender may have b in flight
-		// Slots are offered only to open batches, under mu, before a
-		// sender takes them: with b done, any offer to b is visible now,
-		// and the slot is ours to pass on.
-		select {
-		case <-b.lead:
-			sender = true
-		default:
-			return min(max(b.acked-start, 0), len(bodies))
-		}
-	}
+	<-b.done
+	return min(max(b.acked-start, 0), len(bodies))
 }
 
-// sendWhileOpen sends open batches, oldest first, until none is open or
-// own has been sent, and passes the caller's sender slot on.
-func (q *directQ) sendWhileOpen(own *dbatch) {
+// sendOpen sends open batches, oldest first, until none is open, and gives
+// its sender slot back. Checking for an open batch and giving the slot back
+// happen under one lock, so a batch opened meanwhile always has a sender.
+func (q *directQ) sendOpen() {
 	for {
 		q.mu.Lock()
 		if len(q.open) == 0 {
 			q.senders--
 			q.mu.Unlock()
 			return
-		}
-		select {
-		case <-own.done:
-			q.handOffLocked()
-			q.mu.Unlock()
-			return
-		default:
 		}
 		b := q.open[0]
 		q.open[0] = nil
@@ -106,19 +85,4 @@ func (q *directQ) sendWhileOpen(own *dbatch) {
 		b.acked = q.send(b.topic, b.bodies)
 		close(b.done)
 	}
-}
-
-// handOffLocked passes the caller's sender slot to a waiter of the oldest
-// open batch that has not been offered one yet, or gives the slot back if
-// there is none: then every open batch already has a sender coming. q.mu
-// held.
-func (q *directQ) handOffLocked() {
-	for _, b := range q.open {
-		select {
-		case b.lead <- struct{}{}:
-			return
-		default: // offered already
-		}
-	}
-	q.senders--
 }

@@ -236,19 +236,26 @@ func New(opts Options) (*Engine, error) {
 		j.Close()
 		return nil, err
 	}
-	e.dq = directQ{
-		send: func(topic string, bodies [][]byte) int {
-			acked, _ := e.pub.TryPublish(topic, bodies)
-			return acked
-		},
-		max:     len(opts.Egress.Addrs) * cmp.Or(opts.Egress.ConnsPerAddr, egress.DefaultConnsPerAddr),
-		maxMsgs: cmp.Or(opts.Egress.MaxBatchMsgs, egress.DefaultMaxBatchMsgs),
-	}
 	e.pool, err = pool.New(opts.PoolSize, func(v any) { e.logf("BUG: publish task panicked: %v", v) })
 	if err != nil {
 		e.pub.Stop()
 		j.Close()
 		return nil, err
+	}
+	e.dq = directQ{
+		send: func(topic string, bodies [][]byte) (acked int) {
+			defer func() {
+				if v := recover(); v != nil {
+					e.logf("BUG: direct publish panicked: %v (its messages are journaled instead)", v)
+					acked = 0
+				}
+			}()
+			acked, _ = e.pub.TryPublish(topic, bodies)
+			return acked
+		},
+		submit:  e.pool.Submit,
+		max:     len(opts.Egress.Addrs) * cmp.Or(opts.Egress.ConnsPerAddr, egress.DefaultConnsPerAddr),
+		maxMsgs: cmp.Or(opts.Egress.MaxBatchMsgs, egress.DefaultMaxBatchMsgs),
 	}
 	e.initMetrics()
 
