@@ -3,9 +3,12 @@ package engine
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"net/http"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -144,4 +147,112 @@ func TestDirectPublishConcurrent(t *testing.T) {
 	if s := h.stats(); s.PublishedDirect != uint64(len(want)) || s.Pending != 0 {
 		t.Fatalf("stats: direct %d pending %d, want %d and 0", s.PublishedDirect, s.Pending, len(want))
 	}
+}
+
+// nsqd stops and comes back while producers keep sending messages due now:
+// what was sent straight to nsqd before it stopped, what was journaled while
+// it was down and what went straight again after: every acknowledged body
+// arrives.
+func TestDirectPublishNSQDOutage(t *testing.T) {
+	dataDir := t.TempDir()
+	node, err := nsqdnode.Start(nsqdnode.Config{DataPath: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, httpAddr := node.TCPAddr, node.HTTPAddr
+	h := startHarness(t, testOptions(t.TempDir(), addr))
+
+	var (
+		mu    sync.Mutex
+		acked []string
+		seq   atomic.Int64
+		stop  = make(chan struct{})
+		wg    sync.WaitGroup
+	)
+	client := &http.Client{Timeout: 10 * time.Second}
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var bodies []string
+				path := "/pub?topic=out"
+				if i%2 == 0 {
+					path = "/mpub?topic=out"
+					for range 10 {
+						bodies = append(bodies, fmt.Sprintf("w%d-%d", w, seq.Add(1)))
+					}
+				} else {
+					bodies = []string{fmt.Sprintf("w%d-%d", w, seq.Add(1))}
+				}
+				resp, err := client.Post(h.base+path, "text/plain", strings.NewReader(strings.Join(bodies, "\n")))
+				if err != nil {
+					t.Errorf("POST: %v", err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					mu.Lock()
+					acked = append(acked, bodies...)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	// waitFor polls cond for up to 20s.
+	waitFor := func(what string, cond func(Stats) bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !cond(h.stats()); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				close(stop)
+				wg.Wait()
+				t.Fatalf("%s: not within 20s; stats %+v", what, h.stats())
+			}
+		}
+	}
+	waitFor("messages published directly", func(s Stats) bool { return s.PublishedDirect > 0 })
+	node.Exit()
+	waitFor("due-now messages journaled while nsqd is down", func(s Stats) bool { return s.Pending > 0 })
+	node2, err := nsqdnode.Start(nsqdnode.Config{DataPath: dataDir, TCPAddress: addr, HTTPAddress: httpAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node2.Exit)
+	direct1 := h.stats().PublishedDirect
+	waitFor("direct publishing resumed", func(s Stats) bool { return s.PublishedDirect > direct1+100 })
+	close(stop)
+	wg.Wait()
+
+	col := consume(t, addr, "out")
+	mu.Lock()
+	want := append([]string(nil), acked...)
+	mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		seen := map[string]bool{}
+		for _, r := range col.snapshot() {
+			seen[string(r.body)] = true
+		}
+		missing := 0
+		for _, b := range want {
+			if !seen[b] {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d acknowledged messages never arrived; stats %+v", missing, len(want), h.stats())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("%d acknowledged, all delivered; %d published directly, %d went through the journal while nsqd was down",
+		len(want), h.stats().PublishedDirect, h.e.j.Stats().Appends)
 }
