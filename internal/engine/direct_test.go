@@ -109,10 +109,14 @@ func TestDirectPublishConcurrent(t *testing.T) {
 				var bodies []string
 				if i%2 == 0 {
 					bodies = []string{fmt.Sprintf("w%d-%d", w, i)}
-					h.mustPost("/pub?topic=cc", []byte(bodies[0]))
+					if !postOK(t, h.base+"/pub?topic=cc", bodies[0]) {
+						return
+					}
 				} else {
 					bodies = []string{fmt.Sprintf("w%d-%d-a", w, i), fmt.Sprintf("w%d-%d-b", w, i)}
-					h.mustPost("/mpub?topic=cc", []byte(strings.Join(bodies, "\n")))
+					if !postOK(t, h.base+"/mpub?topic=cc", strings.Join(bodies, "\n")) {
+						return
+					}
 				}
 				mu.Lock()
 				want = append(want, bodies...)
@@ -255,4 +259,21 @@ func TestDirectPublishNSQDOutage(t *testing.T) {
 	}
 	t.Logf("%d acknowledged, all delivered; %d published directly, %d went through the journal while nsqd was down",
 		len(want), h.stats().PublishedDirect, h.e.j.Stats().Appends)
+}
+
+// postOK posts body to url and reports whether it got 200 OK; it reports
+// any other outcome with t.Errorf, so it is safe from any goroutine.
+func postOK(t *testing.T, url, body string) bool {
+	resp, err := http.Post(url, "text/plain", strings.NewReader(body))
+	if err != nil {
+		t.Errorf("POST %s: %v", url, err)
+		return false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != "OK" {
+		t.Errorf("POST %s: %d %q", url, resp.StatusCode, b)
+		return false
+	}
+	return true
 }
