@@ -67,8 +67,9 @@ func TestDirectPublish(t *testing.T) {
 	if strings.Join(bodies, "|") != strings.Join(want, "|") {
 		t.Fatalf("received %d bodies %q, want %d %q", len(bodies), bodies, len(want), want)
 	}
-	if s := h.stats(); s.Published != 104 || s.PublishedDirect != 102 || s.Pending != 0 {
-		t.Fatalf("stats: published %d direct %d pending %d, want 104/102/0", s.Published, s.PublishedDirect, s.Pending)
+	if s := h.stats(); s.Published != 104 || s.PublishedDirect != 102 || s.Pending != 0 || s.DirectJournaled != 0 {
+		t.Fatalf("stats: published %d direct %d pending %d direct_journaled %d, want 104/102/0/0",
+			s.Published, s.PublishedDirect, s.Pending, s.DirectJournaled)
 	}
 }
 

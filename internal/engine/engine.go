@@ -143,6 +143,7 @@ type Engine struct {
 	accepted     atomic.Uint64
 	published    atomic.Uint64
 	direct       atomic.Uint64 // of published: by DirectPublish
+	directMissed atomic.Uint64 // due on arrival, but journaled: nsqd did not take them at once
 	cancelled    atomic.Uint64
 	retried      atomic.Uint64
 	failed       atomic.Uint64
@@ -395,6 +396,7 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 		if len(bodies) == 0 {
 			return nil
 		}
+		e.directMissed.Add(uint64(len(bodies)))
 	}
 	n := int64(len(bodies))
 	if e.pending.Load()+n > e.opts.MaxPending {
@@ -799,6 +801,7 @@ func (e *Engine) initMetrics() {
 	counter("deferd_accepted_total", &e.accepted)
 	counter("deferd_published_total", &e.published)
 	counter("deferd_published_direct_total", &e.direct)
+	counter("deferd_direct_journaled_total", &e.directMissed)
 	counter("deferd_cancelled_total", &e.cancelled)
 	counter("deferd_retried_total", &e.retried)
 	counter("deferd_failed_total", &e.failed)

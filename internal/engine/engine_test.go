@@ -466,8 +466,9 @@ func TestNSQDRestartLosesNothing(t *testing.T) {
 	}
 	pending := h.stats().Pending
 	h.mustPost("/mpub?topic=r", []byte(strings.Join(lines, "\n")))
-	if s := h.stats(); s.Pending != pending+nowN {
-		t.Fatalf("pending %d after a due-now mpub with nsqd down, want %d", s.Pending, pending+nowN)
+	if s := h.stats(); s.Pending != pending+nowN || s.DirectJournaled != nowN {
+		t.Fatalf("pending %d, direct_journaled %d after a due-now mpub with nsqd down, want %d and %d",
+			s.Pending, s.DirectJournaled, pending+nowN, nowN)
 	}
 	node2, err := nsqdnode.Start(nsqdnode.Config{DataPath: dataDir, TCPAddress: addr, HTTPAddress: httpAddr})
 	if err != nil {

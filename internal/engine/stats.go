@@ -19,6 +19,10 @@ type Stats struct {
 	// PublishedDirect counts the published messages that were due when
 	// they arrived and went to nsqd before the reply, without the journal.
 	PublishedDirect uint64 `json:"published_direct"`
+	// DirectJournaled counts messages due on arrival that nsqd did not
+	// take at once (down, error, no answer): they were journaled instead
+	// and go out through the wheel.
+	DirectJournaled uint64 `json:"direct_journaled"`
 	Cancelled       uint64 `json:"cancelled"`
 	// Retried counts publish attempts that failed and were rescheduled;
 	// Failed counts messages nsqd rejected outright (they are retried
@@ -78,6 +82,7 @@ func (e *Engine) Snapshot() Stats {
 		Accepted:        e.accepted.Load(),
 		Published:       e.published.Load(),
 		PublishedDirect: e.direct.Load(),
+		DirectJournaled: e.directMissed.Load(),
 		Cancelled:       e.cancelled.Load(),
 		Retried:         e.retried.Load(),
 		Failed:          e.failed.Load(),
