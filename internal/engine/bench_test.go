@@ -182,11 +182,7 @@ func BenchmarkServiceDueNow(b *testing.B) {
 	// wheel, the path of every delayed message and of due messages while
 	// nsqd is unreachable.
 	for _, direct := range []bool{true, false} {
-		name := "deferd-http-mpub"
-		if !direct {
-			name += "-journaled"
-		}
-		b.Run(name, func(b *testing.B) { benchDeferdDueNow(b, freshNSQD, direct) })
+		b.Run(dueNowName("deferd-http-mpub", direct), func(b *testing.B) { benchDeferdDueNow(b, freshNSQD, direct) })
 	}
 }
 
@@ -218,32 +214,37 @@ func BenchmarkServiceDueNowPub(b *testing.B) {
 		run(b, node, node.HTTPAddr)
 	})
 	for _, direct := range []bool{true, false} {
-		name := "deferd-http-pub"
-		if !direct {
-			name += "-journaled"
-		}
-		b.Run(name, func(b *testing.B) {
+		b.Run(dueNowName("deferd-http-pub", direct), func(b *testing.B) {
 			node := newNode(b)
-			o := testOptions(b.TempDir(), node.TCPAddr)
-			o.Journal.SegmentBytes = 64 << 20
-			o.Egress.ConnsPerAddr = 4
-			o.PoolSize = NewOptions("", nil).PoolSize
-			o.DirectPublish = direct
-			h := benchHarness(b, o)
+			h := dueNowHarness(b, node, direct)
 			run(b, node, h.srv.Addr())
 		})
 	}
 }
 
-// benchDeferdDueNow is the deferd side of BenchmarkServiceDueNow.
-func benchDeferdDueNow(b *testing.B, freshNSQD func(*testing.B) (*nsqdnode.Node, func(*testing.B, int)), direct bool) {
-	node, waitFor := freshNSQD(b)
+// dueNowName names a deferd side of the due-now benchmarks.
+func dueNowName(base string, direct bool) string {
+	if direct {
+		return base
+	}
+	return base + "-journaled"
+}
+
+// dueNowHarness starts deferd as the due-now benchmarks run it: the
+// deployed pool and connections per nsqd, DirectPublish as given.
+func dueNowHarness(b *testing.B, node *nsqdnode.Node, direct bool) *harness {
 	o := testOptions(b.TempDir(), node.TCPAddr)
 	o.Journal.SegmentBytes = 64 << 20
 	o.Egress.ConnsPerAddr = 4
 	o.PoolSize = NewOptions("", nil).PoolSize
 	o.DirectPublish = direct
-	h := benchHarness(b, o)
+	return benchHarness(b, o)
+}
+
+// benchDeferdDueNow is the deferd side of BenchmarkServiceDueNow.
+func benchDeferdDueNow(b *testing.B, freshNSQD func(*testing.B) (*nsqdnode.Node, func(*testing.B, int)), direct bool) {
+	node, waitFor := freshNSQD(b)
+	h := dueNowHarness(b, node, direct)
 	b.ResetTimer()
 	if f := os.Getenv("DEFERD_BENCH_PROFILE"); f != "" {
 		pf, _ := os.Create(f)

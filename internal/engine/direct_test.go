@@ -159,12 +159,8 @@ func TestDirectPublishConcurrent(t *testing.T) {
 // it was down and what went straight again after: every acknowledged body
 // arrives.
 func TestDirectPublishNSQDOutage(t *testing.T) {
-	dataDir := t.TempDir()
-	node, err := nsqdnode.Start(nsqdnode.Config{DataPath: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, httpAddr := node.TCPAddr, node.HTTPAddr
+	node, restart := restartableNSQD(t)
+	addr := node.TCPAddr
 	h := startHarness(t, testOptions(t.TempDir(), addr))
 
 	var (
@@ -224,11 +220,7 @@ func TestDirectPublishNSQDOutage(t *testing.T) {
 	waitFor("messages published directly", func(s Stats) bool { return s.PublishedDirect > 0 })
 	node.Exit()
 	waitFor("due-now messages journaled while nsqd is down", func(s Stats) bool { return s.Pending > 0 })
-	node2, err := nsqdnode.Start(nsqdnode.Config{DataPath: dataDir, TCPAddress: addr, HTTPAddress: httpAddr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(node2.Exit)
+	restart()
 	direct1 := h.stats().PublishedDirect
 	waitFor("direct publishing resumed", func(s Stats) bool { return s.PublishedDirect > direct1+100 })
 	close(stop)

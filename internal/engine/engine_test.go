@@ -436,15 +436,33 @@ func TestCapacityLimitBytes(t *testing.T) {
 	}
 }
 
-// nsqd stopped and restarted mid-run loses nothing: messages due while it
-// is down wait and go out when it is back.
-func TestNSQDRestartLosesNothing(t *testing.T) {
+// restartableNSQD starts an nsqd with a data path of its own, for tests that
+// stop it (node.Exit) mid-run; restart starts it again on the same addresses
+// and data, stopped at cleanup.
+func restartableNSQD(t *testing.T) (node *nsqdnode.Node, restart func() *nsqdnode.Node) {
+	t.Helper()
 	dataDir := t.TempDir()
 	node, err := nsqdnode.Start(nsqdnode.Config{DataPath: dataDir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr, httpAddr := node.TCPAddr, node.HTTPAddr
+	return node, func() *nsqdnode.Node {
+		t.Helper()
+		n, err := nsqdnode.Start(nsqdnode.Config{DataPath: dataDir, TCPAddress: addr, HTTPAddress: httpAddr})
+		if err != nil {
+			t.Fatalf("restart nsqd on %s: %v", addr, err)
+		}
+		t.Cleanup(n.Exit)
+		return n
+	}
+}
+
+// nsqd stopped and restarted mid-run loses nothing: messages due while it
+// is down wait and go out when it is back.
+func TestNSQDRestartLosesNothing(t *testing.T) {
+	node, restart := restartableNSQD(t)
+	addr := node.TCPAddr
 	h := startHarness(t, testOptions(t.TempDir(), addr))
 
 	const n = 600
@@ -470,11 +488,7 @@ func TestNSQDRestartLosesNothing(t *testing.T) {
 		t.Fatalf("pending %d, direct_journaled %d after a due-now mpub with nsqd down, want %d and %d",
 			s.Pending, s.DirectJournaled, pending+nowN, nowN)
 	}
-	node2, err := nsqdnode.Start(nsqdnode.Config{DataPath: dataDir, TCPAddress: addr, HTTPAddress: httpAddr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(node2.Exit)
+	restart()
 	col := consume(t, addr, "r")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
