@@ -45,9 +45,10 @@ func TestUnwritableDataPathFailsAtStart(t *testing.T) {
 	}
 }
 
-// When the disk fills at run time deferd refuses new messages with 503
-// JOURNAL_UNAVAILABLE, keeps publishing what it holds, and takes messages
-// again once publishing has freed space.
+// When the disk fills at run time deferd refuses new delayed messages with
+// 503 JOURNAL_UNAVAILABLE (messages due at once still go straight to nsqd),
+// keeps publishing what it holds, and takes delayed messages again once
+// publishing has freed space.
 func TestDiskFullRefusesNewKeepsPending(t *testing.T) {
 	dir := mountTiny(t, "3m")
 	node := nsqdnode.StartTest(t, nsqdnode.Config{})
@@ -79,16 +80,24 @@ func TestDiskFullRefusesNewKeepsPending(t *testing.T) {
 		t.Fatal("nothing accepted before the disk filled")
 	}
 	t.Logf("disk full after %d accepted messages", accepted)
+	// A message due at once needs no journal: it goes straight to nsqd.
+	if code, resp := h.post("/pub?topic=full", []byte("due now")); code != 200 {
+		t.Fatalf("due-now /pub with the disk full: %d %q, want 200 (direct to nsqd)", code, resp)
+	}
+	if s := h.stats(); s.PublishedDirect != 1 {
+		t.Fatalf("published_direct %d, want 1", s.PublishedDirect)
+	}
+	accepted++
 	// Everything accepted is still delivered.
 	col.waitCount(t, accepted, 30*time.Second)
 	time.Sleep(300 * time.Millisecond)
 	if got := len(col.snapshot()); got != accepted {
 		t.Fatalf("received %d, accepted %d", got, accepted)
 	}
-	// Published segments are deleted, so new messages are taken again.
+	// Published segments are deleted, so delayed messages are taken again.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		code, resp = h.post("/pub?topic=full", []byte("again"))
+		code, resp = h.post("/pub?topic=full&defer=1", []byte("again"))
 		if code == 200 {
 			break
 		}

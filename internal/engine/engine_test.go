@@ -219,6 +219,9 @@ func TestEndToEndMixedDelays(t *testing.T) {
 	seq := 0
 	for round := 0; round < 30; round++ {
 		delay := time.Duration(rng.Intn(1500)) * time.Millisecond
+		if round%5 == 4 {
+			delay = 0 // due at once: straight to nsqd
+		}
 		ms := delay.Milliseconds()
 		sent := time.Now()
 		notBefore := sent.Add(delay)
@@ -607,21 +610,36 @@ func TestCompactionBoundsDisk(t *testing.T) {
 // A message nsqd refuses outright (bigger than that nsqd's
 // --max-msg-size) is parked and counted as failed, never dropped, and does
 // not hold back the messages around it.
+//
+// Delayed, the five messages go through the wheel together. Due at once, they
+// go straight to nsqd, which takes the first two; the other three are
+// journaled and the wheel parks the big one.
 func TestRejectedMessageParkedOthersDelivered(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{MaxMsgSize: 1000})
-	o := testOptions(t.TempDir(), node.TCPAddr)
-	o.ParkBackoff = time.Hour
-	h := startHarness(t, o)
-	col := consume(t, node.TCPAddr, "rej")
-	lines := [][]byte{[]byte("one"), []byte("two"), bytes.Repeat([]byte("B"), 2000), []byte("four"), []byte("five")}
-	h.mustPost("/mpub?topic=rej", bytes.Join(lines, []byte("\n")))
-	col.waitCount(t, 4, 10*time.Second)
-	time.Sleep(200 * time.Millisecond)
-	bodies := col.bodies()
-	if strings.Join(bodies, ",") != "one,two,four,five" {
-		t.Fatalf("received %q", bodies)
-	}
-	if s := h.stats(); s.Failed != 1 || s.Pending != 1 || s.Published != 4 {
-		t.Fatalf("stats: failed %d pending %d published %d, want 1/1/4", s.Failed, s.Pending, s.Published)
+	for _, c := range []struct {
+		query          string
+		direct, missed uint64
+	}{{"&defer=1", 0, 0}, {"", 2, 3}} {
+		t.Run("query="+c.query, func(t *testing.T) {
+			node := nsqdnode.StartTest(t, nsqdnode.Config{MaxMsgSize: 1000})
+			o := testOptions(t.TempDir(), node.TCPAddr)
+			o.ParkBackoff = time.Hour
+			h := startHarness(t, o)
+			col := consume(t, node.TCPAddr, "rej")
+			lines := [][]byte{[]byte("one"), []byte("two"), bytes.Repeat([]byte("B"), 2000), []byte("four"), []byte("five")}
+			h.mustPost("/mpub?topic=rej"+c.query, bytes.Join(lines, []byte("\n")))
+			col.waitCount(t, 4, 10*time.Second)
+			time.Sleep(200 * time.Millisecond)
+			bodies := col.bodies()
+			if strings.Join(bodies, ",") != "one,two,four,five" {
+				t.Fatalf("received %q", bodies)
+			}
+			s := h.stats()
+			if s.Failed != 1 || s.Pending != 1 || s.Published != 4 {
+				t.Fatalf("stats: failed %d pending %d published %d, want 1/1/4", s.Failed, s.Pending, s.Published)
+			}
+			if s.PublishedDirect != c.direct || s.DirectJournaled != c.missed {
+				t.Fatalf("stats: published_direct %d direct_journaled %d, want %d and %d", s.PublishedDirect, s.DirectJournaled, c.direct, c.missed)
+			}
+		})
 	}
 }
