@@ -302,7 +302,7 @@ func (p *Publisher) nextBatch(bodies [][]byte, limit int) (int, error) {
 // own fault end it at once.
 func (p *Publisher) sendBatch(topic string, batch [][]byte, once bool) (addr string, tries int, err error) {
 	if once {
-		c := p.pickUp()
+		c, _ := p.leastBusyUp(nil)
 		if c == nil {
 			return "", 0, ErrNoNSQD
 		}
@@ -475,7 +475,27 @@ func (p *Publisher) pick(avoid *node) (c *conn, healthy bool) {
 			}
 		}
 	}
-	var best, bestAvoid *conn
+	best, bestAvoid := p.leastBusyUp(avoid)
+	switch {
+	case best != nil:
+		return best, true
+	case bestAvoid != nil:
+		return bestAvoid, true
+	}
+	probe := p.nodes[0]
+	for _, n := range p.nodes[1:] {
+		if n.downUntil.Load() < probe.downUntil.Load() {
+			probe = n
+		}
+	}
+	return probe.leastBusy(), false
+}
+
+// leastBusyUp returns the least-busy connection of an nsqd that is up,
+// other than avoid's, and the least-busy of avoid's own (if avoid is up),
+// scanning from a random start so ties spread. Either is nil when there is
+// none: with avoid nil, best is nil only if every nsqd is down.
+func (p *Publisher) leastBusyUp(avoid *node) (best, bestAvoid *conn) {
 	var bestLoad, bestAvoidLoad int32
 	start := rand.IntN(len(p.conns))
 	for i := range p.conns {
@@ -494,37 +514,7 @@ func (p *Publisher) pick(avoid *node) (c *conn, healthy bool) {
 			best, bestLoad = cc, load
 		}
 	}
-	switch {
-	case best != nil:
-		return best, true
-	case bestAvoid != nil:
-		return bestAvoid, true
-	}
-	probe := p.nodes[0]
-	for _, n := range p.nodes[1:] {
-		if n.downUntil.Load() < probe.downUntil.Load() {
-			probe = n
-		}
-	}
-	return probe.leastBusy(), false
-}
-
-// pickUp returns the least-busy connection of an nsqd that is up, scanning
-// from a random start so ties spread, or nil if every nsqd is down.
-func (p *Publisher) pickUp() *conn {
-	var best *conn
-	var bestLoad int32
-	start := rand.IntN(len(p.conns))
-	for i := range p.conns {
-		cc := p.conns[(start+i)%len(p.conns)]
-		if cc.node.downUntil.Load() != 0 {
-			continue
-		}
-		if load := cc.inFlight.Load(); best == nil || load < bestLoad {
-			best, bestLoad = cc, load
-		}
-	}
-	return best
+	return best, bestAvoid
 }
 
 // sleep waits d or until Stop; it reports whether it waited the full d.
