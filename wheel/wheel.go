@@ -409,9 +409,32 @@ func (w *Wheel[T]) detach(list int) (first, sn uint32) {
 func (w *Wheel[T]) Add(due int64, v T) Handle {
 	t := w.dueTick(due)
 	w.mu.Lock()
-	i, e := w.alloc()
+	var (
+		i uint32
+		e *entry[T]
+	)
+	if i = w.free; i != 0 { // alloc's common case, inline
+		e = w.at(i)
+		w.free = e.next
+		e.gen |= genLive
+	} else {
+		i, e = w.alloc()
+	}
 	e.value = v
-	w.place(i, e, t)
+	if l := levelFor(w.elapsed, t); t > w.elapsed && l < topLevel {
+		// place's common case, inline: a slot below the top level. A newly
+		// allocated entry has genFar clear.
+		s := int(t>>(levelBits*l)) & slotMask
+		w.occupied[l] |= 1 << s
+		e.due = uint32(t)
+		sn := uint32(l*numSlots + s + 1)
+		sent := &w.sent[sn]
+		e.next, e.prev = sn, sent.prev
+		w.at(e.prev).next = i
+		sent.prev = i
+	} else {
+		w.place(i, e, t)
+	}
 	w.n++
 	h := handle(e.gen, i)
 	wake := w.planLocked(t)
