@@ -59,6 +59,12 @@
 //     With Expect: 100-continue fasthttp sends 100 Continue before the
 //     handler runs, so an oversized body is sent and drained where nsqd
 //     (which never reads it) answers at once; the answer is the same.
+//   - A body cut off by the client (the connection ends before
+//     Content-Length bytes) is 500 INTERNAL_ERROR on /pub and /mpub, as in
+//     nsqd, and nothing is published. When under 8 KiB of it arrived,
+//     fasthttp finds the cut before routing, so the answer is that 500 on
+//     any route, where nsqd answers routes that do not read the body as
+//     usual and a Content-Length over the limit with 413.
 //   - Request heads over 16 KiB get 431 (nsqd's limit is 1 MiB).
 //   - Malformed requests get Go's "400 Bad Request", but fasthttp's parser
 //     and Go's do not refuse exactly the same malformed requests.

@@ -162,8 +162,17 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 }
 
 // errorHandler answers requests fasthttp cannot read as Go's net/http
-// (and so nsqd) does.
+// (and so nsqd) does. io.ErrUnexpectedEOF: the connection ended inside a
+// body short enough for fasthttp to read before the handler; nsqd's /pub
+// and /mpub see the same error when they read the body and answer 500
+// INTERNAL_ERROR, publishing nothing. (fasthttp has reset the request by
+// now, so the route is unknown: a cut-off body on a route that does not
+// read it, which nsqd would answer as usual, gets the same 500.)
 func errorHandler(ctx *fasthttp.RequestCtx, err error) {
+	if err == io.ErrUnexpectedEOF {
+		writeError(ctx, errInternal)
+		return
+	}
 	var small *fasthttp.ErrSmallBuffer
 	if errors.As(err, &small) {
 		ctx.Error("431 Request Header Fields Too Large", fasthttp.StatusRequestHeaderFieldsTooLarge)
@@ -587,6 +596,12 @@ func (st *reqState) readBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, err
 	}
 	if cl >= 0 && len(buf) == cl {
 		st.ended = true
+	}
+	if err == nil && cl >= 0 && int64(len(buf)) < want {
+		// The connection ended before Content-Length bytes: fasthttp's
+		// request stream reports that as io.EOF, Go's net/http (and so
+		// nsqd) as io.ErrUnexpectedEOF. What came is not the message.
+		err = io.ErrUnexpectedEOF
 	}
 	st.read = int64(len(buf))
 	st.buf = buf
