@@ -57,8 +57,10 @@
 //     Connection: close and the connection lingers (half-closed, draining,
 //     at most 3 s) so the client reads the answer, as Go's net/http does.
 //     With Expect: 100-continue fasthttp sends 100 Continue before the
-//     handler runs, so an oversized body is sent and drained where nsqd
-//     (which never reads it) answers at once; the answer is the same.
+//     handler runs, so a body the handler refuses unread (oversized, a bad
+//     topic, a wrong method) is sent and drained where nsqd (which never
+//     reads it) answers at once; the answer is the same. An Expect other
+//     than 100-continue is ignored; nsqd answers it 417.
 //   - A body cut off by the client (the connection ends before
 //     Content-Length bytes) is 500 INTERNAL_ERROR on /pub and /mpub, as in
 //     nsqd, and nothing is published. When under 8 KiB of it arrived,
