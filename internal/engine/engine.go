@@ -278,15 +278,19 @@ func (e *Engine) goFunc(f func()) {
 }
 
 // wheelDue converts a due time in unix milliseconds to the wheel's clock.
+// It reads the wall clock before the wheel's: a pause between the two reads
+// then makes the message that much late, never early.
 func (e *Engine) wheelDue(dueMs int64) int64 {
-	return e.w.Now() + (dueMs*int64(time.Millisecond) - time.Now().UnixNano())
+	wall := time.Now().UnixNano()
+	return e.w.Now() + (dueMs*int64(time.Millisecond) - wall)
 }
 
 // recover replays the journal into the wheel. Nothing else runs yet, so
 // it holds e.mu throughout and reads the clocks once: per record it costs
 // one wheel Add and a few slice and map updates.
 func (e *Engine) recover() (journal.Report, error) {
-	offset := e.w.Now() - time.Now().UnixNano() // wheel clock minus wall clock
+	wall := time.Now().UnixNano() // first: a pause before the wheel read makes messages late, not early
+	offset := e.w.Now() - wall    // wheel clock minus wall clock
 	var (
 		n, bytes int64
 		lastSeg  = ^uint32(0)
