@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -269,4 +270,30 @@ func postOK(t *testing.T, url, body string) bool {
 		return false
 	}
 	return true
+}
+
+// direct_journaled counts due messages nsqd did not take that the journal
+// did, not those refused: with no nsqd to take them and no room to journal
+// them, nothing is counted.
+func TestDirectJournaledCountsOnlyJournaled(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String() // nothing listens: every direct publish fails
+	l.Close()
+	o := testOptions(t.TempDir(), dead)
+	o.MaxPending = 2
+	h := startHarness(t, o)
+	if code, body := h.post("/mpub?topic=c", []byte("a\nb\nc")); code != http.StatusServiceUnavailable {
+		t.Fatalf("3 messages with room for 2: %d %s", code, body)
+	}
+	if s := h.stats(); s.DirectJournaled != 0 || s.Pending != 0 {
+		t.Fatalf("after a refused request: direct_journaled %d, pending %d; want 0, 0", s.DirectJournaled, s.Pending)
+	}
+	h.mustPost("/mpub?topic=c", []byte("a\nb"))
+	if s := h.stats(); s.DirectJournaled != 2 || s.Pending != 2 || s.PublishedDirect != 0 {
+		t.Fatalf("after 2 journaled: direct_journaled %d, pending %d, published_direct %d; want 2, 2, 0",
+			s.DirectJournaled, s.Pending, s.PublishedDirect)
+	}
 }

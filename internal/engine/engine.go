@@ -387,6 +387,7 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 	if len(bodies) == 0 {
 		return nil
 	}
+	direct := false // bodies went to nsqd first; what is left is journaled below
 	if e.opts.DirectPublish && req.ID == "" && req.Due <= time.Now().UnixMilli() {
 		// Never early: the due time has passed. A client id takes the
 		// journal path, where ids are tracked for dedupe and cancel.
@@ -400,7 +401,7 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 		if len(bodies) == 0 {
 			return nil
 		}
-		e.directMissed.Add(uint64(len(bodies)))
+		direct = true
 	}
 	n := int64(len(bodies))
 	if e.pending.Load()+n > e.opts.MaxPending {
@@ -474,6 +475,9 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 	e.pending.Add(n)
 	e.pendingBytes.Add(bytes)
 	e.accepted.Add(uint64(n))
+	if direct {
+		e.directMissed.Add(uint64(n)) // counted once journaled, not when refused
+	}
 	return nil
 }
 
