@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -276,13 +275,7 @@ func postOK(t *testing.T, url, body string) bool {
 // did, not those refused: with no nsqd to take them and no room to journal
 // them, nothing is counted.
 func TestDirectJournaledCountsOnlyJournaled(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String() // nothing listens: every direct publish fails
-	l.Close()
-	o := testOptions(t.TempDir(), dead)
+	o := testOptions(t.TempDir(), closedAddr(t)) // every direct publish fails
 	o.MaxPending = 2
 	h := startHarness(t, o)
 	if code, body := h.post("/mpub?topic=c", []byte("a\nb\nc")); code != http.StatusServiceUnavailable {

@@ -774,10 +774,14 @@ func (e *Engine) Stop(grace time.Duration) error {
 	e.stopOnce.Do(func() {
 		e.exiting.Store(true)
 		close(e.stop)
-		e.wg.Wait()
+		// The pool first: closing it wakes a dispatch blocked submitting
+		// the rest of a bucket (its messages stay live in the journal),
+		// so the grace bounds the whole wait even when nsqd is down and
+		// every worker is retrying.
 		if perr := e.pool.Release(grace); perr != nil {
 			e.logf("stop: publish tasks still running after %v: %v", grace, perr)
 		}
+		e.wg.Wait()
 		e.pub.Stop()
 		err = e.j.Close()
 		metrics.UnregisterSet(e.set, true)

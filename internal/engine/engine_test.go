@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -59,6 +60,19 @@ func startHarness(t testing.TB, opts Options) *harness {
 	h := &harness{t: t, e: e, srv: srv, base: "http://" + srv.Addr(), dir: opts.Journal.Dir, opts: opts}
 	t.Cleanup(h.stop)
 	return h
+}
+
+// closedAddr returns a loopback address nothing listens on: an nsqd that
+// is down.
+func closedAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
 }
 
 func (h *harness) stop() {
@@ -642,4 +656,39 @@ func TestRejectedMessageParkedOthersDelivered(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Stop returns within its grace even when nsqd is down and a due bucket has
+// more tasks than the pool has workers (the dispatcher blocked submitting
+// them used to hold Stop for every task's retries), and nothing is lost:
+// a deferd started on the same journal with nsqd up delivers all of it.
+func TestStopKeepsGraceWithNSQDDown(t *testing.T) {
+	dir := t.TempDir()
+	o := testOptions(dir, closedAddr(t))
+	o.PoolSize, o.TaskSize, o.DirectPublish = 1, 1, false
+	o.Egress.Backoff = 100 * time.Millisecond // each task retries for >= 0.3 s
+	h := startHarness(t, o)
+	var lines []string
+	for i := range 60 {
+		lines = append(lines, fmt.Sprintf("m%d", i))
+	}
+	h.mustPost(fmt.Sprintf("/mpub?topic=g&at=%d", time.Now().Add(200*time.Millisecond).UnixMilli()), []byte(strings.Join(lines, "\n")))
+	for deadline := time.Now().Add(10 * time.Second); h.stats().Retried == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no publish was tried")
+		}
+	}
+	h.srv.Shutdown()
+	start := time.Now()
+	h.e.Stop(50 * time.Millisecond)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Stop(50ms) took %v with nsqd down", d)
+	} else {
+		t.Logf("Stop(50ms) took %v", d)
+	}
+
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	col := consume(t, node.TCPAddr, "g")
+	startHarness(t, testOptions(dir, node.TCPAddr))
+	col.waitCount(t, len(lines), 10*time.Second)
 }
