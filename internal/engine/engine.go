@@ -332,6 +332,15 @@ func (e *Engine) trackLocked(p journal.Pos, h wheel.Handle) {
 	e.segTableLocked(p.Seg).set(p.Ord, h)
 }
 
+// idAtLocked reports whether id names the ready message at p (not a newer
+// message with the same id, nor one being written or moved). Messages are
+// matched by position, which a retry keeps, not by wheel handle, which it
+// changes. e.mu held.
+func (e *Engine) idAtLocked(id string, p journal.Pos) bool {
+	r, ok := e.ids[id]
+	return ok && r.h != 0 && r.p == p
+}
+
 // segTableLocked returns seg's handle table, creating it. e.mu held.
 func (e *Engine) segTableLocked(seg uint32) *segTable {
 	st := e.segs[seg]
@@ -522,8 +531,11 @@ func (e *Engine) Cancel(id string) error {
 		}
 		time.Sleep(200 * time.Microsecond)
 	}
+	// The message's current handle: the one in the segment table (r.h only
+	// says the id is ready; a retry after a failed read re-adds the
+	// message without knowing its id).
 	p := r.p
-	if !e.w.Cancel(r.h) {
+	if !e.w.Cancel(e.segs[p.Seg].get(p.Ord)) {
 		e.mu.Unlock()
 		return ingest.ErrNotFound
 	}
@@ -590,16 +602,24 @@ func (e *Engine) publishTask(t *task) {
 	for i := range t.items {
 		t.ps = append(t.ps, t.items[i].Value)
 	}
+	t.unread = t.unread[:0]
 	e.j.ReadBatch(&t.reader, t.ps, func(i int, m journal.Message, err error) {
 		if err != nil {
 			e.readErrors.Add(1)
-			e.logf("journal: read %v: %v (message stays in the journal)", t.ps[i].Key(), err)
+			e.logf("journal: read %v: %v (retrying in %v)", t.ps[i].Key(), err, e.opts.ParkBackoff)
+			t.unread = append(t.unread, msgRef{item: i}) // its id is in the record
 			return
 		}
 		start := len(t.arena)
 		t.arena = append(t.arena, m.Body...)
 		t.add(m.Topic, msgRef{item: i, id: m.ID, due: m.Due, start: start, end: len(t.arena)})
 	})
+	// A message whose record could not be read stays pending and goes back
+	// into the wheel: the error may pass (an I/O error), and until then it
+	// is still counted, cancellable and keeps its segment alive.
+	if len(t.unread) > 0 {
+		e.reschedule(t, t.unread, e.opts.ParkBackoff)
+	}
 	for _, g := range t.groups {
 		t.bodies = t.bodies[:0]
 		for _, r := range g.msgs {
@@ -646,7 +666,7 @@ func (e *Engine) markPublished(t *task, topic string, msgs []msgRef) {
 		t.keys = append(t.keys, it.Value.Key())
 		bytes += int64(it.Value.Len)
 		e.untrackLocked(it.Value)
-		if r.id != "" && e.ids[r.id].h == it.Handle {
+		if r.id != "" && e.idAtLocked(r.id, it.Value) {
 			delete(e.ids, r.id)
 		}
 	}
@@ -680,7 +700,7 @@ func (e *Engine) reschedule(t *task, msgs []msgRef, backoff time.Duration) {
 		it := &t.items[r.item]
 		h := e.w.Add(due, it.Value)
 		e.trackLocked(it.Value, h)
-		if r.id != "" && e.ids[r.id].h == it.Handle {
+		if r.id != "" && e.idAtLocked(r.id, it.Value) {
 			e.ids[r.id] = idRef{h, it.Value}
 		}
 	}
@@ -732,7 +752,7 @@ func (e *Engine) compact(seg uint32) (moved int, err error) {
 			return nil
 		}
 		e.untrackLocked(p)
-		if m.ID != "" && e.ids[m.ID].h == h {
+		if m.ID != "" && e.idAtLocked(m.ID, p) {
 			e.ids[m.ID] = idRef{} // moving: Cancel waits
 		}
 		e.mu.Unlock()

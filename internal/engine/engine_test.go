@@ -9,6 +9,8 @@ import (
 	"math/rand"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -691,4 +693,74 @@ func TestStopKeepsGraceWithNSQDDown(t *testing.T) {
 	col := consume(t, node.TCPAddr, "g")
 	startHarness(t, testOptions(dir, node.TCPAddr))
 	col.waitCount(t, len(lines), 10*time.Second)
+}
+
+// A message whose journal record cannot be read when it falls due stays
+// pending: it goes back into the wheel and is tried again, can be
+// cancelled meanwhile, and once the record reads again it is published
+// and its id is free for a new message. (Before, it left the wheel for
+// good until a restart: never published, its id stuck.)
+func TestReadErrorRetries(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	dir := t.TempDir()
+	o := testOptions(dir, node.TCPAddr)
+	o.ParkBackoff = 300 * time.Millisecond
+	h := startHarness(t, o)
+	col := consume(t, node.TCPAddr, "rd")
+	h.mustPost("/pub?topic=rd&defer=200&id=X", []byte("body-of-x"))
+	h.mustPost("/pub?topic=rd&defer=200&id=Y", []byte("body-of-y"))
+
+	segs, err := filepath.Glob(filepath.Join(dir, "*.seg"))
+	if err != nil || len(segs) != 1 {
+		t.Fatalf("segments %v, %v", segs, err)
+	}
+	f, err := os.OpenFile(segs[0], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	flip := func(body string, c byte) {
+		t.Helper()
+		off := bytes.Index(data, []byte(body))
+		if off < 0 {
+			t.Fatalf("%q not in the segment", body)
+		}
+		if _, err := f.WriteAt([]byte{c}, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flip("body-of-x", 'B') // both records now fail their CRC
+	flip("body-of-y", 'B')
+	for deadline := time.Now().Add(10 * time.Second); h.stats().ReadErrors < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no read errors")
+		}
+	}
+	if s := h.stats(); s.Pending != 2 || s.WheelEntries != 2 {
+		t.Fatalf("after the read errors: pending %d, wheel entries %d; want 2, 2", s.Pending, s.WheelEntries)
+	}
+	if code, body := h.post("/cancel?id=Y", nil); code != 200 {
+		t.Fatalf("cancel of a message whose record failed to read: %d %s", code, body)
+	}
+	flip("body-of-x", 'b') // X reads again (offsets from the original bytes)
+	col.waitCount(t, 1, 10*time.Second)
+	if got := col.snapshot(); string(got[0].body) != "body-of-x" {
+		t.Fatalf("got %q", got[0].body)
+	}
+	// X was published, so its id is free again.
+	h.mustPost("/pub?topic=rd&defer=60000&id=X", []byte("second-x"))
+	if s := h.stats(); s.Pending != 1 {
+		t.Fatalf("pending %d after a new message with X's id, want 1", s.Pending)
+	}
+	if code, body := h.post("/cancel?id=X", nil); code != 200 {
+		t.Fatalf("cancel of the new X: %d %s", code, body)
+	}
+	time.Sleep(3 * o.ParkBackoff)
+	if got := col.snapshot(); len(got) != 1 {
+		t.Fatalf("%d messages arrived, want only X", len(got))
+	}
 }

@@ -20,6 +20,7 @@ type task struct {
 	bodies  [][]byte
 	keys    []journal.Key
 	spare   []*group
+	unread  []msgRef // items whose journal record could not be read
 }
 
 type group struct {
