@@ -53,6 +53,7 @@ type config struct {
 	maxPending      int64
 	maxPendingBytes int64
 	retryBackoff    time.Duration
+	parkBackoff     time.Duration
 	fsync           string
 	fsyncInterval   time.Duration
 	segmentSize     int64
@@ -83,6 +84,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.Int64Var(&c.maxPending, "max-pending", def.MaxPending, "most messages held; past it publishes get 503 OVER_CAPACITY")
 	fs.Int64Var(&c.maxPendingBytes, "max-pending-bytes", def.MaxPendingBytes, "most journal bytes of pending messages; past it publishes get 503 OVER_CAPACITY")
 	fs.DurationVar(&c.retryBackoff, "retry-backoff", def.RetryBackoff, "wait before a failed publish is tried again (messages are never dropped)")
+	fs.DurationVar(&c.parkBackoff, "park-backoff", def.ParkBackoff, "wait before a message nsqd refused, or whose journal record failed to read, is tried again")
 	fs.StringVar(&c.fsync, "fsync", def.Journal.Fsync.String(), "when the journal reaches the disk: always (before each reply), interval (every --fsync-interval), never (OS decides); every reply waits for the write to the OS")
 	fs.DurationVar(&c.fsyncInterval, "fsync-interval", def.Journal.FsyncInterval, "fsync period with --fsync=interval")
 	fs.Int64Var(&c.segmentSize, "segment-size", def.Journal.SegmentBytes, "journal segment size in bytes")
@@ -180,6 +182,7 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 	opts.MaxPending = c.maxPending
 	opts.MaxPendingBytes = c.maxPendingBytes
 	opts.RetryBackoff = c.retryBackoff
+	opts.ParkBackoff = c.parkBackoff
 	opts.CompactEvery = c.compactEvery
 	opts.DirectPublish = c.directPublish
 	opts.Journal.Fsync = fsyncMode
