@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -367,6 +368,11 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err
 	// answer without blocking.
 	done := make(chan *nsq.ProducerTransaction, 1)
 	prod := c.prod.Load()
+	if prod.lost.Load() {
+		// Its connection failed while idle: go-nsq would reconnect it.
+		p.replace(c, prod)
+		prod = c.prod.Load()
+	}
 	if err := prod.MultiPublishAsync(topic, batch, done); err != nil {
 		return p.failed(c, prod, p.stoppedOr(err))
 	}
@@ -398,8 +404,9 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err
 // that reconnects races with its previous connection's router goroutine
 // (producer.go: the router reads w.conn after wg.Done, connect writes it),
 // which the race detector reports. A Producer that never reconnects has no
-// such race.
-func (p *Publisher) failed(c *conn, prod *nsq.Producer, err error) (bool, error) {
+// such race: failed sends replace it here, and a connection that fails
+// while idle marks it lost (nsqLogger) so that send replaces it first.
+func (p *Publisher) failed(c *conn, prod *producer, err error) (bool, error) {
 	if errors.Is(err, ErrStopped) {
 		return false, err
 	}
@@ -408,7 +415,7 @@ func (p *Publisher) failed(c *conn, prod *nsq.Producer, err error) (bool, error)
 
 // replace swaps c's Producer old for a new one unless another goroutine
 // already did, stops old in the background, and reports whether it swapped.
-func (p *Publisher) replace(c *conn, old *nsq.Producer) bool {
+func (p *Publisher) replace(c *conn, old *producer) bool {
 	fresh, err := p.newProducer(c.node.addr)
 	if err != nil {
 		panic("BUG: go-nsq config validated in New: " + err.Error())
@@ -433,13 +440,14 @@ func (p *Publisher) replaceIdle(n *node) {
 	}
 }
 
-func (p *Publisher) newProducer(addr string) (*nsq.Producer, error) {
+func (p *Publisher) newProducer(addr string) (*producer, error) {
 	prod, err := nsq.NewProducer(addr, p.cfg)
 	if err != nil {
 		return nil, fmt.Errorf("egress: %s: %w", addr, err)
 	}
-	prod.SetLogger(nsqLogger{logf: p.opts.Logf, addr: addr}, nsq.LogLevelWarning)
-	return prod, nil
+	pr := &producer{Producer: prod}
+	prod.SetLogger(nsqLogger{logf: p.opts.Logf, addr: addr, lost: &pr.lost}, nsq.LogLevelWarning)
+	return pr, nil
 }
 
 // stoppedOr maps a go-nsq error to ErrStopped when the Publisher is stopping.
@@ -583,13 +591,17 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// nsqLogger routes go-nsq's log lines to Options.Logf.
+// nsqLogger routes one Producer's go-nsq log lines (warnings and errors) to
+// Options.Logf, and marks the Producer lost: go-nsq logs them when its
+// connection fails, before the Producer could reconnect.
 type nsqLogger struct {
 	logf func(format string, args ...any)
 	addr string
+	lost *atomic.Bool
 }
 
 func (l nsqLogger) Output(_ int, s string) error {
+	l.lost.Store(true)
 	l.logf("egress: nsqd %s: %s", l.addr, s)
 	return nil
 }

@@ -621,3 +621,34 @@ func TestTryPublish(t *testing.T) {
 		}
 	}
 }
+
+// nsqd restarts while every connection is idle, so no publish fails to
+// tell egress: the next publish must not let go-nsq reconnect the old
+// Producer (that reconnect races with the old connection's router, which
+// -race reports), and it must reach the new nsqd.
+func TestIdleConnectionsAcrossNSQDRestart(t *testing.T) {
+	dir := t.TempDir()
+	node, err := nsqdnode.Start(nsqdnode.Config{DataPath: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := node.TCPAddr
+	p := newTestPublisher(t, Options{Addrs: []string{addr}, ConnsPerAddr: 1})
+	if _, err := p.Publish("idle", [][]byte{[]byte("before")}); err != nil {
+		t.Fatal(err)
+	}
+	node.Exit()
+	time.Sleep(200 * time.Millisecond) // the idle connection sees nsqd go
+	node, err = nsqdnode.Start(nsqdnode.Config{DataPath: dir, TCPAddress: addr})
+	if err != nil {
+		t.Fatalf("restart nsqd on %s: %v", addr, err)
+	}
+	t.Cleanup(node.Exit)
+	for i := range 3 {
+		if k, err := p.Publish("idle", [][]byte{fmt.Appendf(nil, "after-%d", i)}); err != nil || k != 1 {
+			t.Fatalf("publish %d after the restart: acked %d, %v", i, k, err)
+		}
+	}
+	col := newCollector(t, []string{addr}, "idle")
+	col.waitTotal(t, 4, 10*time.Second)
+}

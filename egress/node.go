@@ -46,9 +46,20 @@ type node struct {
 // conn is one go-nsq Producer: one TCP connection, calls serialised.
 type conn struct {
 	node     *node
-	prod     atomic.Pointer[nsq.Producer]
+	prod     atomic.Pointer[producer]
 	used     atomic.Bool // prod has had a connection (see Publisher.failed)
 	inFlight atomic.Int32
+}
+
+// producer is a go-nsq Producer and whether go-nsq has logged trouble on its
+// connection (an I/O or protocol error: nsqd went away, or closed the
+// connection after an error). go-nsq would reconnect it on its next
+// publish, which races (see Publisher.failed), so a lost producer is
+// replaced before it is used again, even when the trouble came while it was
+// idle and no publish failed.
+type producer struct {
+	*nsq.Producer
+	lost atomic.Bool
 }
 
 // leastBusy returns n's connection with the fewest batches in flight.
