@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -409,7 +408,7 @@ func TestFailoverAndRestart(t *testing.T) {
 // including ones waiting in backoff.
 func TestStop(t *testing.T) {
 	node := nsqdnode.StartTest(t, nsqdnode.Config{})
-	deadAddr := closedAddr(t)
+	deadAddr := nsqdnode.ClosedAddr(t)
 
 	p := newTestPublisher(t, Options{Addrs: []string{node.TCPAddr}, MaxBatchMsgs: 10})
 	body := bytes.Repeat([]byte("x"), 500)
@@ -468,19 +467,6 @@ func TestStop(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Fatalf("Stop during backoff took %v", took)
 	}
-}
-
-// closedAddr returns a loopback address nothing listens on. (Exiting an
-// nsqdnode right after Start races inside nsqd v1.3.0's Main.)
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }
 
 func TestNewValidates(t *testing.T) {
@@ -557,7 +543,7 @@ func TestBackoff(t *testing.T) {
 // sent at all.
 func TestTryPublish(t *testing.T) {
 	node := nsqdnode.StartTest(t, nsqdnode.Config{})
-	dead := closedAddr(t)
+	dead := nsqdnode.ClosedAddr(t)
 	const backoff = time.Minute // a sleep of it would time the test out
 	p := newTestPublisher(t, Options{
 		Addrs: []string{dead, node.TCPAddr}, ConnsPerAddr: 1, MaxBatchMsgs: 10,

@@ -3,8 +3,6 @@ package ingest
 import (
 	"bytes"
 	"fmt"
-	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -373,22 +371,9 @@ func TestContractTruncatedBody(t *testing.T) {
 	rec := &recorder{}
 	srv := startServer(t, Options{}, rec)
 	halfClosed := func(addr, head string, body []byte) string {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := io.WriteString(c, head); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Write(body); err != nil {
-			t.Fatal(err)
-		}
-		c.(*net.TCPConn).CloseWrite()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		resp, _ := io.ReadAll(c)
-		line, _, _ := strings.Cut(string(resp), "\r\n")
-		_, b, _ := strings.Cut(string(resp), "\r\n\r\n")
+		resp := rawExchange(t, addr, head+string(body), true)
+		line, _, _ := strings.Cut(resp, "\r\n")
+		_, b, _ := strings.Cut(resp, "\r\n\r\n")
 		return line + " " + b
 	}
 	lines := func(n int) []byte { return bytes.Repeat([]byte("abcd\n"), n/5) }

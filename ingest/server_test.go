@@ -66,6 +66,13 @@ func TestPingInfoStatsMetrics(t *testing.T) {
 // rawRequest writes req on a fresh connection and returns everything the
 // server sends until it closes the connection or goes quiet.
 func rawRequest(t *testing.T, addr, req string) string {
+	return rawExchange(t, addr, req, false)
+}
+
+// rawExchange writes req on a new connection and returns all it reads until
+// the server closes it or the read deadline passes; with halfClose it first
+// closes its sending side, as a client that dies mid-request does.
+func rawExchange(t *testing.T, addr, req string, halfClose bool) string {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -75,7 +82,12 @@ func rawRequest(t *testing.T, addr, req string) string {
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
 	}
-	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	wait := 500 * time.Millisecond
+	if halfClose {
+		c.(*net.TCPConn).CloseWrite()
+		wait = 5 * time.Second // the server closes once it has answered
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
 	b, _ := io.ReadAll(c)
 	return string(b)
 }

@@ -275,7 +275,7 @@ func postOK(t *testing.T, url, body string) bool {
 // did, not those refused: with no nsqd to take them and no room to journal
 // them, nothing is counted.
 func TestDirectJournaledCountsOnlyJournaled(t *testing.T) {
-	o := testOptions(t.TempDir(), closedAddr(t)) // every direct publish fails
+	o := testOptions(t.TempDir(), nsqdnode.ClosedAddr(t)) // every direct publish fails
 	o.MaxPending = 2
 	h := startHarness(t, o)
 	if code, body := h.post("/mpub?topic=c", []byte("a\nb\nc")); code != http.StatusServiceUnavailable {

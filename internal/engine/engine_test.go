@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -62,19 +61,6 @@ func startHarness(t testing.TB, opts Options) *harness {
 	h := &harness{t: t, e: e, srv: srv, base: "http://" + srv.Addr(), dir: opts.Journal.Dir, opts: opts}
 	t.Cleanup(h.stop)
 	return h
-}
-
-// closedAddr returns a loopback address nothing listens on: an nsqd that
-// is down.
-func closedAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }
 
 func (h *harness) stop() {
@@ -666,7 +652,7 @@ func TestRejectedMessageParkedOthersDelivered(t *testing.T) {
 // a deferd started on the same journal with nsqd up delivers all of it.
 func TestStopKeepsGraceWithNSQDDown(t *testing.T) {
 	dir := t.TempDir()
-	o := testOptions(dir, closedAddr(t))
+	o := testOptions(dir, nsqdnode.ClosedAddr(t))
 	o.PoolSize, o.TaskSize, o.DirectPublish = 1, 1, false
 	o.Egress.Backoff = 100 * time.Millisecond // each task retries for >= 0.3 s
 	h := startHarness(t, o)
