@@ -455,8 +455,11 @@ func (j *Journal) kickFlusher() {
 // CRC per message outside it, plus waiting for the group. On a write error
 // (e.g. ENOSPC) the partial write is truncated away and the error
 // returned; both the failing group and the group being filled behind it
-// fail, and the journal stays usable. If Append returns an error other
-// than a write error (ErrClosed while waiting for room), a prefix of msgs
+// fail, and the journal stays usable. msgs too big for one group are
+// spread over several; if some of those were written and another failed,
+// the written ones are marked Cancelled, so a failed Append leaves none of
+// msgs live (pos is meaningless then). If Append returns ErrClosed (the
+// journal closing while it waits for room or its groups), a prefix of msgs
 // may already be journaled (their pos entries are set): at-least-once,
 // never silent loss.
 func (j *Journal) Append(msgs []Message, pos []Pos) error {
@@ -471,8 +474,11 @@ func (j *Journal) Append(msgs []Message, pos []Pos) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	var groups [4]*group
-	gs := groups[:0]
+	var (
+		groups [4]*group
+		chunks [4]chunk
+	)
+	gs, cs := groups[:0], chunks[:0]
 	// Reserve room for as many frames as the current group takes without
 	// waiting, then encode them (copy, CRC) with j.mu released, so
 	// concurrent appenders encode in parallel; repeat for the rest. The
@@ -523,9 +529,41 @@ func (j *Journal) Append(msgs []Message, pos []Pos) error {
 		if len(gs) == 0 || gs[len(gs)-1] != g {
 			gs = append(gs, g)
 		}
+		cs = append(cs, chunk{first, i, g})
 	}
 	j.kickFlusher()
-	return j.waitGroups(gs)
+	err := j.waitGroups(gs)
+	if err != nil && len(cs) > 1 && !errors.Is(err, ErrClosed) {
+		j.cancelWritten(cs, pos)
+	}
+	return err
+}
+
+// chunk is msgs[first:end] of one Append, encoded into group g.
+type chunk struct {
+	first, end int
+	g          *group
+}
+
+// cancelWritten marks Cancelled the messages of cs whose groups were
+// written, after another group of the same Append failed: the caller is
+// told the Append failed, so none of it may stay live (pinning its segment
+// and coming back after a restart).
+func (j *Journal) cancelWritten(cs []chunk, pos []Pos) {
+	var keys []Key
+	for _, c := range cs {
+		if c.g.err == nil {
+			for _, p := range pos[c.first:c.end] {
+				keys = append(keys, p.Key())
+			}
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	if err := j.Done(Cancelled, keys); err != nil {
+		j.logf("journal: cancelling %d messages written by an Append that failed: %v (they may be delivered after a restart)", len(keys), err)
+	}
 }
 
 // reserveLocked extends g.buf by n bytes for a frame that its appender

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -638,6 +639,50 @@ func TestWriteErrorKeepsJournalUsable(t *testing.T) {
 	checkSame(t, got, append(before[1:], after...))
 	if rep.TornTails != 0 || len(rep.Corrupt) != 0 {
 		t.Fatalf("report %+v", rep)
+	}
+}
+
+// An Append spread over several groups of which one fails to write leaves
+// none of its messages live: the ones written are marked cancelled. (They
+// stayed live, pinning their segment and so every newer one, and came back
+// after a restart although the caller had been told the Append failed.)
+func TestFailedAppendLeavesNothingLive(t *testing.T) {
+	for _, failing := range []int32{1, 2} { // the first group, or the second
+		t.Run(fmt.Sprintf("group-%d-fails", failing), func(t *testing.T) {
+			dir := t.TempDir()
+			opts := Options{Dir: dir, GroupBytes: 1000, SegmentBytes: 2048}
+			j, _, _ := openJ(t, opts)
+			var calls atomic.Int32
+			j.writeAt = func(f *os.File, b []byte, off int64) (int, error) {
+				if calls.Add(1) == failing {
+					return 0, syscall.ENOSPC
+				}
+				return f.WriteAt(b, off)
+			}
+			ps := make([]Pos, 3)
+			err := j.Append([]Message{msg(0, 800), msg(1, 800), msg(2, 800)}, ps) // a frame per group
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("Append: %v, want ENOSPC", err)
+			}
+			if live := j.Stats().Live; live != 0 {
+				t.Fatalf("%d messages of the failed Append live", live)
+			}
+			after := appendN(t, j, 10, 20, 300) // and the journal goes on
+			for _, r := range after {
+				if err := j.Done(Published, []Key{r.p.Key()}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if live := j.Stats().Live; live != 0 {
+				t.Fatalf("all published: %d live", live)
+			}
+			j.Close()
+			j, got, _ := openJ(t, opts)
+			defer j.Close()
+			if len(got) != 0 {
+				t.Fatalf("after a restart %d messages recovered (first %q)", len(got), got[0].m.ID)
+			}
+		})
 	}
 }
 
