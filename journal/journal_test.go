@@ -1125,3 +1125,40 @@ func TestIntervalSyncsSealedSegments(t *testing.T) {
 		t.Fatalf("%d fsyncs for %d segments written", got, len(segs))
 	}
 }
+
+// Close during Recover's replay (a shutdown signal in a long replay): the
+// journal does not start afterwards; Recover returns ErrClosed and leaves
+// no flusher running and no segment open.
+func TestCloseDuringRecover(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir}
+	j, _, _ := openJ(t, opts)
+	appendN(t, j, 0, 3, 10)
+	j.Close()
+	j, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	_, err = j.Recover(func(p Pos, m *Message) error {
+		if !closed {
+			closed = true
+			if err := j.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		}
+		return nil
+	})
+	if !errors.Is(err, ErrClosed) {
+		t.Fatalf("Recover after a Close during the replay: %v, want ErrClosed", err)
+	}
+	if j.recovered {
+		t.Fatal("the journal started after Close")
+	}
+	// The directory is free again: a new journal opens and has the data.
+	j, got, _ := openJ(t, opts)
+	defer j.Close()
+	if len(got) != 3 {
+		t.Fatalf("recovered %d, want 3", len(got))
+	}
+}

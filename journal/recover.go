@@ -108,7 +108,8 @@ func scanSegmentCRC(data []byte, last, verify bool, visit func(off, n int, typ b
 // valid only during the call: Body aliases an internal buffer (copy it to
 // keep it); ID and Topic are ordinary strings (topics are interned). If fn
 // returns an error Recover stops and returns it; the journal must then be
-// closed. Recover starts the flusher goroutine. Cost: two sequential reads
+// closed. Recover starts the flusher goroutine, unless Close was called
+// meanwhile: then it returns ErrClosed and starts nothing. Cost: two sequential reads
 // of the journal (the second only of segments with live messages) and one
 // CRC pass per read; no per-record allocation besides ID strings.
 func (j *Journal) Recover(fn func(p Pos, m *Message) error) (Report, error) {
@@ -297,6 +298,13 @@ func (j *Journal) Recover(fn func(p Pos, m *Message) error) (Report, error) {
 	}
 
 	j.mu.Lock()
+	if j.closing {
+		// Close ran during the replay: it did not see a started journal,
+		// so nothing may start now; the segments are ours to close.
+		j.mu.Unlock()
+		j.closeSegs(t)
+		return rep, ErrClosed
+	}
 	var active *segment
 	if len(ids) > 0 {
 		active = t.get(ids[len(ids)-1])
