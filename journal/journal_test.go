@@ -1162,3 +1162,30 @@ func TestCloseDuringRecover(t *testing.T) {
 		t.Fatalf("recovered %d, want 3", len(got))
 	}
 }
+
+// A crash mid-write leaves the last record of the last segment cut short.
+// Its body may hold bytes that look like a valid frame (here a client's
+// message carrying a Done record for another message): recovery truncates
+// the torn record and does not read frames out of its body, so the other
+// message stays live and nothing is reported corrupt.
+func TestTornTailIsNotSearched(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir}
+	j, _, _ := openJ(t, opts)
+	victim := appendN(t, j, 0, 1, 100)[0]
+	body := append(appendDoneFrame(nil, Cancelled, []Key{victim.p.Key()}), make([]byte, 4000)...)
+	var p [1]Pos
+	if err := j.Append([]Message{{Topic: "t", Body: body}}, p[:]); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if err := os.Truncate(segFile(dir, p[0].Seg), int64(p[0].Off)+int64(p[0].Len)-2000); err != nil {
+		t.Fatal(err)
+	}
+	j, got, rep := openJ(t, opts)
+	defer j.Close()
+	checkSame(t, got, []rec{victim})
+	if rep.TornTails != 1 || len(rep.Corrupt) != 0 {
+		t.Fatalf("report %+v, want one torn tail and no corruption", rep)
+	}
+}

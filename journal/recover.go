@@ -22,7 +22,11 @@ type scanResult struct {
 // On a bad frame it looks for the next valid frame (resync). If there is
 // none and last is set, the bad bytes are a torn tail (a short record, a
 // zero-filled or partially written end): res.torn, and res.end is where to
-// truncate. Otherwise it is corruption: a line is added to res.corrupt and
+// truncate. In the last segment a frame whose length runs past the end is
+// a torn tail at once: a resync would search its own body, where a
+// message's bytes can hold a valid-looking frame. (The price: a corrupted
+// length field in the last segment is taken for a torn tail, and the
+// records after it are truncated and counted in TruncatedBytes.) Otherwise it is corruption: a line is added to res.corrupt and
 // the scan continues at the next valid frame (records there keep their
 // exact Key because message records carry their ordinal) or stops if there
 // is none (the rest of a non-last segment is unreadable; the number of
@@ -72,6 +76,14 @@ func scanSegmentCRC(data []byte, last, verify bool, visit func(off, n int, typ b
 			off += n
 			res.end = off
 			continue
+		}
+		if last && errors.Is(err, errShort) {
+			// A frame running past the end of the last segment is a
+			// write cut short (a crash mid-pwrite): the torn tail. What
+			// follows its header is its own body, however valid a frame
+			// it may contain, so there is no resync inside it.
+			res.torn = true
+			return res
 		}
 		nxt := resync(data, off+1, nextOrd)
 		if nxt < 0 {
