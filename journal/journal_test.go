@@ -1189,3 +1189,36 @@ func TestTornTailIsNotSearched(t *testing.T) {
 		t.Fatalf("report %+v, want one torn tail and no corruption", rep)
 	}
 }
+
+// A damaged record in the middle of a segment whose body holds a
+// valid-looking frame (a client's message carrying a Done record for
+// another message): recovery skips the damaged record by its length, since
+// a valid record follows it, instead of searching its body; the other
+// message stays live and the next record is recovered.
+func TestDamagedRecordBodyIsNotSearched(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir}
+	j, _, _ := openJ(t, opts)
+	victim := appendN(t, j, 0, 1, 100)[0]
+	body := append(appendDoneFrame(nil, Cancelled, []Key{victim.p.Key()}), make([]byte, 400)...)
+	var p [1]Pos
+	if err := j.Append([]Message{{Topic: "t", Body: body}}, p[:]); err != nil {
+		t.Fatal(err)
+	}
+	after := appendN(t, j, 2, 1, 100)
+	j.Close()
+	f, err := os.OpenFile(segFile(dir, p[0].Seg), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0xff}, int64(p[0].Off)+int64(p[0].Len)-10); err != nil { // in the padding
+		t.Fatal(err)
+	}
+	f.Close()
+	j, got, rep := openJ(t, opts)
+	defer j.Close()
+	checkSame(t, got, []rec{victim, after[0]})
+	if !strings.Contains(strings.Join(rep.Corrupt, "\n"), "1 messages lost (ordinals 1..1)") || rep.TornTails != 0 {
+		t.Fatalf("report %+v, want the one damaged record (ordinal 1) lost", rep)
+	}
+}

@@ -225,30 +225,37 @@ func doneKey(keys []byte, i int) Key {
 func resync(data []byte, from int, minOrd uint32) int {
 	maxOrd := uint64(minOrd) + uint64((len(data)-from)/minMsgFrame) + 1
 	for i := from; i+headerLen < len(data); i++ {
-		l := int(binary.LittleEndian.Uint32(data[i:]))
-		if l < 2 || l > MaxRecordBytes-headerLen || i+headerLen+l > len(data) {
-			continue
-		}
-		switch data[i+headerLen] {
-		case recAccept, recMoved:
-			if l < 1+12+2 {
-				continue
-			}
-			ord := binary.LittleEndian.Uint32(data[i+headerLen+1:])
-			if ord < minOrd || uint64(ord) > maxOrd {
-				continue
-			}
-		case recDone:
-			k := DoneKind(data[i+headerLen+1])
-			if (l-2)%8 != 0 || (k != Published && k != Cancelled) {
-				continue
-			}
-		default:
-			continue
-		}
-		if _, _, _, err := decodeFrame(data[i:]); err == nil {
+		if frameAt(data, i, minOrd, maxOrd) {
 			return i
 		}
 	}
 	return -1
+}
+
+// frameAt reports whether a valid frame starts at data[i], a message
+// record's ordinal in [minOrd, maxOrd]. i+headerLen < len(data).
+func frameAt(data []byte, i int, minOrd uint32, maxOrd uint64) bool {
+	l := int(binary.LittleEndian.Uint32(data[i:]))
+	if l < 2 || l > MaxRecordBytes-headerLen || i+headerLen+l > len(data) {
+		return false
+	}
+	switch data[i+headerLen] {
+	case recAccept, recMoved:
+		if l < 1+12+2 {
+			return false
+		}
+		ord := binary.LittleEndian.Uint32(data[i+headerLen+1:])
+		if ord < minOrd || uint64(ord) > maxOrd {
+			return false
+		}
+	case recDone:
+		k := DoneKind(data[i+headerLen+1])
+		if (l-2)%8 != 0 || (k != Published && k != Cancelled) {
+			return false
+		}
+	default:
+		return false
+	}
+	_, _, _, err := decodeFrame(data[i:])
+	return err == nil
 }

@@ -85,7 +85,21 @@ func scanSegmentCRC(data []byte, last, verify bool, visit func(off, n int, typ b
 			res.torn = true
 			return res
 		}
-		nxt := resync(data, off+1, nextOrd)
+		nxt := -1
+		if errors.Is(err, errCRC) {
+			// The length is plausible and inside the segment: if a valid
+			// frame follows the damaged record, only the record was hit.
+			// Resume there rather than search its body, which could hold
+			// a valid-looking frame.
+			nn := off + headerLen + int(binary.LittleEndian.Uint32(data[off:]))
+			maxOrd := uint64(nextOrd) + uint64((len(data)-nn)/minMsgFrame) + 1
+			if nn+headerLen < len(data) && frameAt(data, nn, nextOrd, maxOrd) {
+				nxt = nn
+			}
+		}
+		if nxt < 0 {
+			nxt = resync(data, off+1, nextOrd)
+		}
 		if nxt < 0 {
 			if last {
 				res.torn = true
