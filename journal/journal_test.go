@@ -702,6 +702,9 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(appendDoneFrame(nil, Published, []Key{{1, 2}, {3, 4}}))
 	f.Add([]byte{})
 	f.Add(make([]byte, 64))
+	damaged := appendMsgFrame(nil, 1, nil, &m)
+	damaged[len(damaged)-1] ^= 0xff // crc mismatch, then a valid record
+	f.Add(appendMsgFrame(damaged, 2, nil, &m))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		scanSegment(b, true, func(int, int, byte, []byte) error { return nil }, nil)
 		scanSegment(b, false, func(int, int, byte, []byte) error { return nil }, nil)
