@@ -1166,6 +1166,20 @@ func TestCloseDuringRecover(t *testing.T) {
 	}
 }
 
+// appendVictimAndDecoy appends a message (the victim), then a decoy: a
+// message whose body starts with a valid Done frame cancelling the victim,
+// padded to pad more bytes. It returns the victim and the decoy's position.
+func appendVictimAndDecoy(t *testing.T, j *Journal, pad int) (rec, Pos) {
+	t.Helper()
+	victim := appendN(t, j, 0, 1, 100)[0]
+	body := append(appendDoneFrame(nil, Cancelled, []Key{victim.p.Key()}), make([]byte, pad)...)
+	var p [1]Pos
+	if err := j.Append([]Message{{Topic: "t", Body: body}}, p[:]); err != nil {
+		t.Fatal(err)
+	}
+	return victim, p[0]
+}
+
 // A crash mid-write leaves the last record of the last segment cut short.
 // Its body may hold bytes that look like a valid frame (here a client's
 // message carrying a Done record for another message): recovery truncates
@@ -1175,14 +1189,9 @@ func TestTornTailIsNotSearched(t *testing.T) {
 	dir := t.TempDir()
 	opts := Options{Dir: dir}
 	j, _, _ := openJ(t, opts)
-	victim := appendN(t, j, 0, 1, 100)[0]
-	body := append(appendDoneFrame(nil, Cancelled, []Key{victim.p.Key()}), make([]byte, 4000)...)
-	var p [1]Pos
-	if err := j.Append([]Message{{Topic: "t", Body: body}}, p[:]); err != nil {
-		t.Fatal(err)
-	}
+	victim, p := appendVictimAndDecoy(t, j, 4000)
 	j.Close()
-	if err := os.Truncate(segFile(dir, p[0].Seg), int64(p[0].Off)+int64(p[0].Len)-2000); err != nil {
+	if err := os.Truncate(segFile(dir, p.Seg), int64(p.Off)+int64(p.Len)-2000); err != nil {
 		t.Fatal(err)
 	}
 	j, got, rep := openJ(t, opts)
@@ -1202,19 +1211,14 @@ func TestDamagedRecordBodyIsNotSearched(t *testing.T) {
 	dir := t.TempDir()
 	opts := Options{Dir: dir}
 	j, _, _ := openJ(t, opts)
-	victim := appendN(t, j, 0, 1, 100)[0]
-	body := append(appendDoneFrame(nil, Cancelled, []Key{victim.p.Key()}), make([]byte, 400)...)
-	var p [1]Pos
-	if err := j.Append([]Message{{Topic: "t", Body: body}}, p[:]); err != nil {
-		t.Fatal(err)
-	}
+	victim, p := appendVictimAndDecoy(t, j, 400)
 	after := appendN(t, j, 2, 1, 100)
 	j.Close()
-	f, err := os.OpenFile(segFile(dir, p[0].Seg), os.O_RDWR, 0)
+	f, err := os.OpenFile(segFile(dir, p.Seg), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.WriteAt([]byte{0xff}, int64(p[0].Off)+int64(p[0].Len)-10); err != nil { // in the padding
+	if _, err := f.WriteAt([]byte{0xff}, int64(p.Off)+int64(p.Len)-10); err != nil { // in the padding
 		t.Fatal(err)
 	}
 	f.Close()
