@@ -2,6 +2,7 @@ package pool
 
 import (
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/panjf2000/ants/v2"
@@ -18,7 +19,8 @@ var ErrClosed = ants.ErrPoolClosed
 // A Pool is safe for concurrent use. The zero value is not usable; call New.
 // A task must not Submit to its own pool (it could wait for itself).
 type Pool struct {
-	p *ants.Pool
+	p    *ants.Pool
+	busy atomic.Int64 // tasks running now
 }
 
 // New starts a pool of at most size workers. Idle workers are reclaimed
@@ -44,11 +46,19 @@ func New(size int, onPanic func(any)) (*Pool, error) {
 
 // Submit runs task on a worker, blocking while all workers are busy. It
 // returns ErrClosed once the pool is released. Cost: one channel handoff
-// to a parked worker, no goroutine creation in steady state.
-func (p *Pool) Submit(task func()) error { return p.p.Submit(task) }
+// to a parked worker and one small allocation (the task wrapped to count
+// it in Running); no goroutine creation in steady state.
+func (p *Pool) Submit(task func()) error {
+	return p.p.Submit(func() {
+		p.busy.Add(1)
+		defer p.busy.Add(-1) // also when task panics
+		task()
+	})
+}
 
-// Running is the number of workers running a task now.
-func (p *Pool) Running() int { return p.p.Running() }
+// Running is the number of tasks running now. (ants' own count includes
+// idle workers not yet reclaimed.)
+func (p *Pool) Running() int { return int(p.busy.Load()) }
 
 // Cap is the pool's size.
 func (p *Pool) Cap() int { return p.p.Cap() }

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -63,5 +64,32 @@ func TestPoolPanicRecovered(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("panic handler not called")
+	}
+}
+
+// Running counts tasks running now, not idle workers ants keeps alive.
+func TestRunningCountsTasks(t *testing.T) {
+	p, err := New(4, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release(time.Second)
+	release := make(chan struct{})
+	var started sync.WaitGroup
+	started.Add(2)
+	for range 2 {
+		if err := p.Submit(func() { started.Done(); <-release }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	started.Wait()
+	if n := p.Running(); n != 2 {
+		t.Fatalf("Running() = %d with 2 tasks running", n)
+	}
+	close(release)
+	for deadline := time.Now().Add(5 * time.Second); p.Running() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Running() = %d after the tasks ended", p.Running())
+		}
 	}
 }
