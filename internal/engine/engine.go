@@ -801,8 +801,11 @@ func (e *Engine) Stop(grace time.Duration) error {
 		if perr := e.pool.Release(grace); perr != nil {
 			e.logf("stop: publish tasks still running after %v: %v", grace, perr)
 		}
-		e.wg.Wait()
+		// Then egress: what still publishes fails at once and goes back
+		// into the wheel, freeing its worker; a dispatch that slipped past
+		// the pool's closed check into a wait for a worker gets one.
 		e.pub.Stop()
+		e.wg.Wait()
 		err = e.j.Close()
 		metrics.UnregisterSet(e.set, true)
 		metrics.UnregisterSet(e.pub.Metrics(), true)
