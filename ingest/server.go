@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -216,16 +217,30 @@ func (s *Server) Serve() error {
 // finish (closing idle keep-alive connections) and makes Serve return. As
 // in net/http, a connection that has not sent its first request counts as
 // idle only 5 s after it was opened, so a client's spare connection can
-// delay Shutdown that long. It is idempotent; later calls return the first
-// call's result.
-func (s *Server) Shutdown() error {
+// delay Shutdown that long. It waits for as long as requests take; see
+// ShutdownWithin for a bound. It is idempotent; later calls (of either)
+// return the first call's result.
+func (s *Server) Shutdown() error { return s.shutdown(context.Background()) }
+
+// ShutdownWithin is Shutdown waiting at most d for in-flight requests: a
+// client that stalls mid-request (half its headers, a body shorter than
+// its Content-Length) would otherwise hold it forever. Requests still
+// being served when d has passed go on until they end or the process
+// exits; it then returns context.DeadlineExceeded.
+func (s *Server) ShutdownWithin(d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return s.shutdown(ctx)
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		s.mu.Lock()
 		was := s.state
 		s.state = stateShut
 		s.mu.Unlock()
 		if was == stateServing {
-			s.shutErr = s.srv.Shutdown()
+			s.shutErr = s.srv.ShutdownWithContext(ctx)
 		}
 		// Serve may not have registered the listener with fasthttp yet;
 		// closing it here makes that Serve return too.

@@ -90,7 +90,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.Int64Var(&c.segmentSize, "segment-size", def.Journal.SegmentBytes, "journal segment size in bytes")
 	fs.DurationVar(&c.compactEvery, "compact-interval", def.CompactEvery, "how often to look for journal segments to compact (0 disables)")
 	fs.BoolVar(&c.directPublish, "direct-publish", def.DirectPublish, "send messages already due (no delay, no id) to nsqd before replying, skipping the journal; the 200 then means nsqd acknowledged them. What nsqd does not take at once is journaled as usual")
-	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight publishes may take to finish")
+	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight requests, then running publishes, may take to finish")
 	fs.BoolVar(&c.version, "version", false, "print version and exit")
 	return fs
 }
@@ -216,12 +216,26 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 	go func() { serveErr <- srv.Serve() }()
 	select {
 	case s := <-sig:
-		logger.Printf("%v: shutting down", s)
+		logger.Printf("%v: shutting down (a second signal exits at once)", s)
 	case err = <-serveErr:
 		logger.Printf("HTTP server: %v", err)
 	}
-	if serr := srv.Shutdown(); serr != nil {
-		logger.Printf("HTTP shutdown: %v", serr)
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case s := <-sig:
+			// What was acknowledged is in the journal (or in nsqd);
+			// only an embedded nsqd's in-memory messages are lost.
+			logger.Printf("%v again: exiting now", s)
+			os.Exit(1)
+		case <-stopped:
+		}
+	}()
+	// Requests get up to the grace (a client stalled mid-request would
+	// hold an unbounded wait forever), then publishing tasks get as long.
+	if serr := srv.ShutdownWithin(c.shutdownGrace); serr != nil {
+		logger.Printf("HTTP shutdown: %v (requests still in flight get 503 EXITING)", serr)
 	}
 	pending := e.Pending()
 	if serr := e.Stop(c.shutdownGrace); serr != nil {

@@ -3,9 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
+	"log"
 	"net"
 	"net/http"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -121,4 +125,52 @@ func TestDefaultsRunEmbeddedNSQD(t *testing.T) {
 		}
 	}
 	p.terminate(t)
+}
+
+// SIGTERM with clients stalled mid-request (half a header, a body shorter
+// than its Content-Length): deferd waits for them at most
+// --shutdown-grace and exits; it used to wait forever.
+func TestShutdownWithStalledClients(t *testing.T) {
+	var c config
+	httpAddr := freeAddr(t)
+	if err := newFlagSet(&c).Parse([]string{"--http-address", httpAddr, "--data-path", t.TempDir(),
+		"--embedded-nsqd-tcp-address", freeAddr(t), "--embedded-nsqd-http-address", freeAddr(t),
+		"--shutdown-grace", "300ms"}); err != nil {
+		t.Fatal(err)
+	}
+	sig := make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(c, log.New(io.Discard, "", 0), sig) }()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if resp, err := http.Get("http://" + httpAddr + "/ping"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("deferd did not start")
+		}
+	}
+	for _, stalled := range []string{
+		"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Le",
+		"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + strings.Repeat("x", 10000),
+	} {
+		conn, err := net.Dial("tcp", httpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := io.WriteString(conn, stalled); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // both are being read
+	sig <- syscall.SIGTERM
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("deferd still running 10 s after SIGTERM with a 300ms grace")
+	}
 }
