@@ -27,7 +27,8 @@ type Config struct {
 	DataPath string
 	// MemQueueSize is nsqd's --mem-queue-size: messages per topic and per
 	// channel kept in memory before nsqd spills to its disk queue. 0 means
-	// DefaultMemQueueSize.
+	// DefaultMemQueueSize; MemQueueNone means nsqd's 0 (every message goes
+	// to the disk queue).
 	MemQueueSize int64
 	// MaxMsgSize and MaxBodySize are nsqd's --max-msg-size and
 	// --max-body-size; 0 keeps nsqd's defaults (1 MiB and 5 MiB).
@@ -46,6 +47,10 @@ type Config struct {
 // machine; 100,000 keeps a second or so of the reference load in memory per
 // topic and channel.
 const DefaultMemQueueSize = 100000
+
+// MemQueueNone, as Config.MemQueueSize, gives nsqd --mem-queue-size=0: it
+// keeps no message in memory, so none is lost when its process dies.
+const MemQueueNone = -1
 
 // Node is a running in-process nsqd. Its methods are safe for concurrent use.
 type Node struct {
@@ -73,9 +78,13 @@ func Start(cfg Config) (*Node, error) {
 	o.HTTPSAddress = ""
 	o.BroadcastAddress = "127.0.0.1"
 	o.DataPath = cfg.DataPath
-	o.MemQueueSize = DefaultMemQueueSize
-	if cfg.MemQueueSize > 0 {
+	switch {
+	case cfg.MemQueueSize > 0:
 		o.MemQueueSize = cfg.MemQueueSize
+	case cfg.MemQueueSize < 0:
+		o.MemQueueSize = 0
+	default:
+		o.MemQueueSize = DefaultMemQueueSize
 	}
 	if cfg.MaxMsgSize > 0 {
 		o.MaxMsgSize = cfg.MaxMsgSize

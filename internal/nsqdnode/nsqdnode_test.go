@@ -1,6 +1,7 @@
 package nsqdnode
 
 import (
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -39,5 +40,41 @@ func TestStartPublishConsume(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no message within 10s")
+	}
+}
+
+// MemQueueNone is nsqd's --mem-queue-size=0: published messages go to the
+// disk queue; the default keeps them in memory.
+func TestMemQueueNone(t *testing.T) {
+	for _, c := range []struct {
+		size        int64
+		wantBackend int64
+	}{{0, 0}, {MemQueueNone, 3}} {
+		n := StartTest(t, Config{MemQueueSize: c.size})
+		for range 3 {
+			resp, err := http.Post("http://"+n.HTTPAddr+"/pub?topic=t", "application/octet-stream", strings.NewReader("m"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+		}
+		var st struct {
+			Topics []struct {
+				Depth        int64 `json:"depth"`
+				BackendDepth int64 `json:"backend_depth"`
+			} `json:"topics"`
+		}
+		resp, err := http.Get("http://" + n.HTTPAddr + "/stats?format=json&topic=t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil || len(st.Topics) != 1 {
+			t.Fatalf("stats: %v, %+v", err, st)
+		}
+		if got := st.Topics[0]; got.Depth != 3 || got.BackendDepth != c.wantBackend {
+			t.Fatalf("MemQueueSize %d: depth %d, on disk %d; want 3, %d", c.size, got.Depth, got.BackendDepth, c.wantBackend)
+		}
 	}
 }
