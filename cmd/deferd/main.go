@@ -71,7 +71,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.Var(&c.nsqdTCPAddrs, "nsqd-tcp-address", "nsqd TCP address to publish to (may be given multiple times); when given, no embedded nsqd is started")
 	fs.StringVar(&c.embeddedTCP, "embedded-nsqd-tcp-address", "127.0.0.1:4150", "TCP address of the embedded nsqd")
 	fs.StringVar(&c.embeddedHTTP, "embedded-nsqd-http-address", "127.0.0.1:4151", "HTTP address of the embedded nsqd")
-	fs.Int64Var(&c.embeddedMemQ, "embedded-nsqd-mem-queue-size", nsqdnode.DefaultMemQueueSize, "the embedded nsqd's --mem-queue-size (messages kept in memory per topic and channel)")
+	fs.Int64Var(&c.embeddedMemQ, "embedded-nsqd-mem-queue-size", nsqdnode.DefaultMemQueueSize, "the embedded nsqd's --mem-queue-size (messages kept in memory per topic and channel; 0: all on its disk queue, none lost with the process)")
 	fs.StringVar(&c.embeddedLogLvl, "embedded-nsqd-log-level", "warn", "the embedded nsqd's log level (debug, info, warn, error, fatal)")
 	fs.Int64Var(&c.maxMsgSize, "max-msg-size", 1<<20, "maximum size of a single message in bytes (as nsqd's)")
 	fs.Int64Var(&c.maxBodySize, "max-body-size", 5<<20, "maximum size of a single request body in bytes (as nsqd's)")
@@ -115,6 +115,59 @@ func main() {
 	}
 }
 
+// validate refuses flag values deferd would otherwise replace or ignore
+// without a word.
+func (c *config) validate() error {
+	if c.maxMsgSize <= 0 || c.maxBodySize <= 0 {
+		return fmt.Errorf("--max-msg-size and --max-body-size must be > 0")
+	}
+	// An MPUB to nsqd carries the message with 8 bytes of framing, and
+	// deferd keeps 4 KiB of its --max-body-size as headroom.
+	if c.maxBodySize-mpubHeadroom < c.maxMsgSize+8 {
+		return fmt.Errorf("--max-body-size (%d) must be at least --max-msg-size + %d (%d): a message of the largest size must fit in an MPUB to nsqd",
+			c.maxBodySize, mpubHeadroom+8, c.maxMsgSize+mpubHeadroom+8)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"tick", c.tick}, {"retry-backoff", c.retryBackoff}, {"park-backoff", c.parkBackoff},
+		{"fsync-interval", c.fsyncInterval}, {"compact-interval", c.compactEvery},
+		{"shutdown-grace", c.shutdownGrace}, {"max-defer", c.maxDefer},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("--%s must not be negative (%v)", d.name, d.v)
+		}
+	}
+	for _, n := range []struct {
+		name string
+		v    int64
+	}{
+		{"embedded-nsqd-mem-queue-size", c.embeddedMemQ}, {"pool-size", int64(c.poolSize)},
+		{"task-size", int64(c.taskSize)}, {"batch-size", int64(c.batchSize)},
+		{"conns-per-nsqd", int64(c.connsPerNSQD)}, {"max-pending", c.maxPending},
+		{"max-pending-bytes", c.maxPendingBytes}, {"segment-size", c.segmentSize},
+	} {
+		if n.v < 0 {
+			return fmt.Errorf("--%s must not be negative (%d)", n.name, n.v)
+		}
+	}
+	return nil
+}
+
+// mpubHeadroom is how much of --max-body-size deferd leaves unused in its
+// MPUBs to nsqd.
+const mpubHeadroom = 4096
+
+// memQueue maps --embedded-nsqd-mem-queue-size to nsqdnode's Config, where
+// 0 means "the default": the flag's 0 is nsqd's 0 (nothing in memory).
+func memQueue(n int64) int64 {
+	if n == 0 {
+		return nsqdnode.MemQueueNone
+	}
+	return n
+}
+
 func signalChan() <-chan os.Signal {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
@@ -146,8 +199,8 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 	if err != nil {
 		return fmt.Errorf("--fsync: %w", err)
 	}
-	if c.maxMsgSize <= 0 || c.maxBodySize <= 0 {
-		return fmt.Errorf("--max-msg-size and --max-body-size must be > 0")
+	if err := c.validate(); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(c.dataPath, 0o755); err != nil {
 		return fmt.Errorf("--data-path: %w", err)
@@ -160,7 +213,7 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 			TCPAddress:   c.embeddedTCP,
 			HTTPAddress:  c.embeddedHTTP,
 			DataPath:     filepath.Join(c.dataPath, "nsqd"),
-			MemQueueSize: c.embeddedMemQ,
+			MemQueueSize: memQueue(c.embeddedMemQ),
 			MaxMsgSize:   c.maxMsgSize,
 			MaxBodySize:  c.maxBodySize,
 			Logger:       os.Stderr,
@@ -191,7 +244,7 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 	opts.Egress.MaxBatchMsgs = c.batchSize
 	opts.Egress.ConnsPerAddr = c.connsPerNSQD
 	opts.Egress.MaxMsgSize = int(c.maxMsgSize)
-	opts.Egress.MaxBatchBytes = int(c.maxBodySize) - 4096
+	opts.Egress.MaxBatchBytes = int(c.maxBodySize) - mpubHeadroom
 	e, err := engine.New(opts)
 	if err != nil {
 		return err

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/nsqio/go-nsq"
+
+	"github.com/deferd/deferd/internal/nsqdnode"
 )
 
 // --help lists every flag with its default, in nsq's style.
@@ -172,5 +174,42 @@ func TestShutdownWithStalledClients(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("deferd still running 10 s after SIGTERM with a 300ms grace")
+	}
+}
+
+// Flag values deferd cannot honour are refused at start with the flag's
+// name, not replaced by a default or left to fail deep inside; the flag
+// --embedded-nsqd-mem-queue-size=0 reaches nsqd as 0.
+func TestFlagValidation(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string // "" = accepted
+	}{
+		{nil, ""},
+		{[]string{"--max-msg-size", "1048576", "--max-body-size", "1048576"}, "--max-body-size"},
+		{[]string{"--max-msg-size", "1048576", "--max-body-size", "1052680"}, ""},
+		{[]string{"--max-msg-size", "0"}, "--max-msg-size"},
+		{[]string{"--tick", "-1ms"}, "--tick"},
+		{[]string{"--park-backoff", "-1s"}, "--park-backoff"},
+		{[]string{"--compact-interval", "-1s"}, "--compact-interval"},
+		{[]string{"--compact-interval", "0"}, ""},
+		{[]string{"--embedded-nsqd-mem-queue-size", "-1"}, "--embedded-nsqd-mem-queue-size"},
+		{[]string{"--embedded-nsqd-mem-queue-size", "0"}, ""},
+		{[]string{"--max-pending", "-5"}, "--max-pending"},
+	} {
+		var cfg config
+		if err := newFlagSet(&cfg).Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		err := cfg.validate()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%v: refused: %v", c.args, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want+" ")):
+			t.Errorf("%v: %v, want an error naming %s", c.args, err, c.want)
+		}
+	}
+	if memQueue(0) != nsqdnode.MemQueueNone || memQueue(7) != 7 {
+		t.Fatal("--embedded-nsqd-mem-queue-size is not passed through as given")
 	}
 }
