@@ -46,11 +46,12 @@ type Deferd struct {
 	client  *http.Client
 	logFile *os.File
 
-	mu sync.RWMutex // held for writing while the process restarts
+	mu sync.RWMutex // guards cmd: held for writing while the process restarts
 
 	exitMu  sync.Mutex
 	exitErr error // set when the process exits by itself
-	killing bool  // set while this design kills the process
+	gen     int   // counts started processes
+	killed  int   // gen of the last process this design killed
 }
 
 func NewDeferd(bin string, args ...string) *Deferd { return &Deferd{Bin: bin, Args: args} }
@@ -92,6 +93,10 @@ func (d *Deferd) start() error {
 		return &ErrNotRunnable{Reason: fmt.Sprintf("start deferd: %v", err)}
 	}
 	trackChild(d.cmd.Process)
+	d.exitMu.Lock()
+	d.gen++
+	gen := d.gen
+	d.exitMu.Unlock()
 	exited := make(chan error, 1)
 	go func() { exited <- d.cmd.Wait() }()
 	deadline := time.Now().Add(20 * time.Second)
@@ -101,7 +106,7 @@ func (d *Deferd) start() error {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == 200 && bytes.HasPrefix(body, []byte("OK")) {
-				go d.watch(exited)
+				go d.watch(exited, gen)
 				return nil
 			}
 		}
@@ -118,11 +123,13 @@ func (d *Deferd) start() error {
 }
 
 // watch records an exit this design did not cause, with the log's tail.
-func (d *Deferd) watch(exited <-chan error) {
+// gen identifies the process, so a kill is never taken for an exit of its
+// own, however late this runs.
+func (d *Deferd) watch(exited <-chan error, gen int) {
 	err := <-exited
 	d.exitMu.Lock()
 	defer d.exitMu.Unlock()
-	if !d.killing {
+	if d.killed != gen {
 		d.exitErr = fmt.Errorf("deferd exited during the run: %v; log: %s", err, tail(d.logFile.Name()))
 		d.env.logf("  %v", d.exitErr)
 	}
@@ -138,13 +145,8 @@ func tail(path string) string {
 
 func (d *Deferd) kill() {
 	d.exitMu.Lock()
-	d.killing = true
+	d.killed = d.gen
 	d.exitMu.Unlock()
-	defer func() {
-		d.exitMu.Lock()
-		d.killing = false
-		d.exitMu.Unlock()
-	}()
 	if d.cmd != nil && d.cmd.Process != nil {
 		_ = d.cmd.Process.Signal(syscall.SIGKILL)
 		untrackChild(d.cmd.Process)
@@ -160,9 +162,11 @@ func (d *Deferd) kill() {
 // Submit posts each run of messages with the same due millisecond as one
 // /mpub&binary=true (bodies are binary and may hold newlines) and a lone
 // message as /pub, both with at=UNIX_MS.
+//
+// It does not wait for a crash and restart (Crash): requests in flight when
+// deferd is killed fail, and so do those sent before it is back, as they do
+// for every design (the harness counts them rejected).
 func (d *Deferd) Submit(ctx context.Context, msgs []Msg) (int, error) {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
 	done := 0
 	for done < len(msgs) {
 		j := done + 1
@@ -228,7 +232,8 @@ func (d *Deferd) Stop() error {
 	return d.exitErr
 }
 
-// Crash SIGKILLs deferd and restarts it on the same data path and port.
+// Crash SIGKILLs deferd, with whatever requests are in flight, and restarts
+// it on the same data path and port.
 func (d *Deferd) Crash() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -242,6 +247,8 @@ func (d *Deferd) CrashNote() string {
 }
 
 func (d *Deferd) External() []int {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if d.cmd == nil || d.cmd.Process == nil {
 		return nil
 	}
@@ -249,6 +256,8 @@ func (d *Deferd) External() []int {
 }
 
 func (d *Deferd) Memory() (int64, string) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	n, _ := PIDRSS(d.cmd.Process.Pid)
 	return n, "RSS deferd"
 }

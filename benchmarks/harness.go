@@ -166,6 +166,7 @@ func (h *Harness) Run(d Design, l Load) (Result, error) {
 	var maxDue atomic.Int64
 	acceptedSeq := make([]bool, l.Count)
 	var full atomic.Bool
+	var lastTake atomic.Int64 // unix ns when a sender last took a batch to Submit
 	var swg sync.WaitGroup
 	for range l.Senders {
 		swg.Add(1)
@@ -175,6 +176,7 @@ func (h *Harness) Run(d Design, l Load) (Result, error) {
 				if full.Load() {
 					continue
 				}
+				lastTake.Store(time.Now().UnixNano())
 				sctx, scancel := ctx, context.CancelFunc(func() {})
 				if l.Hold {
 					sctx, scancel = context.WithTimeout(ctx, time.Second)
@@ -201,6 +203,7 @@ func (h *Harness) Run(d Design, l Load) (Result, error) {
 			}
 		}()
 	}
+	var crashErr atomic.Pointer[error] // a failed restart after the crash
 	if l.CrashAfter > 0 {
 		c, ok := d.(Crasher)
 		if !ok {
@@ -211,6 +214,7 @@ func (h *Harness) Run(d Design, l Load) (Result, error) {
 				h.progress("  %s: crash at +%s", d.Name(), l.CrashAfter)
 				if err := c.Crash(); err != nil {
 					h.progress("  %s: restart after crash failed: %v", d.Name(), err)
+					crashErr.Store(&err)
 				}
 			})
 			defer t.Stop()
@@ -260,6 +264,13 @@ func (h *Harness) Run(d Design, l Load) (Result, error) {
 	close(batches)
 	swg.Wait()
 	res.IngestTime = time.Since(start)
+	// What was actually offered: the messages handed to Submit over the
+	// time until the last of them was. (sent/offerDur would count the
+	// batches still queued for the senders when the producer finished,
+	// up to 256 of them, as offered.)
+	if t := time.Duration(lastTake.Load() - start.UnixNano()); t > 0 {
+		offerDur = max(offerDur, t)
+	}
 	res.OfferedActual = float64(sent) / offerDur.Seconds()
 	res.Accepted = int(accepted.Load())
 	res.Rejected = int(rejected.Load())
@@ -300,6 +311,10 @@ func (h *Harness) Run(d Design, l Load) (Result, error) {
 	}
 	if err := rec.Err(); err != nil {
 		res.Note = strings.TrimPrefix(res.Note+"; measuring consumer disconnected: "+err.Error(), "; ")
+	}
+	if err := crashErr.Load(); err != nil {
+		// Its losses are then the failed restart's, not the design's.
+		res.Note = strings.TrimPrefix(res.Note+"; RESTART AFTER THE CRASH FAILED: "+(*err).Error(), "; ")
 	}
 
 	rec.mu.Lock()

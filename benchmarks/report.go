@@ -65,8 +65,11 @@ func WriteTable(w io.Writer, rs []Result) error {
 			mem = fmt.Sprintf("%.0f", r.MemPerMsg)
 		}
 		note := r.Note
-		if r.Span > 0 {
+		switch {
+		case r.Span > 0 && r.Lost == 0:
 			note = strings.TrimPrefix(note+fmt.Sprintf("; all %d delivered %s after due (ingest took %s)", r.Delivered, fmtDur(r.Span), fmtDur(r.IngestTime)), "; ")
+		case r.Span > 0:
+			note = strings.TrimPrefix(note+fmt.Sprintf("; %d of %d delivered, the last %s after due (ingest took %s)", r.Delivered, r.Accepted, fmtDur(r.Span), fmtDur(r.IngestTime)), "; ")
 		}
 		if r.Rejected > 0 {
 			note = strings.TrimPrefix(note+fmt.Sprintf("; %d rejected by Submit", r.Rejected), "; ")
@@ -208,7 +211,7 @@ func Chart(path string, rs []Result, nsqdTake time.Duration) error {
 	var vals plotter.Values
 	var names []string
 	for _, r := range rs {
-		if r.Scenario == ScenarioBurst && r.Skipped == "" && r.Span > 0 {
+		if r.Scenario == ScenarioBurst && r.Skipped == "" && r.Span > 0 && r.Lost == 0 { // a design that lost part of it did not finish it
 			vals = append(vals, r.Span.Seconds())
 			names = append(names, r.Design)
 		}
