@@ -78,6 +78,9 @@ type Options struct {
 	// that measures what the journal costs. Messages accepted this way have
 	// no body to publish; tests only.
 	journalOff bool
+	// beforePublish, if set, is called by a publish task before it
+	// publishes a topic's messages; tests only (to make a task panic).
+	beforePublish func(topic string)
 }
 
 // NewOptions returns Options with every default set, for journal directory
@@ -597,6 +600,14 @@ func (e *Engine) dispatch(out <-chan *wheel.Batch[ref]) {
 // topic and marks what nsqd acknowledged as published.
 func (e *Engine) publishTask(t *task) {
 	defer putTask(t)
+	defer func() {
+		if v := recover(); v != nil {
+			// A bug; but the messages it held must not be lost until a
+			// restart.
+			n := e.requeueUnhandled(t)
+			e.logf("BUG: publish task panicked: %v; its %d messages not yet published or rescheduled go back into the wheel", v, n)
+		}
+	}()
 	t.reset()
 	t.ps = t.ps[:0]
 	for i := range t.items {
@@ -621,6 +632,9 @@ func (e *Engine) publishTask(t *task) {
 		e.reschedule(t, t.unread, e.opts.ParkBackoff)
 	}
 	for _, g := range t.groups {
+		if e.opts.beforePublish != nil {
+			e.opts.beforePublish(g.topic)
+		}
 		t.bodies = t.bodies[:0]
 		for _, r := range g.msgs {
 			t.bodies = append(t.bodies, t.arena[r.start:r.end])
@@ -705,6 +719,28 @@ func (e *Engine) reschedule(t *task, msgs []msgRef, backoff time.Duration) {
 		}
 	}
 	e.mu.Unlock()
+}
+
+// requeueUnhandled puts back into the wheel, due after RetryBackoff, the
+// items of t that are neither marked published nor rescheduled: those whose
+// message is still tracked under the handle the wheel handed out. It
+// returns how many.
+func (e *Engine) requeueUnhandled(t *task) int {
+	due := e.w.Now() + int64(e.opts.RetryBackoff)
+	n := 0
+	e.mu.Lock()
+	for i := range t.items {
+		it := &t.items[i]
+		p := it.Value
+		if e.segs[p.Seg].get(p.Ord) != it.Handle {
+			continue
+		}
+		e.trackLocked(p, e.w.Add(due, p))
+		n++
+	}
+	e.mu.Unlock()
+	e.retried.Add(uint64(n))
+	return n
 }
 
 // compactLoop moves the pending messages out of segments that keep the

@@ -750,3 +750,30 @@ func TestReadErrorRetries(t *testing.T) {
 		t.Fatalf("%d messages arrived, want only X", len(got))
 	}
 }
+
+// A publish task that panics (a bug) does not lose the messages it held
+// until a restart: those it had not published go back into the wheel and
+// are published on the next try.
+func TestPanickingTaskLosesNothing(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	o := testOptions(t.TempDir(), node.TCPAddr)
+	o.DirectPublish = false
+	var panicked sync.Once
+	o.beforePublish = func(topic string) {
+		if topic == "boom" {
+			panicked.Do(func() { panic("injected") })
+		}
+	}
+	h := startHarness(t, o)
+	boom, ok := consume(t, node.TCPAddr, "boom"), consume(t, node.TCPAddr, "ok")
+	at := time.Now().Add(100 * time.Millisecond).UnixMilli()
+	h.mustPost(fmt.Sprintf("/mpub?topic=ok&at=%d", at), []byte("o1\no2"))
+	h.mustPost(fmt.Sprintf("/mpub?topic=boom&at=%d", at), []byte("b1\nb2\nb3"))
+	boom.waitCount(t, 3, 10*time.Second)
+	ok.waitCount(t, 2, 10*time.Second)
+	for deadline := time.Now().Add(5 * time.Second); h.stats().Pending != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pending %d after every message arrived", h.stats().Pending)
+		}
+	}
+}
