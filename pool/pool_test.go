@@ -93,3 +93,49 @@ func TestRunningCountsTasks(t *testing.T) {
 		}
 	}
 }
+
+// Release against concurrent Submits: a Submit waiting for a worker
+// returns ErrClosed, and no task starts after Release returned nil.
+func TestReleaseWithConcurrentSubmits(t *testing.T) {
+	for round := range 20 {
+		p, err := New(2, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var released atomic.Bool
+		var late atomic.Int64
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					err := p.Submit(func() {
+						if released.Load() {
+							late.Add(1)
+						}
+						time.Sleep(50 * time.Microsecond)
+					})
+					if err != nil {
+						if !errors.Is(err, ErrClosed) {
+							t.Errorf("Submit: %v", err)
+						}
+						return
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round%5) * time.Millisecond)
+		if err := p.Release(5 * time.Second); err != nil {
+			t.Fatalf("round %d: Release: %v", round, err)
+		}
+		released.Store(true)
+		wg.Wait() // every Submit, blocked or not, returned
+		if n := late.Load(); n != 0 {
+			t.Fatalf("round %d: %d tasks started after Release returned nil", round, n)
+		}
+		if err := p.Release(time.Second); !errors.Is(err, ErrClosed) {
+			t.Fatalf("second Release: %v, want ErrClosed", err)
+		}
+	}
+}
