@@ -135,3 +135,21 @@ func pauseQuantiles(a, b *metrics.Float64Histogram) (p50, p99, max float64) {
 	}
 	return q(0.5), q(0.99), q(1)
 }
+
+// A publish repeating a pending id answers OK and schedules nothing, even
+// when deferd is full (it got 503 OVER_CAPACITY: the capacity check came
+// before the id's).
+func TestPendingIDAtCapacity(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	o := testOptions(t.TempDir(), node.TCPAddr)
+	o.MaxPending = 1
+	h := startHarness(t, o)
+	h.mustPost("/pub?topic=dc&defer=60000&id=order-1", []byte("first"))
+	h.mustPost("/pub?topic=dc&defer=60000&id=order-1", []byte("first"))
+	if code, body := h.post("/pub?topic=dc&defer=60000&id=order-2", []byte("second")); code != 503 {
+		t.Fatalf("a new id at capacity: %d %s, want 503", code, body)
+	}
+	if s := h.stats(); s.Pending != 1 {
+		t.Fatalf("pending %d, want 1", s.Pending)
+	}
+}

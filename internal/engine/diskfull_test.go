@@ -190,3 +190,45 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// Two publishes with the same id at once while the disk is full: the one
+// that finds the id being written by the other waits for that write. It
+// used to answer OK at once (dedupe), and when the write then failed the
+// client held a 200 for a message stored nowhere.
+func TestSameIDWhileTheFirstWriteFails(t *testing.T) {
+	dir := mountTiny(t, "2m")
+	o := testOptions(filepath.Join(dir, "journal"), nsqdnode.ClosedAddr(t))
+	o.Journal.SegmentBytes = 256 << 10
+	o.Logf = func(string, ...any) {}
+	h := startHarness(t, o)
+	line := bytes.Repeat([]byte("f"), 1000)
+	mpub := bytes.Join([][]byte{line, line, line, line, line, line, line, line, line, line}, []byte("\n"))
+	for i := 0; ; i++ { // fill the disk
+		if code, _ := h.post("/mpub?topic=full&defer=600000", mpub); code != 200 {
+			break
+		}
+		if i > 10000 {
+			t.Fatal("the disk never filled")
+		}
+	}
+	for round := range 100 {
+		before := h.stats().Pending
+		id := fmt.Sprintf("order-%d", round)
+		codes := make([]int, 2)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for k := range codes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				codes[k], _ = h.post("/pub?topic=ord&defer=600000&id="+id, []byte("pay"))
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if (codes[0] == 200 || codes[1] == 200) && h.stats().Pending == before {
+			t.Fatalf("round %d: answers %v with nothing stored", round, codes)
+		}
+	}
+}

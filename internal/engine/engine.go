@@ -135,6 +135,9 @@ type Engine struct {
 	// "being written" or "being moved": the id is taken but its handle is
 	// not known yet.
 	ids map[string]idRef
+	// reserving holds, for each id whose message is being written, a
+	// channel closed when that write ends (see Publish).
+	reserving map[string]chan struct{}
 	// segs maps a journal segment to the wheel handles of its messages by
 	// ordinal, so compaction can find and move pending ones.
 	segs map[uint32]*segTable
@@ -169,8 +172,9 @@ type Engine struct {
 // idRef is where the pending message of a client id is: its wheel handle
 // (to cancel it) and its journal position (to mark it cancelled).
 type idRef struct {
-	h wheel.Handle
-	p journal.Pos
+	h     wheel.Handle
+	p     journal.Pos
+	topic string // for the topic counters when it is cancelled
 }
 
 // segTable holds the wheel handles of one segment's messages by ordinal (0
@@ -209,14 +213,15 @@ func New(opts Options) (*Engine, error) {
 		opts.Egress.Logf = opts.Logf
 	}
 	e := &Engine{
-		opts:    opts,
-		logf:    opts.Logf,
-		w:       wheel.New[ref](wheel.Options{Tick: opts.Tick}),
-		ids:     make(map[string]idRef),
-		segs:    make(map[uint32]*segTable),
-		topics:  make(map[string]int64),
-		stop:    make(chan struct{}),
-		startAt: time.Now(),
+		opts:      opts,
+		logf:      opts.Logf,
+		w:         wheel.New[ref](wheel.Options{Tick: opts.Tick}),
+		ids:       make(map[string]idRef),
+		reserving: make(map[string]chan struct{}),
+		segs:      make(map[uint32]*segTable),
+		topics:    make(map[string]int64),
+		stop:      make(chan struct{}),
+		startAt:   time.Now(),
 	}
 	j, err := journal.Open(opts.Journal)
 	if err != nil {
@@ -310,7 +315,7 @@ func (e *Engine) recover() (journal.Report, error) {
 		}
 		st.set(p.Ord, h)
 		if m.ID != "" {
-			e.ids[m.ID] = idRef{h, p}
+			e.ids[m.ID] = idRef{h, p, m.Topic}
 		}
 		if m.Topic != topic {
 			e.topics[topic] += topicN
@@ -416,28 +421,45 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 		direct = true
 	}
 	n := int64(len(bodies))
-	if e.pending.Load()+n > e.opts.MaxPending {
-		return ingest.ErrOverCapacity
-	}
 	// In the unit of the pending-bytes counter: journal record bytes.
 	var size int64
 	for _, b := range bodies {
 		size += int64(journal.RecordLen(&journal.Message{ID: req.ID, Topic: req.Topic, Body: b}))
 	}
-	if e.pendingBytes.Load()+size > e.opts.MaxPendingBytes {
-		return ingest.ErrOverCapacity
+	overCapacity := func() bool {
+		return e.pending.Load()+n > e.opts.MaxPending || e.pendingBytes.Load()+size > e.opts.MaxPendingBytes
 	}
-
-	if req.ID != "" {
-		// Reserve the id before writing, so two concurrent publishes with
-		// the same id schedule it once.
-		e.mu.Lock()
-		if _, ok := e.ids[req.ID]; ok {
-			e.mu.Unlock()
-			return nil
+	var reserved chan struct{} // closed when this request's write of its id ends
+	if req.ID == "" {
+		if overCapacity() {
+			return ingest.ErrOverCapacity
 		}
-		e.ids[req.ID] = idRef{}
-		e.mu.Unlock()
+	} else {
+		// An id already pending answers OK and schedules nothing, even at
+		// capacity. One being written by another request waits for that
+		// write: OK if it landed, else this request writes its own. Else
+		// the id is reserved before writing, so two concurrent publishes
+		// with it schedule it once.
+		for reserved == nil {
+			e.mu.Lock()
+			if _, ok := e.ids[req.ID]; ok {
+				ch := e.reserving[req.ID]
+				e.mu.Unlock()
+				if ch == nil {
+					return nil // pending (or being moved)
+				}
+				<-ch
+				continue
+			}
+			if overCapacity() {
+				e.mu.Unlock()
+				return ingest.ErrOverCapacity
+			}
+			reserved = make(chan struct{})
+			e.ids[req.ID] = idRef{}
+			e.reserving[req.ID] = reserved
+			e.mu.Unlock()
+		}
 	}
 
 	b := getPubBuf(len(bodies))
@@ -450,11 +472,11 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 			b.pos[i] = journal.Pos{Ord: uint32(e.accepted.Load()) + uint32(i), Len: uint32(len(b.msgs[i].Body))}
 		}
 	} else if err := e.j.Append(b.msgs, b.pos); err != nil {
-		if req.ID != "" {
+		if reserved != nil {
 			e.mu.Lock()
-			if r, ok := e.ids[req.ID]; ok && r.h == 0 {
-				delete(e.ids, req.ID)
-			}
+			delete(e.ids, req.ID)
+			delete(e.reserving, req.ID)
+			close(reserved) // a request waiting on the id writes its own
 			e.mu.Unlock()
 		}
 		if errors.Is(err, journal.ErrClosed) {
@@ -479,8 +501,12 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 		st.set(p.Ord, b.hs[i])
 		bytes += int64(p.Len)
 		if req.ID != "" {
-			e.ids[req.ID] = idRef{b.hs[i], p}
+			e.ids[req.ID] = idRef{b.hs[i], p, req.Topic}
 		}
+	}
+	if reserved != nil {
+		delete(e.reserving, req.ID)
+		close(reserved)
 	}
 	e.topics[req.Topic] += n
 	e.mu.Unlock()
@@ -546,10 +572,7 @@ func (e *Engine) Cancel(id string) error {
 	e.untrackLocked(p)
 	e.mu.Unlock()
 
-	var topic string
-	if m, _, err := e.j.Read(p, nil); err == nil {
-		topic = m.Topic
-	}
+	topic := r.topic // kept with the id: the record may not be readable
 	if err := e.j.Done(journal.Cancelled, []journal.Key{p.Key()}); err != nil {
 		e.logf("journal: cancel mark for %v: %v", p.Key(), err)
 	}
@@ -715,7 +738,9 @@ func (e *Engine) reschedule(t *task, msgs []msgRef, backoff time.Duration) {
 		h := e.w.Add(due, it.Value)
 		e.trackLocked(it.Value, h)
 		if r.id != "" && e.idAtLocked(r.id, it.Value) {
-			e.ids[r.id] = idRef{h, it.Value}
+			cur := e.ids[r.id]
+			cur.h = h
+			e.ids[r.id] = cur
 		}
 	}
 	e.mu.Unlock()
@@ -803,7 +828,7 @@ func (e *Engine) compact(seg uint32) (moved int, err error) {
 		e.trackLocked(np, nh)
 		if m.ID != "" {
 			if cur, ok := e.ids[m.ID]; ok && cur.h == 0 {
-				e.ids[m.ID] = idRef{nh, np}
+				e.ids[m.ID] = idRef{nh, np, m.Topic}
 			}
 		}
 		e.mu.Unlock()

@@ -732,6 +732,9 @@ func TestReadErrorRetries(t *testing.T) {
 	if code, body := h.post("/cancel?id=Y", nil); code != 200 {
 		t.Fatalf("cancel of a message whose record failed to read: %d %s", code, body)
 	}
+	if s := h.stats(); s.Pending != 1 || s.PendingByTopic["rd"] != 1 {
+		t.Fatalf("after cancelling Y: pending %d, by topic %v; want 1, rd:1", s.Pending, s.PendingByTopic)
+	}
 	flip("body-of-x", 'b') // X reads again (offsets from the original bytes)
 	col.waitCount(t, 1, 10*time.Second)
 	if got := col.snapshot(); string(got[0].body) != "body-of-x" {
@@ -748,6 +751,9 @@ func TestReadErrorRetries(t *testing.T) {
 	time.Sleep(3 * o.ParkBackoff)
 	if got := col.snapshot(); len(got) != 1 {
 		t.Fatalf("%d messages arrived, want only X", len(got))
+	}
+	if s := h.stats(); s.Pending != 0 || len(s.PendingByTopic) != 0 {
+		t.Fatalf("at the end: pending %d, by topic %v; want 0 and none", s.Pending, s.PendingByTopic)
 	}
 }
 
