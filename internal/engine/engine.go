@@ -162,11 +162,13 @@ type Engine struct {
 
 	recovery journal.Report
 
-	exiting  atomic.Bool
-	stop     chan struct{}
-	wg       sync.WaitGroup
-	stopOnce sync.Once
-	startAt  time.Time
+	exiting atomic.Bool
+	// publishing counts Publish calls running.
+	publishing atomic.Int64
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	stopOnce   sync.Once
+	startAt    time.Time
 }
 
 // idRef is where the pending message of a client id is: its wheel handle
@@ -397,6 +399,8 @@ func (e *Engine) untrackLocked(p journal.Pos) {
 // With Options.DirectPublish, bodies already due go to nsqd first and only
 // those nsqd did not acknowledge are journaled.
 func (e *Engine) Publish(req *ingest.PubRequest) error {
+	e.publishing.Add(1) // before the exiting check: Stop waits for it
+	defer e.publishing.Add(-1)
 	if e.exiting.Load() {
 		return ingest.ErrExiting
 	}
@@ -848,13 +852,23 @@ var ErrStopping = errors.New("engine: stopping")
 
 // Stop stops publishing and closes the journal. Pending messages stay in
 // the journal and are recovered by the next New on the same directory.
-// Tasks publishing when Stop is called get up to grace to finish. Call it
+// Publish calls in progress get up to grace to finish, then the tasks
+// publishing to nsqd get up to grace. Call it
 // after the HTTP server stopped taking requests. Idempotent.
 func (e *Engine) Stop(grace time.Duration) error {
 	var err error
 	e.stopOnce.Do(func() {
 		e.exiting.Store(true)
 		close(e.stop)
+		// Publish calls already past their exiting check finish first, so
+		// the journal does not close under a request whose records span
+		// several group commits (it would get 503 with part of it kept).
+		for deadline := time.Now().Add(grace); e.publishing.Load() > 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				e.logf("stop: %d publish requests still running after %v", e.publishing.Load(), grace)
+				break
+			}
+		}
 		// The pool first: closing it wakes a dispatch blocked submitting
 		// the rest of a bucket (its messages stay live in the journal),
 		// so the grace bounds the whole wait even when nsqd is down and

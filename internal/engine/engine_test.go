@@ -783,3 +783,62 @@ func TestPanickingTaskLosesNothing(t *testing.T) {
 		}
 	}
 }
+
+// Stop while large /mpub requests (spanning several journal group commits)
+// are being written: each request is kept whole or not at all. Stop used to
+// close the journal under a running request, which got 503 EXITING with
+// part of its messages kept and delivered after the restart.
+func TestStopKeepsRequestsWhole(t *testing.T) {
+	dir := t.TempDir()
+	o := testOptions(dir, nsqdnode.ClosedAddr(t))
+	o.DirectPublish = false
+	o.Logf = func(string, ...any) {}
+	e, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bodies := make([][]byte, 4500) // 4.5 MB: more than one 4 MiB group commit
+	for i := range bodies {
+		bodies[i] = bytes.Repeat([]byte("b"), 1000)
+	}
+	var (
+		mu      sync.Mutex
+		results = map[string]error{}
+		wg      sync.WaitGroup
+	)
+	for g := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ { // until Stop refuses
+				topic := fmt.Sprintf("r%d_%d", g, i)
+				err := e.Publish(&ingest.PubRequest{Topic: topic, Due: time.Now().Add(time.Hour).UnixMilli(), Bodies: bodies})
+				mu.Lock()
+				results[topic] = err
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	e.Stop(10 * time.Second)
+	wg.Wait()
+
+	e, err = New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Stop(time.Second)
+	got := e.Snapshot().PendingByTopic
+	for topic, err := range results {
+		want := int64(len(bodies))
+		if err != nil {
+			want = 0
+		}
+		if got[topic] != want {
+			t.Errorf("request %s answered %v, and %d of its %d messages were kept", topic, err, got[topic], len(bodies))
+		}
+	}
+}
