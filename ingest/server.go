@@ -74,6 +74,10 @@ var (
 	ErrOverCapacity = &Error{503, "OVER_CAPACITY"}       // pending message/byte limits reached
 	ErrUnavailable  = &Error{503, "JOURNAL_UNAVAILABLE"} // can't write to disk
 	ErrExiting      = &Error{503, "EXITING"}             // shutting down (nsqd's word)
+	// ErrInFlight answers a cancel of a message being handed to nsqd right
+	// now: the outcome is not known yet (if nsqd does not take it, it is
+	// retried later, and a cancel then succeeds).
+	ErrInFlight = &Error{409, "IN_FLIGHT"}
 )
 
 // Server serves deferd's HTTP API. Its methods are safe for concurrent use.

@@ -536,8 +536,10 @@ func (e *Engine) publishedDirect(n int, dueMs int64) {
 }
 
 // Cancel implements ingest.Backend: it removes the pending message with
-// client id, or returns ingest.ErrNotFound if there is none (unknown,
-// already handed to egress, already cancelled).
+// client id. It returns ingest.ErrNotFound if there is none (unknown,
+// published, already cancelled) and ingest.ErrInFlight if a publish task
+// holds it right now (published if nsqd takes it, else back in the wheel
+// and cancellable again).
 func (e *Engine) Cancel(id string) error {
 	if e.exiting.Load() {
 		return ingest.ErrExiting
@@ -569,8 +571,11 @@ func (e *Engine) Cancel(id string) error {
 	// message without knowing its id).
 	p := r.p
 	if !e.w.Cancel(e.segs[p.Seg].get(p.Ord)) {
+		// The id is known and its message not published (that deletes
+		// the id), but it is out of the wheel: a publish task holds it.
+		// If nsqd does not take it, it comes back and can be cancelled.
 		e.mu.Unlock()
-		return ingest.ErrNotFound
+		return ingest.ErrInFlight
 	}
 	delete(e.ids, id)
 	e.untrackLocked(p)

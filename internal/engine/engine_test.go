@@ -842,3 +842,37 @@ func TestStopKeepsRequestsWhole(t *testing.T) {
 		}
 	}
 }
+
+// /cancel of a message a publish task holds right now answers 409
+// IN_FLIGHT, not 404: with nsqd down the attempt fails, the message goes
+// back into the wheel, and a later cancel removes it. (It said 404
+// NOT_FOUND for a message that was then delivered.)
+func TestCancelInFlight(t *testing.T) {
+	o := testOptions(t.TempDir(), nsqdnode.ClosedAddr(t))
+	o.Egress.Backoff = 100 * time.Millisecond // each attempt lasts a while
+	h := startHarness(t, o)
+	sawInFlight := false
+	for k := 0; k < 5 && !sawInFlight; k++ {
+		id := fmt.Sprintf("job-%d", k)
+		h.mustPost("/pub?topic=cx&defer=1&id="+id, []byte("charge the card"))
+		time.Sleep(50 * time.Millisecond) // due: an attempt is under way
+		var codes []int
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			code, body := h.post("/cancel?id="+id, nil)
+			codes = append(codes, code)
+			if code == 200 {
+				break
+			}
+			if code != 409 || body != `{"message":"IN_FLIGHT"}` || time.Now().After(deadline) {
+				t.Fatalf("cancel answers %v, last %s; want 409 IN_FLIGHT until the message is back in the wheel, then 200", codes, body)
+			}
+			sawInFlight = true
+		}
+	}
+	if !sawInFlight {
+		t.Fatal("no cancel found a message in flight")
+	}
+	if s := h.stats(); s.Pending != 0 {
+		t.Fatalf("after the cancels: pending %d", s.Pending)
+	}
+}
