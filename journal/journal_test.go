@@ -1180,25 +1180,55 @@ func appendVictimAndDecoy(t *testing.T, j *Journal, pad int) (rec, Pos) {
 	return victim, p[0]
 }
 
-// A crash mid-write leaves the last record of the last segment cut short.
-// Its body may hold bytes that look like a valid frame (here a client's
-// message carrying a Done record for another message): recovery truncates
-// the torn record and does not read frames out of its body, so the other
-// message stays live and nothing is reported corrupt.
-func TestTornTailIsNotSearched(t *testing.T) {
+// A record that fails its CRC and ends its segment, whose body holds a
+// valid-looking frame (a client's message carrying a Done record for
+// another message): nothing can follow it, so recovery does not search its
+// body; the other message stays live. In the last segment it is the torn
+// tail (a size that reached the disk before the last page did).
+func TestDamagedLastRecordIsNotSearched(t *testing.T) {
 	dir := t.TempDir()
 	opts := Options{Dir: dir}
 	j, _, _ := openJ(t, opts)
-	victim, p := appendVictimAndDecoy(t, j, 4000)
+	victim, p := appendVictimAndDecoy(t, j, 400)
 	j.Close()
-	if err := os.Truncate(segFile(dir, p.Seg), int64(p.Off)+int64(p.Len)-2000); err != nil {
+	f, err := os.OpenFile(segFile(dir, p.Seg), os.O_RDWR, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := f.WriteAt([]byte{0xff}, int64(p.Off)+int64(p.Len)-10); err != nil { // in the padding
+		t.Fatal(err)
+	}
+	f.Close()
 	j, got, rep := openJ(t, opts)
 	defer j.Close()
 	checkSame(t, got, []rec{victim})
 	if rep.TornTails != 1 || len(rep.Corrupt) != 0 {
-		t.Fatalf("report %+v, want one torn tail and no corruption", rep)
+		t.Fatalf("report %+v, want the damaged last record as the torn tail", rep)
+	}
+}
+
+// A flipped byte in a record's length in the middle of the last segment is
+// corruption, not a torn tail: the records after it are found again and
+// kept, and the one record is reported lost.
+func TestDamagedLengthKeepsLaterRecords(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir}
+	j, _, _ := openJ(t, opts)
+	recs := appendN(t, j, 0, 5, 100)
+	j.Close()
+	f, err := os.OpenFile(segFile(dir, recs[1].p.Seg), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0x7f}, int64(recs[1].p.Off)+2); err != nil { // the length's third byte
+		t.Fatal(err)
+	}
+	f.Close()
+	j, got, rep := openJ(t, opts)
+	defer j.Close()
+	checkSame(t, got, append([]rec{recs[0]}, recs[2:]...))
+	if rep.TornTails != 0 || !strings.Contains(strings.Join(rep.Corrupt, "\n"), "1 messages lost (ordinals 1..1)") {
+		t.Fatalf("report %+v, want the one record reported lost and no torn tail", rep)
 	}
 }
 

@@ -22,11 +22,11 @@ type scanResult struct {
 // On a bad frame it looks for the next valid frame (resync). If there is
 // none and last is set, the bad bytes are a torn tail (a short record, a
 // zero-filled or partially written end): res.torn, and res.end is where to
-// truncate. In the last segment a frame whose length runs past the end is
-// a torn tail at once: a resync would search its own body, where a
-// message's bytes can hold a valid-looking frame. (The price: a corrupted
-// length field in the last segment is taken for a torn tail, and the
-// records after it are truncated and counted in TruncatedBytes.) Otherwise it is corruption: a line is added to res.corrupt and
+// truncate. A record that fails its CRC is skipped by its length when a
+// valid frame follows it or it ends the segment, so its body (a client's
+// bytes, which may hold a valid-looking frame) is not searched; when its
+// length is damaged too, or a frame runs past the end of the segment (a
+// torn tail, or a damaged length), resync searches from the next byte. Otherwise it is corruption: a line is added to res.corrupt and
 // the scan continues at the next valid frame (records there keep their
 // exact Key because message records carry their ordinal) or stops if there
 // is none (the rest of a non-last segment is unreadable; the number of
@@ -77,21 +77,23 @@ func scanSegmentCRC(data []byte, last, verify bool, visit func(off, n int, typ b
 			res.end = off
 			continue
 		}
-		if last && errors.Is(err, errShort) {
-			// A frame running past the end of the last segment is a
-			// write cut short (a crash mid-pwrite): the torn tail. What
-			// follows its header is its own body, however valid a frame
-			// it may contain, so there is no resync inside it.
-			res.torn = true
-			return res
-		}
 		nxt := -1
 		if errors.Is(err, errCRC) {
 			// The length is plausible and inside the segment: if a valid
 			// frame follows the damaged record, only the record was hit.
 			// Resume there rather than search its body, which could hold
-			// a valid-looking frame.
+			// a valid-looking frame (a message's bytes are a client's).
 			nn := off + headerLen + int(binary.LittleEndian.Uint32(data[off:]))
+			if nn == len(data) {
+				// The damaged record is the segment's last: nothing can
+				// follow it, so nothing is searched for.
+				if last {
+					res.torn = true
+					return res
+				}
+				addCorrupt(fmt.Sprintf("offset %d: %v; the segment's last record is lost", off, err))
+				return res
+			}
 			maxOrd := uint64(nextOrd) + uint64((len(data)-nn)/minMsgFrame) + 1
 			if nn+headerLen < len(data) && frameAt(data, nn, nextOrd, maxOrd) {
 				nxt = nn
