@@ -79,8 +79,10 @@ type Options struct {
 	// no body to publish; tests only.
 	journalOff bool
 	// beforePublish, if set, is called by a publish task before it
-	// publishes a topic's messages; tests only (to make a task panic).
+	// publishes a topic's messages; beforeAppend by Publish before it
+	// journals a request. Tests only (to make them panic).
 	beforePublish func(topic string)
+	beforeAppend  func(*ingest.PubRequest)
 }
 
 // NewOptions returns Options with every default set, for journal directory
@@ -464,6 +466,17 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 			e.reserving[req.ID] = reserved
 			e.mu.Unlock()
 		}
+		// Whatever ends this request short of scheduling the message (an
+		// error, a panic), the id is given up and its waiters go on.
+		defer func() {
+			e.mu.Lock()
+			if e.reserving[req.ID] == reserved {
+				delete(e.reserving, req.ID)
+				delete(e.ids, req.ID)
+				close(reserved)
+			}
+			e.mu.Unlock()
+		}()
 	}
 
 	b := getPubBuf(len(bodies))
@@ -471,18 +484,16 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 	for i, body := range bodies {
 		b.msgs[i] = journal.Message{ID: req.ID, Topic: req.Topic, Due: req.Due, Body: body}
 	}
+	if e.opts.beforeAppend != nil {
+		e.opts.beforeAppend(req)
+	}
 	if e.opts.journalOff {
 		for i := range b.pos {
 			b.pos[i] = journal.Pos{Ord: uint32(e.accepted.Load()) + uint32(i), Len: uint32(len(b.msgs[i].Body))}
 		}
 	} else if err := e.j.Append(b.msgs, b.pos); err != nil {
-		if reserved != nil {
-			e.mu.Lock()
-			delete(e.ids, req.ID)
-			delete(e.reserving, req.ID)
-			close(reserved) // a request waiting on the id writes its own
-			e.mu.Unlock()
-		}
+		// A reserved id is given up (deferred above): a request waiting
+		// on it writes its own.
 		if errors.Is(err, journal.ErrClosed) {
 			return ingest.ErrExiting
 		}
@@ -541,6 +552,8 @@ func (e *Engine) publishedDirect(n int, dueMs int64) {
 // holds it right now (published if nsqd takes it, else back in the wheel
 // and cancellable again).
 func (e *Engine) Cancel(id string) error {
+	e.publishing.Add(1) // Stop waits for it, as for Publish
+	defer e.publishing.Add(-1)
 	if e.exiting.Load() {
 		return ingest.ErrExiting
 	}
@@ -582,8 +595,15 @@ func (e *Engine) Cancel(id string) error {
 	e.mu.Unlock()
 
 	topic := r.topic // kept with the id: the record may not be readable
+	var answer error
 	if err := e.j.Done(journal.Cancelled, []journal.Key{p.Key()}); err != nil {
+		// Out of the wheel now, but without its mark the message comes
+		// back after a restart: the client must not take this as done.
 		e.logf("journal: cancel mark for %v: %v", p.Key(), err)
+		answer = ingest.ErrUnavailable
+		if errors.Is(err, journal.ErrClosed) {
+			answer = ingest.ErrExiting
+		}
 	}
 	e.mu.Lock()
 	e.decTopicLocked(topic, 1)
@@ -591,7 +611,7 @@ func (e *Engine) Cancel(id string) error {
 	e.pending.Add(-1)
 	e.pendingBytes.Add(-int64(p.Len))
 	e.cancelled.Add(1)
-	return nil
+	return answer
 }
 
 func (e *Engine) decTopicLocked(topic string, n int64) {

@@ -737,6 +737,11 @@ func TestReadErrorRetries(t *testing.T) {
 	}
 	flip("body-of-x", 'b') // X reads again (offsets from the original bytes)
 	col.waitCount(t, 1, 10*time.Second)
+	for deadline := time.Now().Add(10 * time.Second); h.stats().Pending != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) { // nsqd has it; deferd marks it published after nsqd's OK
+			t.Fatal("X delivered but still pending")
+		}
+	}
 	if got := col.snapshot(); string(got[0].body) != "body-of-x" {
 		t.Fatalf("got %q", got[0].body)
 	}
@@ -874,5 +879,37 @@ func TestCancelInFlight(t *testing.T) {
 	}
 	if s := h.stats(); s.Pending != 0 {
 		t.Fatalf("after the cancels: pending %d", s.Pending)
+	}
+}
+
+// A Publish that panics (a bug) after reserving its id gives the id up: a
+// retry with the same id is written and answered, instead of waiting
+// forever for the first write to end.
+func TestPanickingPublishGivesItsIDUp(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	o := testOptions(t.TempDir(), node.TCPAddr)
+	var panicked sync.Once
+	o.beforeAppend = func(req *ingest.PubRequest) {
+		panicked.Do(func() { panic("injected") })
+	}
+	h := startHarness(t, o)
+	if code, _ := h.post("/pub?topic=p&defer=60000&id=X", []byte("first")); code != 500 {
+		t.Fatalf("the panicking publish: %d, want 500", code)
+	}
+	done := make(chan int, 1)
+	go func() {
+		code, _ := h.post("/pub?topic=p&defer=60000&id=X", []byte("retry"))
+		done <- code
+	}()
+	select {
+	case code := <-done:
+		if code != 200 {
+			t.Fatalf("retry: %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the retry with the same id still waits for the panicked write")
+	}
+	if s := h.stats(); s.Pending != 1 {
+		t.Fatalf("pending %d, want 1", s.Pending)
 	}
 }
