@@ -127,6 +127,11 @@ func (c *config) validate() error {
 		return fmt.Errorf("--max-body-size (%d) must be at least --max-msg-size + %d (%d): a message of the largest size must fit in an MPUB to nsqd",
 			c.maxBodySize, mpubHeadroom+8, c.maxMsgSize+mpubHeadroom+8)
 	}
+	if c.shutdownGrace <= 0 {
+		// With no grace the journal could close under a request being
+		// written, which would then be half kept.
+		return fmt.Errorf("--shutdown-grace must be > 0 (%v)", c.shutdownGrace)
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration

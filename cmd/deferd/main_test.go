@@ -196,6 +196,7 @@ func TestFlagValidation(t *testing.T) {
 		{[]string{"--embedded-nsqd-mem-queue-size", "-1"}, "--embedded-nsqd-mem-queue-size"},
 		{[]string{"--embedded-nsqd-mem-queue-size", "0"}, ""},
 		{[]string{"--max-pending", "-5"}, "--max-pending"},
+		{[]string{"--shutdown-grace", "0"}, "--shutdown-grace"},
 	} {
 		var cfg config
 		if err := newFlagSet(&cfg).Parse(c.args); err != nil {
