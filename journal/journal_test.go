@@ -1166,6 +1166,19 @@ func TestCloseDuringRecover(t *testing.T) {
 	}
 }
 
+// writeByteAt overwrites the byte at off in the file at path.
+func writeByteAt(t *testing.T, path string, off int64, b byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte{b}, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // appendVictimAndDecoy appends a message (the victim), then a decoy: a
 // message whose body starts with a valid Done frame cancelling the victim,
 // padded to pad more bytes. It returns the victim and the decoy's position.
@@ -1191,14 +1204,7 @@ func TestDamagedLastRecordIsNotSearched(t *testing.T) {
 	j, _, _ := openJ(t, opts)
 	victim, p := appendVictimAndDecoy(t, j, 400)
 	j.Close()
-	f, err := os.OpenFile(segFile(dir, p.Seg), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte{0xff}, int64(p.Off)+int64(p.Len)-10); err != nil { // in the padding
-		t.Fatal(err)
-	}
-	f.Close()
+	writeByteAt(t, segFile(dir, p.Seg), int64(p.Off)+int64(p.Len)-10, 0xff) // in the padding
 	j, got, rep := openJ(t, opts)
 	defer j.Close()
 	checkSame(t, got, []rec{victim})
@@ -1216,14 +1222,7 @@ func TestDamagedLengthKeepsLaterRecords(t *testing.T) {
 	j, _, _ := openJ(t, opts)
 	recs := appendN(t, j, 0, 5, 100)
 	j.Close()
-	f, err := os.OpenFile(segFile(dir, recs[1].p.Seg), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte{0x7f}, int64(recs[1].p.Off)+2); err != nil { // the length's third byte
-		t.Fatal(err)
-	}
-	f.Close()
+	writeByteAt(t, segFile(dir, recs[1].p.Seg), int64(recs[1].p.Off)+2, 0x7f) // the length's third byte
 	j, got, rep := openJ(t, opts)
 	defer j.Close()
 	checkSame(t, got, append([]rec{recs[0]}, recs[2:]...))
@@ -1244,14 +1243,7 @@ func TestDamagedRecordBodyIsNotSearched(t *testing.T) {
 	victim, p := appendVictimAndDecoy(t, j, 400)
 	after := appendN(t, j, 2, 1, 100)
 	j.Close()
-	f, err := os.OpenFile(segFile(dir, p.Seg), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte{0xff}, int64(p.Off)+int64(p.Len)-10); err != nil { // in the padding
-		t.Fatal(err)
-	}
-	f.Close()
+	writeByteAt(t, segFile(dir, p.Seg), int64(p.Off)+int64(p.Len)-10, 0xff) // in the padding
 	j, got, rep := openJ(t, opts)
 	defer j.Close()
 	checkSame(t, got, []rec{victim, after[0]})
