@@ -131,7 +131,7 @@ type Engine struct {
 	pub  *egress.Publisher
 	dq   directQ // DirectPublish's batching
 
-	// mu guards ids, segs and topics. It is never held across I/O.
+	// mu guards ids, reserving, segs and topics. It is never held across I/O.
 	mu sync.Mutex
 	// ids maps a client id to its pending message. A zero handle means
 	// "being written" or "being moved": the id is taken but its handle is
