@@ -133,9 +133,10 @@ type Engine struct {
 
 	// mu guards ids, reserving, segs and topics. It is never held across I/O.
 	mu sync.Mutex
-	// ids maps a client id to its pending message. A zero handle means
-	// "being written" or "being moved": the id is taken but its handle is
-	// not known yet.
+	// ids maps a client id to its pending message. An idRef that is not
+	// ready means "being written" or "being moved": the id is taken but
+	// its position is not known yet. The message's wheel handle is in segs,
+	// under its position.
 	ids map[string]idRef
 	// reserving holds, for each id whose message is being written, a
 	// channel closed when that write ends (see Publish).
@@ -173,12 +174,13 @@ type Engine struct {
 	startAt    time.Time
 }
 
-// idRef is where the pending message of a client id is: its wheel handle
-// (to cancel it) and its journal position (to mark it cancelled).
+// idRef is where the pending message of a client id is: its journal
+// position (its handle in segs, to cancel it, and its key, to mark it
+// cancelled) and its topic (for the topic counters).
 type idRef struct {
-	h     wheel.Handle
 	p     journal.Pos
-	topic string // for the topic counters when it is cancelled
+	topic string
+	ready bool // false while the message is being written or moved
 }
 
 // segTable holds the wheel handles of one segment's messages by ordinal (0
@@ -319,7 +321,7 @@ func (e *Engine) recover() (journal.Report, error) {
 		}
 		st.set(p.Ord, h)
 		if m.ID != "" {
-			e.ids[m.ID] = idRef{h, p, m.Topic}
+			e.ids[m.ID] = idRef{p, m.Topic, true}
 		}
 		if m.Topic != topic {
 			e.topics[topic] += topicN
@@ -350,7 +352,7 @@ func (e *Engine) trackLocked(p journal.Pos, h wheel.Handle) {
 // changes. e.mu held.
 func (e *Engine) idAtLocked(id string, p journal.Pos) bool {
 	r, ok := e.ids[id]
-	return ok && r.h != 0 && r.p == p
+	return ok && r.ready && r.p == p
 }
 
 // segTableLocked returns seg's handle table, creating it. e.mu held.
@@ -516,7 +518,7 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 		st.set(p.Ord, b.hs[i])
 		bytes += int64(p.Len)
 		if req.ID != "" {
-			e.ids[req.ID] = idRef{b.hs[i], p, req.Topic}
+			e.ids[req.ID] = idRef{p, req.Topic, true}
 		}
 	}
 	if reserved != nil {
@@ -561,7 +563,7 @@ func (e *Engine) Cancel(id string) error {
 		r  idRef
 		ok bool
 	)
-	// A zero handle means the message is being written or moved; that
+	// An id not ready means its message is being written or moved; that
 	// lasts one group commit, so wait for it rather than answer wrongly.
 	for i := 0; ; i++ {
 		e.mu.Lock()
@@ -570,7 +572,7 @@ func (e *Engine) Cancel(id string) error {
 			e.mu.Unlock()
 			return ingest.ErrNotFound
 		}
-		if r.h != 0 {
+		if r.ready {
 			break
 		}
 		e.mu.Unlock()
@@ -579,9 +581,6 @@ func (e *Engine) Cancel(id string) error {
 		}
 		time.Sleep(200 * time.Microsecond)
 	}
-	// The message's current handle: the one in the segment table (r.h only
-	// says the id is ready; a retry after a failed read re-adds the
-	// message without knowing its id).
 	p := r.p
 	if !e.w.Cancel(e.segs[p.Seg].get(p.Ord)) {
 		// The id is known and its message not published (that deletes
@@ -670,7 +669,7 @@ func (e *Engine) publishTask(t *task) {
 		if err != nil {
 			e.readErrors.Add(1)
 			e.logf("journal: read %v: %v (retrying in %v)", t.ps[i].Key(), err, e.opts.ParkBackoff)
-			t.unread = append(t.unread, msgRef{item: i}) // its id is in the record
+			t.unread = append(t.unread, msgRef{item: i}) // an id names it by position, which stays
 			return
 		}
 		start := len(t.arena)
@@ -757,20 +756,14 @@ func (e *Engine) markPublished(t *task, topic string, msgs []msgRef) {
 }
 
 // reschedule puts msgs back into the wheel, due after backoff, with the
-// same journal position; their ids follow them.
+// same journal position, which their ids name.
 func (e *Engine) reschedule(t *task, msgs []msgRef, backoff time.Duration) {
 	e.retried.Add(uint64(len(msgs)))
 	due := e.w.Now() + int64(backoff)
 	e.mu.Lock()
 	for _, r := range msgs {
 		it := &t.items[r.item]
-		h := e.w.Add(due, it.Value)
-		e.trackLocked(it.Value, h)
-		if r.id != "" && e.idAtLocked(r.id, it.Value) {
-			cur := e.ids[r.id]
-			cur.h = h
-			e.ids[r.id] = cur
-		}
+		e.trackLocked(it.Value, e.w.Add(due, it.Value))
 	}
 	e.mu.Unlock()
 }
@@ -856,8 +849,8 @@ func (e *Engine) compact(seg uint32) (moved int, err error) {
 		nh := e.w.Add(due, np)
 		e.trackLocked(np, nh)
 		if m.ID != "" {
-			if cur, ok := e.ids[m.ID]; ok && cur.h == 0 {
-				e.ids[m.ID] = idRef{nh, np, m.Topic}
+			if cur, ok := e.ids[m.ID]; ok && !cur.ready {
+				e.ids[m.ID] = idRef{np, m.Topic, true}
 			}
 		}
 		e.mu.Unlock()
