@@ -664,12 +664,12 @@ func (e *Engine) publishTask(t *task) {
 	for i := range t.items {
 		t.ps = append(t.ps, t.items[i].Value)
 	}
-	t.unread = t.unread[:0]
+	t.requeue = t.requeue[:0]
 	e.j.ReadBatch(&t.reader, t.ps, func(i int, m journal.Message, err error) {
 		if err != nil {
 			e.readErrors.Add(1)
 			e.logf("journal: read %v: %v (retrying in %v)", t.ps[i].Key(), err, e.opts.ParkBackoff)
-			t.unread = append(t.unread, msgRef{item: i}) // an id names it by position, which stays
+			t.requeue = append(t.requeue, msgRef{item: i}) // an id names it by position, which stays
 			return
 		}
 		start := len(t.arena)
@@ -679,8 +679,8 @@ func (e *Engine) publishTask(t *task) {
 	// A message whose record could not be read stays pending and goes back
 	// into the wheel: the error may pass (an I/O error), and until then it
 	// is still counted, cancellable and keeps its segment alive.
-	if len(t.unread) > 0 {
-		e.reschedule(t, t.unread, e.opts.ParkBackoff)
+	if len(t.requeue) > 0 {
+		e.reschedule(t, t.requeue, e.opts.ParkBackoff)
 	}
 	for _, g := range t.groups {
 		if e.opts.beforePublish != nil {
@@ -771,23 +771,19 @@ func (e *Engine) reschedule(t *task, msgs []msgRef, backoff time.Duration) {
 // requeueUnhandled puts back into the wheel, due after RetryBackoff, the
 // items of t that are neither marked published nor rescheduled: those whose
 // message is still tracked under the handle the wheel handed out. It
-// returns how many.
+// returns how many. The task holds them, so nothing else moves them
+// between the check and reschedule.
 func (e *Engine) requeueUnhandled(t *task) int {
-	due := e.w.Now() + int64(e.opts.RetryBackoff)
-	n := 0
+	t.requeue = t.requeue[:0]
 	e.mu.Lock()
 	for i := range t.items {
-		it := &t.items[i]
-		p := it.Value
-		if e.segs[p.Seg].get(p.Ord) != it.Handle {
-			continue
+		if p := t.items[i].Value; e.segs[p.Seg].get(p.Ord) == t.items[i].Handle {
+			t.requeue = append(t.requeue, msgRef{item: i})
 		}
-		e.trackLocked(p, e.w.Add(due, p))
-		n++
 	}
 	e.mu.Unlock()
-	e.retried.Add(uint64(n))
-	return n
+	e.reschedule(t, t.requeue, e.opts.RetryBackoff)
+	return len(t.requeue)
 }
 
 // compactLoop moves the pending messages out of segments that keep the

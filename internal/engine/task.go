@@ -20,7 +20,7 @@ type task struct {
 	bodies  [][]byte
 	keys    []journal.Key
 	spare   []*group
-	unread  []msgRef // items whose journal record could not be read
+	requeue []msgRef // items going back into the wheel (a failed read, a panic)
 }
 
 type group struct {
