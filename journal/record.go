@@ -223,13 +223,20 @@ func doneKey(keys []byte, i int) Key {
 // the remaining bytes could hold, a well-formed Done kind) before its CRC is
 // computed, so scanning garbage costs little more than reading it.
 func resync(data []byte, from int, minOrd uint32) int {
-	maxOrd := uint64(minOrd) + uint64((len(data)-from)/minMsgFrame) + 1
+	maxOrd := maxOrdFrom(data, from, minOrd)
 	for i := from; i+headerLen < len(data); i++ {
 		if frameAt(data, i, minOrd, maxOrd) {
 			return i
 		}
 	}
 	return -1
+}
+
+// maxOrdFrom is the highest ordinal a message record at or after from can
+// carry when the next expected is minOrd: one more than the records the
+// remaining bytes could hold.
+func maxOrdFrom(data []byte, from int, minOrd uint32) uint64 {
+	return uint64(minOrd) + uint64((len(data)-from)/minMsgFrame) + 1
 }
 
 // frameAt reports whether a valid frame starts at data[i], a message

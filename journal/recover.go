@@ -22,15 +22,18 @@ type scanResult struct {
 // On a bad frame it looks for the next valid frame (resync). If there is
 // none and last is set, the bad bytes are a torn tail (a short record, a
 // zero-filled or partially written end): res.torn, and res.end is where to
-// truncate. A record that fails its CRC is skipped by its length when a
-// valid frame follows it or it ends the segment, so its body (a client's
-// bytes, which may hold a valid-looking frame) is not searched; when its
-// length is damaged too, or a frame runs past the end of the segment (a
-// torn tail, or a damaged length), resync searches from the next byte. Otherwise it is corruption: a line is added to res.corrupt and
+// truncate. Otherwise it is corruption: a line is added to res.corrupt and
 // the scan continues at the next valid frame (records there keep their
 // exact Key because message records carry their ordinal) or stops if there
 // is none (the rest of a non-last segment is unreadable; the number of
 // messages lost there is unknown).
+//
+// A record that fails its CRC is skipped by its length when a valid frame
+// follows it, and is the last one when it ends the segment, so its body (a
+// client's bytes, which may hold a valid-looking frame) is not searched.
+// When its length is damaged too, or a frame runs past the end of the
+// segment (a torn tail, or a damaged length), resync searches from the
+// next byte.
 //
 // Message records whose ordinal does not increase are reported and skipped;
 // so are message payloads that fail to decode (visit returns errBadBody).
@@ -94,8 +97,7 @@ func scanSegmentCRC(data []byte, last, verify bool, visit func(off, n int, typ b
 				addCorrupt(fmt.Sprintf("offset %d: %v; the segment's last record is lost", off, err))
 				return res
 			}
-			maxOrd := uint64(nextOrd) + uint64((len(data)-nn)/minMsgFrame) + 1
-			if nn+headerLen < len(data) && frameAt(data, nn, nextOrd, maxOrd) {
+			if nn+headerLen < len(data) && frameAt(data, nn, nextOrd, maxOrdFrom(data, nn, nextOrd)) {
 				nxt = nn
 			}
 		}
@@ -137,9 +139,10 @@ func scanSegmentCRC(data []byte, last, verify bool, visit func(off, n int, typ b
 // keep it); ID and Topic are ordinary strings (topics are interned). If fn
 // returns an error Recover stops and returns it; the journal must then be
 // closed. Recover starts the flusher goroutine, unless Close was called
-// meanwhile: then it returns ErrClosed and starts nothing. Cost: two sequential reads
-// of the journal (the second only of segments with live messages) and one
-// CRC pass per read; no per-record allocation besides ID strings.
+// meanwhile: then it returns ErrClosed and starts nothing. Cost: two
+// sequential reads of the journal (the second only of segments with live
+// messages) and one CRC pass per read; no per-record allocation besides ID
+// strings.
 func (j *Journal) Recover(fn func(p Pos, m *Message) error) (Report, error) {
 	j.mu.Lock()
 	if j.recovered || j.closing {
