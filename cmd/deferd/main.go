@@ -138,7 +138,7 @@ func (c *config) validate() error {
 	}{
 		{"tick", c.tick}, {"retry-backoff", c.retryBackoff}, {"park-backoff", c.parkBackoff},
 		{"fsync-interval", c.fsyncInterval}, {"compact-interval", c.compactEvery},
-		{"shutdown-grace", c.shutdownGrace}, {"max-defer", c.maxDefer},
+		{"max-defer", c.maxDefer},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("--%s must not be negative (%v)", d.name, d.v)
