@@ -7,7 +7,8 @@ import (
 	"time"
 )
 
-func cpuTime(t *testing.T) time.Duration {
+// cpuTime is the process's CPU time so far (user+sys, all threads).
+func cpuTime(t testing.TB) time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		t.Fatal(err)
