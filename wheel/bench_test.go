@@ -450,32 +450,51 @@ func BenchmarkGoroutinePerMessage(b *testing.B) {
 }
 
 // BenchmarkAddParallel: Add+Cancel pairs from all Ps on one wheel (one
-// mutex), against the same done serially, to see whether sharding is needed.
+// mutex) and on a Sharded wheel (one shard per P), against the same done
+// from one goroutine, with 1M entries pending far ahead.
 func BenchmarkAddParallel(b *testing.B) {
-	for _, par := range []bool{false, true} {
-		b.Run(fmt.Sprintf("parallel=%v", par), func(b *testing.B) {
-			w := New[uint64](Options{Clock: &fakeClock{}})
-			for i := range 1_000_000 {
-				w.Add(int64(farDue(i)), uint64(i))
+	type addCanceler interface {
+		Add(due int64, v uint64) Handle
+		Cancel(h Handle) bool
+	}
+	for _, sharded := range []bool{false, true} {
+		for _, par := range []bool{false, true} {
+			impl := "wheel"
+			if sharded {
+				impl = "sharded"
 			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			if !par {
-				i := 0
-				for b.Loop() {
-					w.Cancel(w.Add(int64(farDue(i)), 1))
-					i++
+			b.Run(fmt.Sprintf("impl=%s/parallel=%v", impl, par), func(b *testing.B) {
+				var w addCanceler = New[uint64](Options{Clock: &fakeClock{}})
+				if sharded {
+					sw := NewSharded[uint64](Options{Clock: &fakeClock{}}, 0)
+					for i := range 1_000_000 { // spread the pre-fill over the shards
+						sw.addOn(uint32(i)&sw.mask, int64(farDue(i)), uint64(i))
+					}
+					w = sw
+				} else {
+					for i := range 1_000_000 {
+						w.Add(int64(farDue(i)), uint64(i))
+					}
 				}
-				return
-			}
-			b.RunParallel(func(pb *testing.PB) {
-				i := 0
-				for pb.Next() {
-					w.Cancel(w.Add(int64(farDue(i)), 1))
-					i++
+				b.ReportAllocs()
+				b.ResetTimer()
+				if !par {
+					i := 0
+					for b.Loop() {
+						w.Cancel(w.Add(int64(farDue(i)), 1))
+						i++
+					}
+					return
 				}
+				b.RunParallel(func(pb *testing.PB) {
+					i := 0
+					for pb.Next() {
+						w.Cancel(w.Add(int64(farDue(i)), 1))
+						i++
+					}
+				})
 			})
-		})
+		}
 	}
 }
 

@@ -42,4 +42,11 @@
 // pending entry is not a heap object; for a pointer-free T the chunks hold
 // no pointers and add no GC scan work. Add and Cancel do not allocate in
 // steady state.
+//
+// # Many goroutines on many cores
+//
+// One Wheel serialises Add and Cancel on one mutex. Sharded splits the
+// wheel into independent Wheels (one per P by default) driven by one Run
+// or Poll, with the same timing contract; each goroutine adds to its own
+// shard, or to a free one when its shard's lock is held.
 package wheel

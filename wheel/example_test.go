@@ -2,6 +2,7 @@ package wheel_test
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/deferd/deferd/wheel"
@@ -40,4 +41,42 @@ func ExampleWheel() {
 	// first not early: true
 	// second not early: true
 	// pending: 0
+}
+
+// ExampleSharded: many goroutines add to a sharded wheel; one driver
+// delivers every shard's due entries.
+func ExampleSharded() {
+	w := wheel.NewSharded[int](wheel.Options{}, 0) // one shard per P
+	out := make(chan *wheel.Batch[int])
+	stop := make(chan struct{})
+	done := make(chan *wheel.Batch[int])
+	go func() { done <- w.Run(stop, out) }()
+
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 100 {
+				w.AddAfter(time.Duration(i%10)*time.Millisecond, g*100+i)
+			}
+		}()
+	}
+	wg.Wait()
+	sum, n := 0, 0
+	for n < 800 {
+		b := <-out
+		for _, it := range b.Items {
+			sum += it.Value
+			n++
+		}
+		b.Release()
+	}
+	close(stop)
+	if b := <-done; b != nil {
+		b.Release()
+	}
+	fmt.Println("delivered:", n, "sum:", sum, "pending:", w.Len())
+	// Output:
+	// delivered: 800 sum: 319600 pending: 0
 }

@@ -46,11 +46,40 @@ func (h *refHeap) Pop() any {
 	return e
 }
 
-// harness drives a Wheel and the reference model side by side.
+// wheelAPI is what the model drives: a *Wheel or a *Sharded.
+type wheelAPI interface {
+	Add(due int64, v int64) Handle
+	AddBatch(due int64, values []int64, hs []Handle)
+	Cancel(h Handle) bool
+	Poll(now int64, fn func(*Batch[int64]))
+	Len() int
+	Next() (int64, bool)
+}
+
+// spread is a Sharded wheel whose Adds go to every shard in turn: from the
+// model's one goroutine, Sharded's own pick would use a single shard.
+type spread struct {
+	*Sharded[int64]
+	next uint32
+}
+
+func (w *spread) shard() uint32 {
+	w.next++
+	return w.next % uint32(w.Shards())
+}
+
+func (w *spread) Add(due int64, v int64) Handle { return w.addOn(w.shard(), due, v) }
+
+func (w *spread) AddBatch(due int64, values []int64, hs []Handle) {
+	w.addBatchOn(w.shard(), due, values, hs)
+}
+
+// harness drives a Wheel (or a Sharded wheel) and the reference model side
+// by side.
 type harness struct {
 	tb      testing.TB
 	clock   *fakeClock
-	w       *Wheel[int64]
+	w       wheelAPI
 	tick    int64
 	origin  int64
 	pending refHeap
@@ -61,12 +90,22 @@ type harness struct {
 }
 
 func newHarness(tb testing.TB, tick time.Duration, start int64) *harness {
+	return newShardedHarness(tb, tick, start, 0)
+}
+
+// newShardedHarness drives a Sharded wheel of the given shards (0: a plain
+// Wheel).
+func newShardedHarness(tb testing.TB, tick time.Duration, start int64, shards int) *harness {
 	c := &fakeClock{}
 	c.ns.Store(start)
+	var w wheelAPI = New[int64](Options{Tick: tick, Clock: c})
+	if shards > 0 {
+		w = &spread{Sharded: NewSharded[int64](Options{Tick: tick, Clock: c}, shards)}
+	}
 	return &harness{
 		tb:      tb,
 		clock:   c,
-		w:       New[int64](Options{Tick: tick, Clock: c}),
+		w:       w,
 		tick:    int64(tick),
 		origin:  start,
 		all:     map[Handle]*refEntry{},
@@ -256,8 +295,9 @@ func spanStep(r ops, tick int64) int64 {
 }
 
 // runModel performs steps random operations and then drains everything.
-func runModel(tb testing.TB, r ops, tick time.Duration, start int64, steps int) *harness {
-	h := newHarness(tb, tick, start)
+// shards > 0 runs it on a Sharded wheel.
+func runModel(tb testing.TB, r ops, tick time.Duration, start int64, steps, shards int) *harness {
+	h := newShardedHarness(tb, tick, start, shards)
 	now := start
 	for i := 0; i < steps; i++ {
 		x := r.Uint64()
@@ -343,9 +383,54 @@ func TestModel(t *testing.T) {
 		for seed := range seeds {
 			t.Run(fmt.Sprintf("tick=%v/start=%d/seed=%d", c.tick, c.start, seed), func(t *testing.T) {
 				r := rand.New(rand.NewPCG(uint64(seed), uint64(c.tick)))
-				h := runModel(t, r, c.tick, c.start, per)
+				h := runModel(t, r, c.tick, c.start, per, 0)
 				if h.fired == 0 {
 					t.Fatalf("nothing fired in %d steps", per)
+				}
+			})
+		}
+	}
+}
+
+// TestModelSharded runs the model on Sharded wheels, each Add on the next
+// shard in turn.
+func TestModelSharded(t *testing.T) {
+	total := 400_000
+	if raceEnabled {
+		total = 80_000
+	}
+	if testing.Short() {
+		total /= 4
+	}
+	cases := []struct {
+		tick   time.Duration
+		start  int64
+		shards int
+	}{
+		{time.Millisecond, 0, 2},
+		{time.Microsecond, 0, 4},
+		{time.Millisecond, -5 * int64(time.Hour), 3}, // rounded up to 4
+		{time.Second, math.MaxInt64 - int64(50*365*24*time.Hour), MaxShards},
+		{time.Microsecond, math.MaxInt64 - int64(10*time.Millisecond), 2},
+	}
+	seeds := 2
+	per := total / (len(cases) * seeds)
+	for _, c := range cases {
+		for seed := range seeds {
+			t.Run(fmt.Sprintf("tick=%v/start=%d/shards=%d/seed=%d", c.tick, c.start, c.shards, seed), func(t *testing.T) {
+				r := rand.New(rand.NewPCG(uint64(seed)+100, uint64(c.tick)))
+				h := runModel(t, r, c.tick, c.start, per, c.shards)
+				if h.fired == 0 {
+					t.Fatalf("nothing fired in %d steps", per)
+				}
+				perShard := make([]int, h.w.(*spread).Shards())
+				for _, hd := range h.handles {
+					perShard[uint32(hd)&h.w.(*spread).mask]++
+				}
+				for s, n := range perShard {
+					if n == 0 {
+						t.Fatalf("shard %d of %d got no entries: %v", s, len(perShard), perShard)
+					}
 				}
 			})
 		}

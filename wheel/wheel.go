@@ -127,6 +127,7 @@ type Wheel[T any] struct {
 	sent   *[firstEntry]entry[T] // chunks[0][:firstEntry], for direct access to the sentinels
 	free   uint32                // head of the free list (linked by next); 0 = empty
 	used   uint32                // slab indices in use or freed (index 0 and the sentinels included)
+	limit  uint32                // slab indices stay below it
 
 	// far holds the full due tick of top-level entries (genFar); farFree
 	// lists its free slots.
@@ -151,6 +152,12 @@ func (c monoClock) Now() int64 { return int64(time.Since(c.base)) }
 // concurrent use. Tick 0 of the wheel is opts.Clock.Now() at the time of
 // the call.
 func New[T any](opts Options) *Wheel[T] {
+	tick, clock := opts.resolve()
+	return newWheel[T](tick, clock, clock.Now(), make(chan struct{}, 1), math.MaxUint32)
+}
+
+// resolve applies the defaults and checks the tick.
+func (opts Options) resolve() (time.Duration, Clock) {
 	tick := opts.Tick
 	if tick == 0 {
 		tick = time.Millisecond
@@ -162,13 +169,21 @@ func New[T any](opts Options) *Wheel[T] {
 	if clock == nil {
 		clock = monoClock{base: time.Now()}
 	}
+	return tick, clock
+}
+
+// newWheel is New with the origin, the driver's wake channel and the bound
+// on slab indices given (a shard of a Sharded wheel shares the first two
+// with its siblings and keeps its indices below 2^(32-shard bits)).
+func newWheel[T any](tick time.Duration, clock Clock, origin int64, wake chan struct{}, limit uint32) *Wheel[T] {
 	w := &Wheel[T]{
 		tick:    uint64(tick),
 		tickInv: math.MaxUint64 / uint64(tick),
 		clock:   clock,
-		origin:  clock.Now(),
+		origin:  origin,
 		used:    firstEntry, // index 0 is reserved: the zero Handle is never valid
-		wake:    make(chan struct{}, 1),
+		limit:   limit,
+		wake:    wake,
 		chunks:  [][]entry[T]{make([]entry[T], chunkSize)},
 	}
 	w.sent = (*[firstEntry]entry[T])(w.chunks[0][:firstEntry])
@@ -254,8 +269,8 @@ func (w *Wheel[T]) alloc() (uint32, *entry[T]) {
 		return i, e
 	}
 	i := w.used
-	if i == math.MaxUint32 {
-		panic("wheel: more than 2^32-1 entries")
+	if i >= w.limit {
+		panic("wheel: too many entries (2^32-1 per wheel, 2^32/shards per shard)")
 	}
 	if int(i>>chunkBits) == len(w.chunks) {
 		w.chunks = append(w.chunks, make([]entry[T], chunkSize))
@@ -407,8 +422,19 @@ func (w *Wheel[T]) detach(list int) (first, sn uint32) {
 // concurrent use. If due is earlier than the
 // sleeping Run driver's planned wake-up, the driver is woken.
 func (w *Wheel[T]) Add(due int64, v T) Handle {
+	h, _ := w.add(due, v, false)
+	return h
+}
+
+// add is Add; with try set it only TryLocks, and returns false if the lock
+// is held (a Sharded wheel then tries another shard).
+func (w *Wheel[T]) add(due int64, v T, try bool) (Handle, bool) {
 	t := w.dueTick(due)
-	w.mu.Lock()
+	if !try {
+		w.mu.Lock()
+	} else if !w.mu.TryLock() {
+		return 0, false
+	}
 	var (
 		i uint32
 		e *entry[T]
@@ -442,7 +468,7 @@ func (w *Wheel[T]) Add(due int64, v T) Handle {
 	if wake {
 		w.wakeDriver()
 	}
-	return h
+	return h, true
 }
 
 // planLocked notes that tick t now has an entry and reports whether the
@@ -511,14 +537,19 @@ func (w *Wheel[T]) AddBatch(due int64, values []T, hs []Handle) {
 // AddAfter is Add(w.Now()+d, v), with the sum clamped to math.MaxInt64 (and
 // math.MinInt64) on overflow. O(1); safe for concurrent use.
 func (w *Wheel[T]) AddAfter(d time.Duration, v T) Handle {
-	now := w.Now()
+	return w.Add(addDuration(w.Now(), d), v)
+}
+
+// addDuration is now+d clamped to math.MaxInt64 (and math.MinInt64) on
+// overflow.
+func addDuration(now int64, d time.Duration) int64 {
 	due := now + int64(d)
 	if d > 0 && due < now {
-		due = math.MaxInt64
+		return math.MaxInt64
 	} else if d < 0 && due > now {
-		due = math.MinInt64
+		return math.MinInt64
 	}
-	return w.Add(due, v)
+	return due
 }
 
 // Cancel removes a pending entry. It returns true iff it removed one, false
@@ -674,6 +705,23 @@ func (w *Wheel[T]) Poll(now int64, fn func(*Batch[T])) {
 // maxSleep bounds one driver sleep; the driver simply re-plans after it.
 const maxSleep = time.Hour
 
+// sleepFor is how long the driver sleeps to wake at tick d (maxSleep if
+// !ok: nothing pending): 0 if d's time has come. It reads the Clock, so
+// call it without the lock held.
+func (w *Wheel[T]) sleepFor(d uint64, ok bool) time.Duration {
+	if !ok {
+		return maxSleep
+	}
+	wakeAt, now := w.tickTime(d), w.Now()
+	switch {
+	case wakeAt <= now:
+		return 0 // already due: go round again
+	case wakeAt-now > 0 && wakeAt-now < int64(maxSleep): // else overflow or far
+		return time.Duration(wakeAt - now)
+	}
+	return maxSleep
+}
+
 // Run is the tickless driver. The owner calls it on its own goroutine; it
 // sends each due batch on out (blocking send, so a slow consumer means
 // backpressure, not loss) until stop is closed. It returns the batch it could
@@ -717,17 +765,7 @@ func (w *Wheel[T]) Run(stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
 			w.planned = math.MaxUint64
 		}
 		w.mu.Unlock()
-		sleep := maxSleep
-		if ok { // the Clock is read without the lock held
-			wakeAt, now := w.tickTime(d), w.Now()
-			switch {
-			case wakeAt <= now:
-				sleep = 0 // already due: go round again
-			case wakeAt-now > 0 && wakeAt-now < int64(maxSleep): // else overflow or far
-				sleep = time.Duration(wakeAt - now)
-			}
-		}
-		if sleep > 0 {
+		if sleep := w.sleepFor(d, ok); sleep > 0 {
 			timer.Reset(sleep)
 			select {
 			case <-stop:
