@@ -34,7 +34,8 @@
 //     each a printable ASCII character from '!' to '~' (no space, no control
 //     or non-ASCII bytes); anything else is 400 INVALID_ID. id on /mpub is
 //     400 INVALID_ID too, since one id cannot name many messages.
-//   - POST /cancel?id=ID: 200 OK if the backend removed a pending message,
+//   - POST /cancel?id=ID: 200 OK if the backend removed a pending message
+//     (deferd's engine answers once the cancel is journaled),
 //     404 NOT_FOUND if there is none, 409 IN_FLIGHT if it is being handed
 //     to nsqd right now, 400 MISSING_ARG_ID without id.
 //   - GET /info and GET /stats: the backend's Info and Stats as JSON;

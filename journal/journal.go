@@ -635,20 +635,39 @@ func (j *Journal) AppendMoved(old Key, m *Message) (Pos, error) {
 // Done marks keys finished (in memory at once) and queues one Done record
 // listing them, which goes out with the next group; it does not wait for
 // the write, so a crash just after Done may redeliver (at-least-once).
+// DoneWait waits for it (what a cancel acknowledged to a client needs).
 // Idempotent per key: keys already dead, unknown, or in deleted segments
 // are ignored. Safe for concurrent use. Cost: O(len(keys)) under j.mu; it
 // waits only if the current group is full.
 func (j *Journal) Done(kind DoneKind, keys []Key) error {
+	_, err := j.done(kind, keys)
+	return err
+}
+
+// DoneWait is Done, but it returns only once the Done records it queued are
+// written to the OS (fsynced too in FsyncAlways mode), as Append does: a nil
+// return means the marks survive kill -9. A write error of their group is
+// returned (the marks stay applied in memory and are re-queued).
+func (j *Journal) DoneWait(kind DoneKind, keys []Key) error {
+	gs, err := j.done(kind, keys)
+	if werr := j.waitGroups(gs); err == nil {
+		err = werr
+	}
+	return err
+}
+
+// done implements Done and returns the groups its records went into.
+func (j *Journal) done(kind DoneKind, keys []Key) (gs []*group, _ error) {
 	if kind != Published && kind != Cancelled {
-		return fmt.Errorf("journal: bad DoneKind %d", kind)
+		return nil, fmt.Errorf("journal: bad DoneKind %d", kind)
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closing {
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	if !j.recovered {
-		return ErrNotRecovered
+		return nil, ErrNotRecovered
 	}
 	t := j.table.Load()
 	var batch []Key
@@ -667,6 +686,9 @@ func (j *Journal) Done(kind DoneKind, keys []Key) error {
 		r.ndone++
 		r.seg.end += int64(n)
 		g.dones = append(g.dones, [2]int{st, len(g.buf)})
+		if len(gs) == 0 || gs[len(gs)-1] != g {
+			gs = append(gs, g)
+		}
 		batch = batch[:0]
 		return nil
 	}
@@ -681,16 +703,15 @@ func (j *Journal) Done(kind DoneKind, keys []Key) error {
 		batch = append(batch, k)
 		if len(batch) == maxDoneKeys {
 			if err := flush(); err != nil {
-				return err
+				j.kickFlusher()
+				return gs, err
 			}
 			t = j.table.Load()
 		}
 	}
-	if err := flush(); err != nil {
-		return err
-	}
+	err := flush()
 	j.kickFlusher()
-	return nil
+	return gs, err
 }
 
 // Read reads the record at p with one pread (page cache) into buf, grown if

@@ -549,10 +549,14 @@ func (e *Engine) publishedDirect(n int, dueMs int64) {
 }
 
 // Cancel implements ingest.Backend: it removes the pending message with
-// client id. It returns ingest.ErrNotFound if there is none (unknown,
-// published, already cancelled) and ingest.ErrInFlight if a publish task
-// holds it right now (published if nsqd takes it, else back in the wheel
-// and cancellable again).
+// client id and returns nil once the cancel mark is written to the journal
+// (so the cancel survives kill -9; fsynced too with FsyncAlways), after one
+// group commit as Publish. It returns ingest.ErrNotFound if there is none
+// (unknown, published, already cancelled), ingest.ErrInFlight if a publish
+// task holds it right now (published if nsqd takes it, else back in the
+// wheel and cancellable again), and ingest.ErrUnavailable if the mark could
+// not be written (the message is out of the wheel, but may come back after
+// a restart).
 func (e *Engine) Cancel(id string) error {
 	e.publishing.Add(1) // Stop waits for it, as for Publish
 	defer e.publishing.Add(-1)
@@ -595,7 +599,9 @@ func (e *Engine) Cancel(id string) error {
 
 	topic := r.topic // kept with the id: the record may not be readable
 	var answer error
-	if err := e.j.Done(journal.Cancelled, []journal.Key{p.Key()}); err != nil {
+	// The 200 promises the cancel survives a crash: wait for the mark to
+	// be written, as Publish waits for its records.
+	if err := e.j.DoneWait(journal.Cancelled, []journal.Key{p.Key()}); err != nil {
 		// Out of the wheel now, but without its mark the message comes
 		// back after a restart: the client must not take this as done.
 		e.logf("journal: cancel mark for %v: %v", p.Key(), err)
