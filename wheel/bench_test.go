@@ -450,8 +450,8 @@ func BenchmarkGoroutinePerMessage(b *testing.B) {
 }
 
 // BenchmarkAddParallel: Add+Cancel pairs from all Ps on one wheel (one
-// mutex) and on a Sharded wheel (one shard per P), against the same done
-// from one goroutine, with 1M entries pending far ahead.
+// mutex) and on a Sharded wheel (default shards: 4 per P), against the same
+// done from one goroutine, with 1M entries pending far ahead.
 func BenchmarkAddParallel(b *testing.B) {
 	type addCanceler interface {
 		Add(due int64, v uint64) Handle

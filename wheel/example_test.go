@@ -46,7 +46,7 @@ func ExampleWheel() {
 // ExampleSharded: many goroutines add to a sharded wheel; one driver
 // delivers every shard's due entries.
 func ExampleSharded() {
-	w := wheel.NewSharded[int](wheel.Options{}, 0) // one shard per P
+	w := wheel.NewSharded[int](wheel.Options{}, 0) // 4 shards per P
 	out := make(chan *wheel.Batch[int])
 	stop := make(chan struct{})
 	done := make(chan *wheel.Batch[int])

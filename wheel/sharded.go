@@ -43,12 +43,14 @@ type Sharded[T any] struct {
 }
 
 // NewSharded returns an empty wheel of n shards, n rounded up to a power of
-// two and capped at MaxShards; n <= 0 means runtime.GOMAXPROCS(0). opts as
-// for New (it panics on the same bad Tick). O(n): each shard allocates its
-// first slab chunk (64Ki entries, 1.5 MiB for T = uint64).
+// two and capped at MaxShards; n <= 0 means 4 * runtime.GOMAXPROCS(0)
+// (goroutines pick shards by a hash, and with one shard per P two busy
+// goroutines would often share one). opts as for New (it panics on the same
+// bad Tick). O(n): each shard allocates its first slab chunk (64Ki
+// entries, 1.5 MiB for T = uint64).
 func NewSharded[T any](opts Options, n int) *Sharded[T] {
 	if n <= 0 {
-		n = runtime.GOMAXPROCS(0)
+		n = 4 * runtime.GOMAXPROCS(0)
 	}
 	n = min(n, MaxShards)
 	b := uint(bits.Len(uint(n - 1)))

@@ -140,6 +140,11 @@ type Wheel[T any] struct {
 	wake    chan struct{}
 
 	batches sync.Pool
+
+	// The shards of a Sharded wheel are separate objects that may sit
+	// next to each other: keep another shard's mutex off this one's
+	// cache lines.
+	_ [128]byte
 }
 
 type monoClock struct{ base time.Time }
