@@ -71,11 +71,12 @@ func NewSharded[T any](opts Options, n int) *Sharded[T] {
 func (w *Sharded[T]) Shards() int { return len(w.shards) }
 
 // pick maps the calling goroutine's stack address to a shard (Fibonacci
-// hashing of the address above its low 12 bits). It is only a hint for
+// hashing of the address above its low 10 bits: goroutine stacks start at
+// 2 KiB, so two of them may share a 4 KiB page). It is only a hint for
 // spreading goroutines: nothing depends on which shard an entry is in.
 func (w *Sharded[T]) pick() uint32 {
 	var x byte
-	p := uint64(uintptr(unsafe.Pointer(&x))) >> 12
+	p := uint64(uintptr(unsafe.Pointer(&x))) >> 10
 	return uint32(p * 0x9E3779B97F4A7C15 >> (64 - w.bits))
 }
 
