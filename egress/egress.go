@@ -373,11 +373,31 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err
 		p.replace(c, prod)
 		prod = c.prod.Load()
 	}
-	if err := prod.MultiPublishAsync(topic, batch, done); err != nil {
-		return p.failed(c, prod, p.stoppedOr(err))
-	}
+	// The timer covers the connect too: go-nsq connects inside
+	// MultiPublishAsync on a Producer's first use, and its IDENTIFY is
+	// bounded only by the 10s read timeout (a hung nsqd held a direct
+	// publish's reply 10 s, and Stop as long). MultiPublish has copied the
+	// bodies before it connects, so abandoning the call keeps none.
 	t := time.NewTimer(p.opts.Timeout)
 	defer t.Stop()
+	if c.used.Load() {
+		if err := prod.MultiPublishAsync(topic, batch, done); err != nil {
+			return p.failed(c, prod, p.stoppedOr(err))
+		}
+	} else {
+		errc := make(chan error, 1)
+		go func() { errc <- prod.MultiPublishAsync(topic, batch, done) }()
+		select {
+		case err := <-errc:
+			if err != nil {
+				return p.failed(c, prod, p.stoppedOr(err))
+			}
+		case <-t.C:
+			return p.failed(c, prod, ErrTimeout)
+		case <-p.stopCh:
+			return false, ErrStopped
+		}
+	}
 	select {
 	case tr := <-done:
 		if tr.Error != nil {
@@ -548,8 +568,11 @@ func (p *Publisher) Stats() []NodeStats {
 
 // Stop makes Publish return ErrStopped, waits for running Publish calls to
 // return (they do so promptly), then stops all Producers. Batches in flight
-// are not acknowledged to the caller even if nsqd queued them. Idempotent;
-// safe to call concurrently with Publish.
+// are not acknowledged to the caller even if nsqd queued them. Stopping a
+// Producer that is still connecting to an nsqd that accepted the connection
+// but does not answer waits for go-nsq's 10 s read timeout: a caller that
+// needs a bound (deferd's engine) waits for Stop with its own deadline.
+// Idempotent; safe to call concurrently with Publish.
 func (p *Publisher) Stop() {
 	p.mu.Lock()
 	if p.stopped {

@@ -608,6 +608,26 @@ func TestTryPublish(t *testing.T) {
 	}
 }
 
+// An nsqd that accepts the connection and never answers: TryPublish gives
+// up after Options.Timeout, although go-nsq's connect (IDENTIFY) waits for
+// its 10 s read timeout. (It took 10 s: the timer started after the
+// connect.)
+func TestTimeoutCoversConnect(t *testing.T) {
+	hung, unhang := nsqdnode.HungAddr(t)
+	defer unhang() // before the Publisher's Stop, which waits for the stuck connect
+	p := newTestPublisher(t, Options{Addrs: []string{hung}, Timeout: 300 * time.Millisecond})
+	start := time.Now()
+	k, err := p.TryPublish("hung", [][]byte{[]byte("x")})
+	d := time.Since(start)
+	if k != 0 || !errors.Is(err, ErrTimeout) {
+		t.Fatalf("TryPublish to a hung nsqd: acked %d, err %v; want 0 and ErrTimeout", k, err)
+	}
+	if d > 5*time.Second {
+		t.Fatalf("TryPublish with Timeout 300ms took %v", d)
+	}
+	t.Logf("TryPublish gave up after %v", d)
+}
+
 // nsqd restarts while every connection is idle, so no publish fails to
 // tell egress: the next publish must not let go-nsq reconnect the old
 // Producer (that reconnect races with the old connection's router, which

@@ -21,7 +21,9 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"log"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -893,13 +895,26 @@ func (e *Engine) Stop(grace time.Duration) error {
 		// the rest of a bucket (its messages stay live in the journal),
 		// so the grace bounds the whole wait even when nsqd is down and
 		// every worker is retrying.
+		poolDeadline := time.Now().Add(grace)
 		if perr := e.pool.Release(grace); perr != nil {
 			e.logf("stop: publish tasks still running after %v: %v", grace, perr)
 		}
 		// Then egress: what still publishes fails at once and goes back
 		// into the wheel, freeing its worker; a dispatch that slipped past
 		// the pool's closed check into a wait for a worker gets one.
-		e.pub.Stop()
+		// A publish stuck in go-nsq's connect (IDENTIFY to a hung nsqd,
+		// up to its 10s read timeout, serialised per Producer) cannot be
+		// interrupted: egress's Stop is waited for only within the same
+		// grace as the pool (at least 100ms), so the whole stop stays
+		// within the documented bound. Its messages stay live in the
+		// journal.
+		pubStopped := make(chan struct{})
+		go func() { e.pub.Stop(); close(pubStopped) }()
+		select {
+		case <-pubStopped:
+		case <-time.After(max(time.Until(poolDeadline), 100*time.Millisecond)):
+			e.logf("stop: egress publishes still running after %v (stuck connecting to nsqd); their messages stay in the journal", grace)
+		}
 		e.wg.Wait()
 		err = e.j.Close()
 		metrics.UnregisterSet(e.set, true)
@@ -940,8 +955,41 @@ func (e *Engine) initMetrics() {
 	counter("deferd_delivered_early_total", &e.early)
 	gauge("deferd_journal_corrupt_records", func() float64 { return float64(len(e.recovery.Corrupt)) })
 	gauge("deferd_journal_recovery_seconds", func() float64 { return e.recovery.Duration.Seconds() })
+	s.RegisterMetricsWriter(e.writeMetrics)
 	metrics.RegisterSet(s)
 	metrics.RegisterSet(e.pub.Metrics())
+}
+
+// writeMetrics writes what /stats has beyond the fixed gauges: the
+// journal's state (one Stats call per scrape, O(segments)) and the pending
+// messages per topic (one series per topic with pending messages; nsqd's
+// topic names need no escaping in a label).
+func (e *Engine) writeMetrics(w io.Writer) {
+	js := e.j.Stats()
+	metrics.WriteGaugeUint64(w, "deferd_journal_segments", uint64(js.Segments))
+	metrics.WriteGaugeUint64(w, "deferd_journal_disk_bytes", uint64(max(js.DiskBytes, 0)))
+	metrics.WriteGaugeUint64(w, "deferd_journal_live_messages", uint64(max(js.Live, 0)))
+	metrics.WriteCounterUint64(w, "deferd_journal_appends_total", js.Appends)
+	metrics.WriteCounterUint64(w, "deferd_journal_done_records_total", js.DoneRecords)
+	metrics.WriteCounterUint64(w, "deferd_journal_groups_total", js.Groups)
+	metrics.WriteCounterUint64(w, "deferd_journal_fsyncs_total", js.Fsyncs)
+	metrics.WriteCounterUint64(w, "deferd_journal_write_errors_total", js.WriteErrors)
+	metrics.WriteCounterUint64(w, "deferd_journal_corrupt_total", js.Corrupt)
+	metrics.WriteCounterUint64(w, "deferd_journal_deleted_segments_total", js.Deleted)
+	type topicCount struct {
+		topic string
+		n     int64
+	}
+	e.mu.Lock()
+	tcs := make([]topicCount, 0, len(e.topics))
+	for t, n := range e.topics {
+		tcs = append(tcs, topicCount{t, n})
+	}
+	e.mu.Unlock()
+	slices.SortFunc(tcs, func(a, b topicCount) int { return strings.Compare(a.topic, b.topic) })
+	for _, tc := range tcs {
+		metrics.WriteGaugeUint64(w, `deferd_pending_by_topic{topic="`+tc.topic+`"}`, uint64(max(tc.n, 0)))
+	}
 }
 
 // Percentiles returns the delivery lateness at the given quantiles (0..1),

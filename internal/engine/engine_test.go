@@ -681,6 +681,38 @@ func TestStopKeepsGraceWithNSQDDown(t *testing.T) {
 	col.waitCount(t, len(lines), 10*time.Second)
 }
 
+// An nsqd that accepts connections and never answers (SIGSTOPped): publish
+// tasks hang in go-nsq's connect (IDENTIFY, bounded only by its 10 s read
+// timeout, one after another per Producer). Stop must still keep to its
+// bound (it took over 20 s), and the messages stay in the journal.
+func TestStopKeepsGraceWithNSQDHung(t *testing.T) {
+	dir := t.TempDir()
+	hung, unhang := nsqdnode.HungAddr(t)
+	defer unhang() // before the harness's cleanup: its goroutines are stuck on it
+	o := testOptions(dir, hung)
+	o.PoolSize, o.TaskSize, o.DirectPublish = 2, 1, false
+	h := startHarness(t, o)
+	var lines []string
+	for i := range 5 {
+		lines = append(lines, fmt.Sprintf("m%d", i))
+	}
+	h.mustPost(fmt.Sprintf("/mpub?topic=g&at=%d", time.Now().Add(100*time.Millisecond).UnixMilli()), []byte(strings.Join(lines, "\n")))
+	time.Sleep(300 * time.Millisecond) // due, and their tasks stuck connecting
+	h.srv.Shutdown()
+	start := time.Now()
+	h.e.Stop(200 * time.Millisecond)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Stop(200ms) took %v with nsqd hung", d)
+	} else {
+		t.Logf("Stop(200ms) took %v", d)
+	}
+
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	col := consume(t, node.TCPAddr, "g")
+	startHarness(t, testOptions(dir, node.TCPAddr))
+	col.waitCount(t, len(lines), 10*time.Second)
+}
+
 // A message whose journal record cannot be read when it falls due stays
 // pending: it goes back into the wheel and is tried again, can be
 // cancelled meanwhile, and once the record reads again it is published
@@ -911,5 +943,40 @@ func TestPanickingPublishGivesItsIDUp(t *testing.T) {
 	}
 	if s := h.stats(); s.Pending != 1 {
 		t.Fatalf("pending %d, want 1", s.Pending)
+	}
+}
+
+// /metrics carries what /stats reports beyond the fixed gauges: pending per
+// topic and the journal's state, with the same numbers.
+func TestMetricsMirrorStats(t *testing.T) {
+	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
+	h.mustPost("/mpub?topic=alpha&defer=600000", []byte("a1\na2\na3"))
+	h.mustPost("/pub?topic=beta&defer=600000&id=b1", []byte("b1"))
+	h.mustPost("/pub?topic=beta&defer=600000&id=b2", []byte("b2"))
+	if code, _ := h.post("/cancel?id=b2", nil); code != 200 {
+		t.Fatalf("cancel: %d", code)
+	}
+	resp, err := http.Get(h.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	st := h.stats()
+	if st.PendingByTopic["alpha"] != 3 || st.PendingByTopic["beta"] != 1 {
+		t.Fatalf("/stats pending by topic %v", st.PendingByTopic)
+	}
+	for _, want := range []string{
+		`deferd_pending_by_topic{topic="alpha"} 3` + "\n",
+		`deferd_pending_by_topic{topic="beta"} 1` + "\n",
+		fmt.Sprintf("deferd_journal_segments %d\n", st.Journal.Segments),
+		fmt.Sprintf("deferd_journal_appends_total %d\n", st.Journal.Appends),
+		fmt.Sprintf("deferd_journal_live_messages %d\n", st.Journal.Live),
+		"deferd_journal_write_errors_total 0\n",
+	} {
+		if !strings.Contains(string(mb), want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, grepLines(string(mb), "deferd_"))
+		}
 	}
 }

@@ -210,3 +210,60 @@ func orDefault(s, def string) string {
 	}
 	return s
 }
+
+// HungAddr returns a loopback address that accepts TCP connections and
+// never answers (what it reads is discarded): an nsqd that hangs, e.g.
+// stopped with SIGSTOP, for tests. closeFn closes the listener and its
+// connections (so a client waiting for an answer gets an error at once);
+// it is idempotent and also runs when the test ends.
+func HungAddr(tb testing.TB) (addr string, closeFn func()) {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var (
+		mu     sync.Mutex
+		conns  []net.Conn
+		closed bool
+		wg     sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			if closed {
+				mu.Unlock()
+				c.Close()
+				continue
+			}
+			conns = append(conns, c)
+			wg.Add(1)
+			mu.Unlock()
+			go func() {
+				defer wg.Done()
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	var once sync.Once
+	closeFn = func() {
+		once.Do(func() {
+			l.Close()
+			mu.Lock()
+			closed = true
+			for _, c := range conns {
+				c.Close()
+			}
+			mu.Unlock()
+			wg.Wait()
+		})
+	}
+	tb.Cleanup(closeFn)
+	return l.Addr().String(), closeFn
+}
