@@ -143,6 +143,11 @@ func (c *config) validate() error {
 		if d.v < 0 {
 			return fmt.Errorf("--%s must not be negative (%v)", d.name, d.v)
 		}
+		// 0 is "disabled" only for --compact-interval; elsewhere the
+		// engine, journal or ingest would replace it by its default.
+		if d.v == 0 && d.name != "compact-interval" {
+			return fmt.Errorf("--%s must be > 0 (0 would silently mean the default)", d.name)
+		}
 	}
 	for _, n := range []struct {
 		name string
@@ -155,6 +160,13 @@ func (c *config) validate() error {
 	} {
 		if n.v < 0 {
 			return fmt.Errorf("--%s must not be negative (%d)", n.name, n.v)
+		}
+		switch n.name {
+		case "batch-size", "conns-per-nsqd", "segment-size":
+			// egress and the journal replace 0 by their defaults.
+			if n.v == 0 {
+				return fmt.Errorf("--%s must be > 0 (0 would silently mean the default)", n.name)
+			}
 		}
 	}
 	return nil

@@ -214,3 +214,25 @@ func TestFlagValidation(t *testing.T) {
 		t.Fatal("--embedded-nsqd-mem-queue-size is not passed through as given")
 	}
 }
+
+// A flag given 0 that deferd would replace by a default without a word is
+// refused (--max-defer 0 meant one year while /info said "0s").
+func TestFlagZeroRefused(t *testing.T) {
+	for _, f := range []string{"max-defer", "tick", "retry-backoff", "park-backoff", "fsync-interval",
+		"batch-size", "conns-per-nsqd", "segment-size"} {
+		var cfg config
+		if err := newFlagSet(&cfg).Parse([]string{"--" + f, "0"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "--"+f+" ") {
+			t.Errorf("--%s 0: accepted (%v), but deferd would replace it by a default without a word", f, err)
+		}
+	}
+	var cfg config // --compact-interval 0 disables compaction: allowed
+	if err := newFlagSet(&cfg).Parse([]string{"--compact-interval", "0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.validate(); err != nil {
+		t.Errorf("--compact-interval 0: %v", err)
+	}
+}
