@@ -74,4 +74,10 @@
 //     and Go's do not refuse exactly the same malformed requests.
 //   - nsqd multiplies defer by a millisecond without an overflow check, so a
 //     huge defer can wrap into range; deferd rejects it.
+//   - deferd's own parameters are checked where nsqd ignores them: defer on
+//     /mpub (nsqd 1.3.0 publishes an /mpub at once whatever its defer;
+//     deferd delays it, and a bad value is 400 INVALID_DEFER), at (400
+//     INVALID_DEFER if malformed, or given together with defer), and id (400
+//     INVALID_ID if empty, malformed, or on /mpub). A producer that sends
+//     these to nsqd today gets them ignored there and honoured here.
 package ingest
