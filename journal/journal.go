@@ -646,8 +646,11 @@ func (j *Journal) Done(kind DoneKind, keys []Key) error {
 
 // DoneWait is Done, but it returns only once the Done records it queued are
 // written to the OS (fsynced too in FsyncAlways mode), as Append does: a nil
-// return means the marks survive kill -9. A write error of their group is
-// returned (the marks stay applied in memory and are re-queued).
+// return means the marks of the keys it marked survive kill -9. Keys that
+// were already dead are skipped as by Done, and DoneWait does not wait for
+// another caller's record of them. A write error of their group is returned
+// (the marks stay applied in memory and are re-queued into the next group,
+// which a Close under way does not write).
 func (j *Journal) DoneWait(kind DoneKind, keys []Key) error {
 	gs, err := j.done(kind, keys)
 	if werr := j.waitGroups(gs); err == nil {

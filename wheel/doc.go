@@ -46,7 +46,7 @@
 // # Many goroutines on many cores
 //
 // One Wheel serialises Add and Cancel on one mutex. Sharded splits the
-// wheel into independent Wheels (4 per P by default) driven by one Run
+// wheel into independent Wheels (4 per P by default, at most 16) driven by one Run
 // or Poll, with the same timing contract; each goroutine adds to its own
 // shard, or to a free one when its shard's lock is held.
 package wheel

@@ -71,7 +71,9 @@ func (w *spread) shard() uint32 {
 func (w *spread) Add(due int64, v int64) Handle { return w.addOn(w.shard(), due, v) }
 
 func (w *spread) AddBatch(due int64, values []int64, hs []Handle) {
-	w.addBatchOn(w.shard(), due, values, hs)
+	if !w.addBatchOn(w.shard(), due, values, hs) {
+		panic("full")
+	}
 }
 
 // harness drives a Wheel (or a Sharded wheel) and the reference model side

@@ -9,7 +9,7 @@ import (
 )
 
 // MaxShards bounds the shards of a Sharded wheel, so that each shard can
-// still hold 2^28 entries.
+// still hold about 2^28 entries (2^28 less its 450 list sentinels).
 const MaxShards = 16
 
 // Sharded is a timing wheel split into shards, each a Wheel with its own
@@ -44,6 +44,7 @@ type Sharded[T any] struct {
 
 // NewSharded returns an empty wheel of n shards, n rounded up to a power of
 // two and capped at MaxShards; n <= 0 means 4 * runtime.GOMAXPROCS(0)
+// (so capped too)
 // (goroutines pick shards by a hash, and with one shard per P two busy
 // goroutines would often share one). opts as for New (it panics on the same
 // bad Tick). O(n): each shard allocates its first slab chunk (64Ki
@@ -103,11 +104,19 @@ func (w *Sharded[T]) Add(due int64, v T) Handle {
 	s := w.pick()
 	for k := range uint32(len(w.shards)) {
 		i := (s + k) & w.mask
-		if h, ok := w.shards[i].add(due, v, true); ok {
+		if h, ok := w.shards[i].add(due, v, true, true); ok {
 			return w.outer(h, i)
 		}
 	}
-	return w.addOn(s, due, v)
+	// Every lock was held, or every shard with a free lock full: wait for
+	// each in turn, skipping full ones.
+	for k := range uint32(len(w.shards)) {
+		i := (s + k) & w.mask
+		if h, ok := w.shards[i].add(due, v, false, true); ok {
+			return w.outer(h, i)
+		}
+	}
+	panic(errFull)
 }
 
 // addOn is Add on shard s.
@@ -122,18 +131,28 @@ func (w *Sharded[T]) AddAfter(d time.Duration, v T) Handle {
 }
 
 // AddBatch is Wheel.AddBatch on the calling goroutine's shard (all of
-// values in that one shard, waiting for its lock if held).
-// O(len(values)); safe for concurrent use.
+// values in that one shard, waiting for its lock if held), or, if they do
+// not fit there, on the next shard where they do; it panics, adding none,
+// if none has room. O(len(values)); safe for concurrent use.
 func (w *Sharded[T]) AddBatch(due int64, values []T, hs []Handle) {
-	w.addBatchOn(w.pick(), due, values, hs)
+	s := w.pick()
+	for k := range uint32(len(w.shards)) {
+		if w.addBatchOn((s+k)&w.mask, due, values, hs) {
+			return
+		}
+	}
+	panic(errFull)
 }
 
-// addBatchOn is AddBatch on shard s.
-func (w *Sharded[T]) addBatchOn(s uint32, due int64, values []T, hs []Handle) {
-	w.shards[s].AddBatch(due, values, hs)
+// addBatchOn is AddBatch on shard s; false if they do not all fit there.
+func (w *Sharded[T]) addBatchOn(s uint32, due int64, values []T, hs []Handle) bool {
+	if !w.shards[s].addBatch(due, values, hs) {
+		return false
+	}
 	for k := range values {
 		hs[k] = w.outer(hs[k], s)
 	}
+	return true
 }
 
 // Cancel is Wheel.Cancel: true iff it removed a pending entry. O(1); safe
@@ -155,8 +174,10 @@ func (w *Sharded[T]) Len() int {
 }
 
 // Next is Wheel.Next over all shards: the earliest time anything may be
-// due, false if nothing is pending. O(shards * levels); safe for
-// concurrent use.
+// due, false if nothing is pending. The shards are asked one after another,
+// not in one atomic snapshot: with Adds and Cancels running it may miss an
+// entry that moves between them. O(shards * levels); safe for concurrent
+// use.
 func (w *Sharded[T]) Next() (due int64, ok bool) {
 	due = math.MaxInt64
 	for _, sh := range w.shards {
@@ -191,7 +212,8 @@ func (w *Sharded[T]) Poll(now int64, fn func(*Batch[T])) {
 }
 
 // Run is Wheel.Run over all shards: one driver sends every shard's due
-// batches on out until stop closes, and returns the batch it could not send
+// batches on out (each shard's in tick order, shard after shard, so not in
+// tick order across shards when it is behind) until stop closes, and returns the batch it could not send
 // because stop closed (nil if none). It sleeps until the earliest occupied
 // slot of any shard; an Add due before that wakes it. Cost per wake-up:
 // O(shards * levels) plus the due entries. Run at most one driver per

@@ -329,3 +329,67 @@ func TestShardedAddSkipsBusyShards(t *testing.T) {
 		t.Fatalf("Len() = %d, want 4", w.Len())
 	}
 }
+
+// mustPanic runs f and reports whether it panicked.
+func mustPanic(f func()) (panicked bool) {
+	defer func() { panicked = recover() != nil }()
+	f()
+	return false
+}
+
+// TestFull: a full Wheel's Add and AddBatch panic with nothing added and
+// the lock released (a recovered panic leaves the wheel working); a
+// Sharded wheel fills its other shards before it panics. The slab limit
+// is lowered to 8 entries per wheel to make it cheap.
+func TestFull(t *testing.T) {
+	var c fakeClock
+	w := New[int](Options{Clock: &c})
+	w.limit = firstEntry + 8
+	var hs []Handle
+	for i := range 8 {
+		hs = append(hs, w.Add(int64(time.Second), i))
+	}
+	if !mustPanic(func() { w.Add(int64(time.Second), 9) }) {
+		t.Fatal("Add to a full wheel did not panic")
+	}
+	w.Cancel(hs[0])
+	w.Cancel(hs[1])
+	batch := make([]Handle, 3)
+	if !mustPanic(func() { w.AddBatch(int64(time.Second), []int{1, 2, 3}, batch) }) {
+		t.Fatal("AddBatch of 3 with room for 2 did not panic")
+	}
+	if w.Len() != 6 { // the lock was released, and nothing was added
+		t.Fatalf("Len() = %d, want 6", w.Len())
+	}
+	w.AddBatch(int64(time.Second), []int{1, 2}, batch) // room for exactly 2, off the free list
+	n := 0
+	w.Poll(int64(2*time.Second), func(b *Batch[int]) { n += len(b.Items); b.Release() })
+	if n != 8 || w.Len() != 0 {
+		t.Fatalf("handed out %d, Len %d; want 8 and 0", n, w.Len())
+	}
+
+	sw := NewSharded[int](Options{Clock: &c}, 4)
+	for _, sh := range sw.shards {
+		sh.limit = firstEntry + 8
+	}
+	for i := range 32 { // one goroutine: one home shard, then the others
+		sw.Add(int64(3*time.Second), i)
+	}
+	if !mustPanic(func() { sw.Add(int64(3*time.Second), 32) }) {
+		t.Fatal("Add to a full Sharded wheel did not panic")
+	}
+	if sw.Len() != 32 {
+		t.Fatalf("Sharded Len() = %d, want 32", sw.Len())
+	}
+	n = 0
+	sw.Poll(int64(4*time.Second), func(b *Batch[int]) { n += len(b.Items); b.Release() })
+	for range 4 { // batches of 8 fill the shards one by one
+		sw.AddBatch(int64(5*time.Second), make([]int, 8), make([]Handle, 8))
+	}
+	if !mustPanic(func() { sw.AddBatch(int64(5*time.Second), []int{1}, make([]Handle, 1)) }) {
+		t.Fatal("AddBatch to a full Sharded wheel did not panic")
+	}
+	if n != 32 || sw.Len() != 32 {
+		t.Fatalf("handed out %d, Len %d; want 32 and 32", n, sw.Len())
+	}
+}

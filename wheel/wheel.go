@@ -274,8 +274,8 @@ func (w *Wheel[T]) alloc() (uint32, *entry[T]) {
 		return i, e
 	}
 	i := w.used
-	if i >= w.limit {
-		panic("wheel: too many entries (2^32-1 per wheel, 2^32/shards per shard)")
+	if i >= w.limit { // Add and AddBatch check first, so this is a bug
+		panic("BUG: " + errFull)
 	}
 	if int(i>>chunkBits) == len(w.chunks) {
 		w.chunks = append(w.chunks, make([]entry[T], chunkSize))
@@ -424,16 +424,22 @@ func (w *Wheel[T]) detach(list int) (first, sn uint32) {
 // one tick plus scheduling noise late. A due in the past fires at the next
 // Poll. O(1); no allocation in steady state (the slab grows by a 64Ki-entry
 // chunk when full, the side slice of top-level ticks by append). Safe for
-// concurrent use. If due is earlier than the
-// sleeping Run driver's planned wake-up, the driver is woken.
+// concurrent use. If due is earlier than the sleeping Run driver's planned
+// wake-up, the driver is woken. It panics if 2^32-1 entries are pending,
+// with the wheel left as it was.
 func (w *Wheel[T]) Add(due int64, v T) Handle {
-	h, _ := w.add(due, v, false)
+	h, _ := w.add(due, v, false, false) // a wrapper the compiler inlines
 	return h
 }
 
-// add is Add; with try set it only TryLocks, and returns false if the lock
-// is held (a Sharded wheel then tries another shard).
-func (w *Wheel[T]) add(due int64, v T, try bool) (Handle, bool) {
+// errFull is the panic of an Add to a full wheel (raised after the lock is
+// released, so a recovered panic leaves the wheel usable).
+const errFull = "wheel: full (2^32-1 entries per Wheel, about 2^32/shards per shard of a Sharded one)"
+
+// add is Add. With try set it only TryLocks, and returns false if the lock
+// is held (a Sharded wheel then tries another shard). If the wheel is full
+// it releases the lock and, with mayFail set, returns false, else panics.
+func (w *Wheel[T]) add(due int64, v T, try, mayFail bool) (Handle, bool) {
 	t := w.dueTick(due)
 	if !try {
 		w.mu.Lock()
@@ -449,6 +455,13 @@ func (w *Wheel[T]) add(due int64, v T, try bool) (Handle, bool) {
 		w.free = e.next
 		e.gen |= genLive
 	} else {
+		if w.used >= w.limit { // full
+			w.mu.Unlock()
+			if !mayFail {
+				panic(errFull)
+			}
+			return 0, false
+		}
 		i, e = w.alloc()
 	}
 	e.value = v
@@ -499,16 +512,44 @@ func (w *Wheel[T]) wakeDriver() {
 // len(hs) < len(values). It takes the lock once and computes the slot once,
 // so it costs less per entry than Add (deferd adds each /mpub request's
 // messages with one call). O(len(values)); no allocation in steady state;
-// safe for concurrent use.
+// safe for concurrent use. Like Add it panics, adding none of values, if
+// they do not all fit.
 func (w *Wheel[T]) AddBatch(due int64, values []T, hs []Handle) {
+	if !w.addBatch(due, values, hs) {
+		panic(errFull)
+	}
+}
+
+// roomLocked reports whether n more entries fit: in the slab below the
+// limit, then on the free list (walked only that close to the limit).
+// Caller holds mu.
+func (w *Wheel[T]) roomLocked(n int) bool {
+	left := uint64(w.limit - w.used) // used never passes limit
+	if uint64(n) <= left {
+		return true
+	}
+	need := uint64(n) - left
+	for i := w.free; i != 0 && need > 0; i = w.at(i).next {
+		need--
+	}
+	return need == 0
+}
+
+// addBatch is AddBatch; it returns false, with nothing added and the lock
+// released, if the wheel has no room for all of values.
+func (w *Wheel[T]) addBatch(due int64, values []T, hs []Handle) bool {
 	if len(hs) < len(values) {
 		panic("wheel: AddBatch: len(hs) < len(values)")
 	}
 	if len(values) == 0 {
-		return
+		return true
 	}
 	t := w.dueTick(due)
 	w.mu.Lock()
+	if !w.roomLocked(len(values)) {
+		w.mu.Unlock()
+		return false
+	}
 	// Add's steps with the list found once, and the new entries chained
 	// to each other before the chain is closed on the sentinel.
 	list, top, rec := w.listFor(t)
@@ -537,6 +578,7 @@ func (w *Wheel[T]) AddBatch(due int64, values []T, hs []Handle) {
 	if wake {
 		w.wakeDriver()
 	}
+	return true
 }
 
 // AddAfter is Add(w.Now()+d, v), with the sum clamped to math.MaxInt64 (and

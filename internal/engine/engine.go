@@ -887,7 +887,7 @@ func (e *Engine) Stop(grace time.Duration) error {
 		// several group commits (it would get 503 with part of it kept).
 		for deadline := time.Now().Add(grace); e.publishing.Load() > 0; time.Sleep(time.Millisecond) {
 			if time.Now().After(deadline) {
-				e.logf("stop: %d publish requests still running after %v", e.publishing.Load(), grace)
+				e.logf("stop: %d publish or cancel requests still running after %v", e.publishing.Load(), grace)
 				break
 			}
 		}
