@@ -376,8 +376,10 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err
 	// The timer covers the connect too: go-nsq connects inside
 	// MultiPublishAsync on a Producer's first use, and its IDENTIFY is
 	// bounded only by the 10s read timeout (a hung nsqd held a direct
-	// publish's reply 10 s, and Stop as long). MultiPublish has copied the
-	// bodies before it connects, so abandoning the call keeps none.
+	// publish's reply 10 s, and Stop as long). On a connection's first
+	// use the call runs on its own goroutine with a copy of the bodies,
+	// so abandoning it keeps none of the caller's (go-nsq copies them
+	// too, but only once that goroutine runs).
 	t := time.NewTimer(p.opts.Timeout)
 	defer t.Stop()
 	if c.used.Load() {
@@ -385,8 +387,9 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err
 			return p.failed(c, prod, p.stoppedOr(err))
 		}
 	} else {
+		own := copyBodies(batch)
 		errc := make(chan error, 1)
-		go func() { errc <- prod.MultiPublishAsync(topic, batch, done) }()
+		go func() { errc <- prod.MultiPublishAsync(topic, own, done) }()
 		select {
 		case err := <-errc:
 			if err != nil {
@@ -414,6 +417,21 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err
 	n.published.Add(len(batch))
 	n.markUp(p)
 	return false, nil
+}
+
+// copyBodies copies bodies into one new buffer.
+func copyBodies(bodies [][]byte) [][]byte {
+	n := 0
+	for _, b := range bodies {
+		n += len(b)
+	}
+	buf := make([]byte, 0, n)
+	out := make([][]byte, len(bodies))
+	for i, b := range bodies {
+		buf = append(buf, b...)
+		out[i] = buf[len(buf)-len(b) : len(buf) : len(buf)]
+	}
+	return out
 }
 
 // failed handles a failed send of prod on c and returns err. Every failure

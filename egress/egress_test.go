@@ -658,3 +658,16 @@ func TestIdleConnectionsAcrossNSQDRestart(t *testing.T) {
 	col := newCollector(t, []string{addr}, "idle")
 	col.waitTotal(t, 4, 10*time.Second)
 }
+
+func TestCopyBodies(t *testing.T) {
+	in := [][]byte{[]byte("ab"), nil, []byte("c"), []byte("")}
+	out := copyBodies(in)
+	in[0][0], in[2][0] = 'X', 'Y'
+	if len(out) != 4 || string(out[0]) != "ab" || len(out[1]) != 0 || string(out[2]) != "c" || len(out[3]) != 0 {
+		t.Fatalf("copyBodies: %q", out)
+	}
+	out[0] = append(out[0], 'z') // capped: must not run into the next body
+	if string(out[2]) != "c" {
+		t.Fatalf("append to one copy changed the next: %q", out)
+	}
+}
