@@ -90,7 +90,6 @@ type chaosState struct {
 	cancels   []*chaosCancel
 	ids       []*chaosIDState
 	delivered map[string][]chaosDelivery
-	unknown   []string
 	truncLost map[string]bool // bodies destroyed by an injected truncation
 	seq       atomic.Int64
 	cycle     int
