@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -148,6 +149,10 @@ type Engine struct {
 	segs map[uint32]*segTable
 	// topics counts pending messages per topic.
 	topics map[string]int64
+	// backoffDue holds, for messages put back into the wheel after a
+	// failed publish or read (reschedule), the wheel time they wait for,
+	// so that compaction moves them without cutting their backoff short.
+	backoffDue map[journal.Key]int64
 
 	pending      atomic.Int64
 	pendingBytes atomic.Int64
@@ -221,15 +226,16 @@ func New(opts Options) (*Engine, error) {
 		opts.Egress.Logf = opts.Logf
 	}
 	e := &Engine{
-		opts:      opts,
-		logf:      opts.Logf,
-		w:         wheel.New[ref](wheel.Options{Tick: opts.Tick}),
-		ids:       make(map[string]idRef),
-		reserving: make(map[string]chan struct{}),
-		segs:      make(map[uint32]*segTable),
-		topics:    make(map[string]int64),
-		stop:      make(chan struct{}),
-		startAt:   time.Now(),
+		opts:       opts,
+		logf:       opts.Logf,
+		w:          wheel.New[ref](wheel.Options{Tick: opts.Tick}),
+		ids:        make(map[string]idRef),
+		reserving:  make(map[string]chan struct{}),
+		segs:       make(map[uint32]*segTable),
+		topics:     make(map[string]int64),
+		backoffDue: make(map[journal.Key]int64),
+		stop:       make(chan struct{}),
+		startAt:    time.Now(),
 	}
 	j, err := journal.Open(opts.Journal)
 	if err != nil {
@@ -270,7 +276,11 @@ func New(opts Options) (*Engine, error) {
 			acked, _ = e.pub.TryPublish(topic, bodies)
 			return acked
 		},
-		submit:  e.pool.Submit,
+		// Not the publish pool: with nsqd slow or hung its workers are all
+		// busy retrying due messages (Attempts x Timeout each), and a
+		// request due at once waited that long for a sender slot, not
+		// Egress.Timeout. directQ bounds its senders at max itself.
+		submit:  func(task func()) error { go task(); return nil },
 		max:     len(opts.Egress.Addrs) * cmp.Or(opts.Egress.ConnsPerAddr, egress.DefaultConnsPerAddr),
 		maxMsgs: cmp.Or(opts.Egress.MaxBatchMsgs, egress.DefaultMaxBatchMsgs),
 	}
@@ -298,7 +308,35 @@ func (e *Engine) goFunc(f func()) {
 // then makes the message that much late, never early.
 func (e *Engine) wheelDue(dueMs int64) int64 {
 	wall := time.Now().UnixNano()
-	return e.w.Now() + (dueMs*int64(time.Millisecond) - wall)
+	return wheelTime(e.w.Now(), wall, dueMs)
+}
+
+// wheelTime is dueMs (unix ms) on the wheel clock, given a reading mono of
+// the wheel clock and one wall (unix ns) of the wall clock, saturated to
+// the int64 range: a due time beyond it (292 years after the wheel's zero)
+// stays pending instead of wrapping into the past.
+func wheelTime(mono, wall, dueMs int64) int64 {
+	const maxMs = math.MaxInt64 / int64(time.Millisecond)
+	const minMs = math.MinInt64 / int64(time.Millisecond)
+	if dueMs > maxMs {
+		return math.MaxInt64
+	}
+	if dueMs < minMs {
+		return math.MinInt64
+	}
+	return satAdd(mono, satAdd(dueMs*int64(time.Millisecond), -wall))
+}
+
+// satAdd is a+b clamped to the int64 range.
+func satAdd(a, b int64) int64 {
+	s := a + b
+	if b > 0 && s < a {
+		return math.MaxInt64
+	}
+	if b < 0 && s > a {
+		return math.MinInt64
+	}
+	return s
 }
 
 // recover replays the journal into the wheel. Nothing else runs yet, so
@@ -306,7 +344,7 @@ func (e *Engine) wheelDue(dueMs int64) int64 {
 // one wheel Add and a few slice and map updates.
 func (e *Engine) recover() (journal.Report, error) {
 	wall := time.Now().UnixNano() // first: a pause before the wheel read makes messages late, not early
-	offset := e.w.Now() - wall    // wheel clock minus wall clock
+	mono := e.w.Now()
 	var (
 		n, bytes int64
 		lastSeg  = ^uint32(0)
@@ -317,7 +355,7 @@ func (e *Engine) recover() (journal.Report, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	rep, err := e.j.Recover(func(p journal.Pos, m *journal.Message) error {
-		h := e.w.Add(offset+m.Due*int64(time.Millisecond), p)
+		h := e.w.Add(wheelTime(mono, wall, m.Due), p)
 		if p.Seg != lastSeg {
 			lastSeg, st = p.Seg, e.segTableLocked(p.Seg)
 		}
@@ -389,6 +427,9 @@ func (st *segTable) set(ord uint32, h wheel.Handle) {
 // untrackLocked forgets the handle of a message that left the wheel for
 // good (published or cancelled).
 func (e *Engine) untrackLocked(p journal.Pos) {
+	if len(e.backoffDue) > 0 {
+		delete(e.backoffDue, p.Key())
+	}
 	st := e.segs[p.Seg]
 	if st.get(p.Ord) == 0 {
 		return
@@ -541,7 +582,7 @@ func (e *Engine) Publish(req *ingest.PubRequest) error {
 // publishedDirect counts n messages due at dueMs that nsqd acknowledged
 // straight from Publish, and records their lateness.
 func (e *Engine) publishedDirect(n int, dueMs int64) {
-	late := time.Since(time.UnixMilli(dueMs)).Seconds()
+	late := time.Now().Sub(time.UnixMilli(dueMs)).Seconds()
 	for range n {
 		e.lateness.Update(late)
 	}
@@ -629,8 +670,12 @@ func (e *Engine) decTopicLocked(topic string, n int64) {
 	}
 }
 
+// maxTaskBytes bounds the journal record bytes of one publish task, and so
+// the bodies it holds on the heap: PoolSize x maxTaskBytes in all.
+const maxTaskBytes = 8 << 20
+
 // dispatch hands due buckets to the pool, split into tasks of at most
-// TaskSize messages. It returns when out is closed or the engine stops.
+// TaskSize messages and maxTaskBytes of records. It returns when out is closed or the engine stops.
 func (e *Engine) dispatch(out <-chan *wheel.Batch[ref]) {
 	for {
 		var b *wheel.Batch[ref]
@@ -641,7 +686,19 @@ func (e *Engine) dispatch(out <-chan *wheel.Batch[ref]) {
 		}
 		items := b.Items
 		for len(items) > 0 {
-			k := min(len(items), e.opts.TaskSize)
+			// At most TaskSize messages and maxTaskBytes of records (but
+			// at least one): a task holds all its bodies on the heap while
+			// it publishes, so 1000 messages of 1 MiB held 1 GiB per
+			// worker, for as long as a slow nsqd took to answer.
+			k, size := 0, int64(0)
+			for k < len(items) && k < e.opts.TaskSize {
+				l := int64(items[k].Value.Len)
+				if k > 0 && size+l > maxTaskBytes {
+					break
+				}
+				size += l
+				k++
+			}
 			t := getTask()
 			t.items = append(t.items[:0], items[:k]...)
 			items = items[k:]
@@ -772,6 +829,7 @@ func (e *Engine) reschedule(t *task, msgs []msgRef, backoff time.Duration) {
 	for _, r := range msgs {
 		it := &t.items[r.item]
 		e.trackLocked(it.Value, e.w.Add(due, it.Value))
+		e.backoffDue[it.Value.Key()] = due
 	}
 	e.mu.Unlock()
 }
@@ -838,6 +896,7 @@ func (e *Engine) compact(seg uint32) (moved int, err error) {
 			e.mu.Unlock() // not in the wheel, or being published now
 			return nil
 		}
+		backoff, backingOff := e.backoffDue[p.Key()]
 		e.untrackLocked(p)
 		if m.ID != "" && e.idAtLocked(m.ID, p) {
 			e.ids[m.ID] = idRef{} // moving: Cancel waits
@@ -849,9 +908,16 @@ func (e *Engine) compact(seg uint32) (moved int, err error) {
 			np = p // keep it where it is
 		}
 		due := e.wheelDue(m.Due)
+		if backingOff {
+			// Waiting out a retry or park backoff: keep waiting.
+			due = max(due, backoff)
+		}
 		e.mu.Lock()
 		nh := e.w.Add(due, np)
 		e.trackLocked(np, nh)
+		if backingOff {
+			e.backoffDue[np.Key()] = backoff
+		}
 		if m.ID != "" {
 			if cur, ok := e.ids[m.ID]; ok && !cur.ready {
 				e.ids[m.ID] = idRef{np, m.Topic, true}
