@@ -589,9 +589,11 @@ func (st *reqState) readBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, err
 		want = int64(cl)
 	}
 	buf := st.buf[:0]
-	if int64(cap(buf)) < want && ctx.Request.Header.ContentLength() >= 0 {
-		// A known length is at most limit; a chunked body grows below.
-		buf = make([]byte, 0, want)
+	if first := min(want, initialBodyBuf); int64(cap(buf)) < first && ctx.Request.Header.ContentLength() >= 0 {
+		// Not the whole Content-Length up front: a client that declares
+		// 5 MiB and sends nothing more would hold 5 MiB of heap per
+		// connection. The buffer grows below as bytes arrive.
+		buf = make([]byte, 0, first)
 	}
 	var err error
 	cl := ctx.Request.Header.ContentLength()
@@ -638,6 +640,9 @@ func (s *Server) finish(ctx *fasthttp.RequestCtx, st *reqState) {
 // connection alive (and what Go's net/http does too); past it the
 // connection is closed.
 const maxUnreadDrain = 256 << 10
+
+// initialBodyBuf is the most readBody allocates before body bytes arrive.
+const initialBodyBuf = 64 << 10
 
 // A lingering close waits this long and reads this much at most.
 const (

@@ -9,10 +9,10 @@ import "sync"
 // message /pub requests then share MPUBs instead of costing a round trip
 // each.
 //
-// Senders are tasks on deferd's ants pool, like the wheel's publish tasks: a
-// request that opens a sender slot submits one, and it sends open batches,
-// oldest first, until none is open. There is no goroutine of its own to
-// stop. A batch holds at most maxMsgs messages unless one request brings
+// Senders are short-lived goroutines (submit), not tasks on the wheel's
+// publish pool, which a slow nsqd fills with retrying tasks: a request that
+// opens a sender slot submits one, and it sends open batches, oldest first,
+// until none is open. There is no goroutine of its own to stop. A batch holds at most maxMsgs messages unless one request brings
 // more. A request's bodies alias its HTTP request; they stay valid because
 // the request waits until its batch was sent.
 type directQ struct {

@@ -43,6 +43,9 @@ func getTask() *task { return taskPool.Get().(*task) }
 
 func putTask(t *task) {
 	t.reset()
+	if cap(t.arena) > 2*maxTaskBytes {
+		t.arena = nil // a task of one message larger than maxTaskBytes
+	}
 	t.items = t.items[:0]
 	taskPool.Put(t)
 }
