@@ -382,7 +382,7 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err
 	// too, but only once that goroutine runs).
 	t := time.NewTimer(p.opts.Timeout)
 	defer t.Stop()
-	if c.used.Load() {
+	if prod.used.Load() {
 		if err := prod.MultiPublishAsync(topic, batch, done); err != nil {
 			return p.failed(c, prod, p.stoppedOr(err))
 		}
@@ -411,7 +411,7 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err
 	case <-p.stopCh:
 		return false, ErrStopped
 	}
-	c.used.Store(true)
+	prod.used.Store(true)
 	n.batchDur.UpdateDuration(start)
 	n.batches.Inc()
 	n.published.Add(len(batch))
@@ -462,7 +462,6 @@ func (p *Publisher) replace(c *conn, old *producer) bool {
 		fresh.Stop()
 		return false
 	}
-	c.used.Store(false)
 	p.retired.Go(old.Stop)
 	return true
 }
@@ -472,7 +471,7 @@ func (p *Publisher) replace(c *conn, old *producer) bool {
 // Busy ones are left to finish or fail on their own.
 func (p *Publisher) replaceIdle(n *node) {
 	for _, c := range n.conns {
-		if c.used.Load() && c.inFlight.Load() == 0 {
+		if c.prod.Load().used.Load() && c.inFlight.Load() == 0 {
 			p.replace(c, c.prod.Load())
 		}
 	}

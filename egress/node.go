@@ -47,19 +47,21 @@ type node struct {
 type conn struct {
 	node     *node
 	prod     atomic.Pointer[producer]
-	used     atomic.Bool // prod has had a connection (see Publisher.failed)
 	inFlight atomic.Int32
 }
 
-// producer is a go-nsq Producer and whether go-nsq has logged trouble on its
+// producer is a go-nsq Producer, whether go-nsq has logged trouble on its
 // connection (an I/O or protocol error: nsqd went away, or closed the
-// connection after an error). go-nsq would reconnect it on its next
-// publish, which races (see Publisher.failed), so a lost producer is
-// replaced before it is used again, even when the trouble came while it was
-// idle and no publish failed.
+// connection after an error), and whether a publish on it succeeded (so it
+// is connected). go-nsq would reconnect a lost one on its next publish,
+// which races (see Publisher.failed), so a lost producer is replaced before
+// it is used again, even when the trouble came while it was idle and no
+// publish failed. used belongs to the producer, not the conn: a success
+// on a producer just replaced must not mark its fresh successor connected.
 type producer struct {
 	*nsq.Producer
 	lost atomic.Bool
+	used atomic.Bool
 }
 
 // leastBusy returns n's connection with the fewest batches in flight.
