@@ -25,17 +25,27 @@ func TestRunRealClock(t *testing.T) {
 		due := w.Now() + int64(d)
 		want[w.Add(due, i)] = due
 	}
+	expectRun(t, w, w.Now, func() int64 { return int64(w.Len()) }, out, stop, done, want, nil)
+}
+
+// expectRun receives from Run's out until every entry in want (handle ->
+// due given to Add) has arrived exactly once, with its Due rounded up to
+// its tick (as tw computes it), never early by clock(), and (if vals is not
+// nil) with its value; then checks length() is 0, closes stop and checks
+// Run returns nil.
+func expectRun(t *testing.T, tw *Wheel[int], clock, length func() int64, out chan *Batch[int], stop chan struct{}, done chan *Batch[int], want map[Handle]int64, vals map[Handle]int) {
+	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for len(want) > 0 {
 		select {
 		case b := <-out:
-			now := w.Now()
+			now := clock()
 			for _, it := range b.Items {
 				due, ok := want[it.Handle]
-				if !ok {
+				if !ok || (vals != nil && vals[it.Handle] != it.Value) {
 					t.Fatalf("unexpected or duplicate item %+v", it)
 				}
-				if w.tickTime(w.dueTick(due)) != it.Due { // rounded up to the tick
+				if tw.tickTime(tw.dueTick(due)) != it.Due { // rounded up to the tick
 					t.Fatalf("item %+v: due %d", it, due)
 				}
 				if now < it.Due {
@@ -48,8 +58,8 @@ func TestRunRealClock(t *testing.T) {
 			t.Fatalf("%d entries never arrived", len(want))
 		}
 	}
-	if w.Len() != 0 {
-		t.Fatalf("Len() = %d after all fired", w.Len())
+	if n := length(); n != 0 {
+		t.Fatalf("Len() = %d after all fired", n)
 	}
 	close(stop)
 	select {

@@ -28,42 +28,7 @@ func TestShardedRunRealClock(t *testing.T) {
 		h := w.addOn(uint32(i)%4, due, i)
 		want[h], vals[h] = due, i
 	}
-	first := w.shards[0]
-	deadline := time.After(10 * time.Second)
-	for len(want) > 0 {
-		select {
-		case b := <-out:
-			now := w.Now()
-			for _, it := range b.Items {
-				due, ok := want[it.Handle]
-				if !ok || vals[it.Handle] != it.Value {
-					t.Fatalf("unexpected or duplicate item %+v", it)
-				}
-				if first.tickTime(first.dueTick(due)) != it.Due {
-					t.Fatalf("item %+v: due %d", it, due)
-				}
-				if now < it.Due {
-					t.Fatalf("item fired %v early", time.Duration(it.Due-now))
-				}
-				delete(want, it.Handle)
-			}
-			b.Release()
-		case <-deadline:
-			t.Fatalf("%d entries never arrived", len(want))
-		}
-	}
-	if w.Len() != 0 {
-		t.Fatalf("Len() = %d after all fired", w.Len())
-	}
-	close(stop)
-	select {
-	case b := <-done:
-		if b != nil {
-			t.Fatalf("Run returned a batch %+v with nothing pending", b.Items)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return after stop")
-	}
+	expectRun(t, w.shards[0], w.Now, func() int64 { return int64(w.Len()) }, out, stop, done, want, vals)
 }
 
 // shardedPlanned reports whether the driver has planned a sleep on every

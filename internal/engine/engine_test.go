@@ -666,19 +666,26 @@ func TestStopKeepsGraceWithNSQDDown(t *testing.T) {
 			t.Fatal("no publish was tried")
 		}
 	}
+	stopWithinThenDeliver(t, h, dir, 50*time.Millisecond, 3*time.Second, "g", len(lines))
+}
+
+// stopWithinThenDeliver stops h (HTTP first) with the given grace, fails if
+// that took longer than limit, then starts a real nsqd and an engine on the
+// same journal and waits for n messages of topic to arrive.
+func stopWithinThenDeliver(t *testing.T, h *harness, dir string, grace, limit time.Duration, topic string, n int) {
+	t.Helper()
 	h.srv.Shutdown()
 	start := time.Now()
-	h.e.Stop(50 * time.Millisecond)
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("Stop(50ms) took %v with nsqd down", d)
+	h.e.Stop(grace)
+	if d := time.Since(start); d > limit {
+		t.Fatalf("Stop(%v) took %v with nsqd unavailable", grace, d)
 	} else {
-		t.Logf("Stop(50ms) took %v", d)
+		t.Logf("Stop(%v) took %v", grace, d)
 	}
-
 	node := nsqdnode.StartTest(t, nsqdnode.Config{})
-	col := consume(t, node.TCPAddr, "g")
+	col := consume(t, node.TCPAddr, topic)
 	startHarness(t, testOptions(dir, node.TCPAddr))
-	col.waitCount(t, len(lines), 10*time.Second)
+	col.waitCount(t, n, 10*time.Second)
 }
 
 // An nsqd that accepts connections and never answers (SIGSTOPped): publish
@@ -698,19 +705,7 @@ func TestStopKeepsGraceWithNSQDHung(t *testing.T) {
 	}
 	h.mustPost(fmt.Sprintf("/mpub?topic=g&at=%d", time.Now().Add(100*time.Millisecond).UnixMilli()), []byte(strings.Join(lines, "\n")))
 	time.Sleep(300 * time.Millisecond) // due, and their tasks stuck connecting
-	h.srv.Shutdown()
-	start := time.Now()
-	h.e.Stop(200 * time.Millisecond)
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("Stop(200ms) took %v with nsqd hung", d)
-	} else {
-		t.Logf("Stop(200ms) took %v", d)
-	}
-
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
-	col := consume(t, node.TCPAddr, "g")
-	startHarness(t, testOptions(dir, node.TCPAddr))
-	col.waitCount(t, len(lines), 10*time.Second)
+	stopWithinThenDeliver(t, h, dir, 200*time.Millisecond, 5*time.Second, "g", len(lines))
 }
 
 // A message whose journal record cannot be read when it falls due stays
