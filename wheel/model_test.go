@@ -360,70 +360,34 @@ func runModel(tb testing.TB, r ops, tick time.Duration, start int64, steps, shar
 	return h
 }
 
-func TestModel(t *testing.T) {
-	total := 1_200_000
-	if raceEnabled {
-		total = 240_000
-	}
-	if testing.Short() {
-		total /= 4
-	}
-	cases := []struct {
-		tick  time.Duration
-		start int64
-	}{
-		{time.Millisecond, 0},
-		{time.Microsecond, 0},                     // 2^42 µs = 51 days: years are beyond range
-		{time.Millisecond, -5 * int64(time.Hour)}, // negative clock
-		{7 * time.Microsecond, 1 << 40},           // odd tick
-		{time.Second, math.MaxInt64 - int64(50*365*24*time.Hour)},
-		{time.Microsecond, math.MaxInt64 - int64(10*time.Millisecond)},
-	}
-	seeds := 4
-	per := total / (len(cases) * seeds)
-	for _, c := range cases {
-		for seed := range seeds {
-			t.Run(fmt.Sprintf("tick=%v/start=%d/seed=%d", c.tick, c.start, seed), func(t *testing.T) {
-				r := rand.New(rand.NewPCG(uint64(seed), uint64(c.tick)))
-				h := runModel(t, r, c.tick, c.start, per, 0)
-				if h.fired == 0 {
-					t.Fatalf("nothing fired in %d steps", per)
-				}
-			})
-		}
-	}
+// modelCase is one configuration of the property test; shards > 0 runs it
+// on a Sharded wheel whose Adds go to each shard in turn.
+type modelCase struct {
+	tick   time.Duration
+	start  int64
+	shards int
 }
 
-// TestModelSharded runs the model on Sharded wheels, each Add on the next
-// shard in turn.
-func TestModelSharded(t *testing.T) {
-	total := 400_000
+// runModelCases runs total random steps, split over cases x seeds, each
+// against the reference model.
+func runModelCases(t *testing.T, total, seeds int, seedBase uint64, cases []modelCase) {
 	if raceEnabled {
-		total = 80_000
+		total /= 5
 	}
 	if testing.Short() {
 		total /= 4
 	}
-	cases := []struct {
-		tick   time.Duration
-		start  int64
-		shards int
-	}{
-		{time.Millisecond, 0, 2},
-		{time.Microsecond, 0, 4},
-		{time.Millisecond, -5 * int64(time.Hour), 3}, // rounded up to 4
-		{time.Second, math.MaxInt64 - int64(50*365*24*time.Hour), MaxShards},
-		{time.Microsecond, math.MaxInt64 - int64(10*time.Millisecond), 2},
-	}
-	seeds := 2
 	per := total / (len(cases) * seeds)
 	for _, c := range cases {
 		for seed := range seeds {
 			t.Run(fmt.Sprintf("tick=%v/start=%d/shards=%d/seed=%d", c.tick, c.start, c.shards, seed), func(t *testing.T) {
-				r := rand.New(rand.NewPCG(uint64(seed)+100, uint64(c.tick)))
+				r := rand.New(rand.NewPCG(uint64(seed)+seedBase, uint64(c.tick)))
 				h := runModel(t, r, c.tick, c.start, per, c.shards)
 				if h.fired == 0 {
 					t.Fatalf("nothing fired in %d steps", per)
+				}
+				if c.shards == 0 {
+					return
 				}
 				perShard := make([]int, h.w.(*spread).Shards())
 				for _, hd := range h.handles {
@@ -437,6 +401,29 @@ func TestModelSharded(t *testing.T) {
 			})
 		}
 	}
+}
+
+func TestModel(t *testing.T) {
+	runModelCases(t, 1_200_000, 4, 0, []modelCase{
+		{time.Millisecond, 0, 0},
+		{time.Microsecond, 0, 0},                     // 2^42 µs = 51 days: years are beyond range
+		{time.Millisecond, -5 * int64(time.Hour), 0}, // negative clock
+		{7 * time.Microsecond, 1 << 40, 0},           // odd tick
+		{time.Second, math.MaxInt64 - int64(50*365*24*time.Hour), 0},
+		{time.Microsecond, math.MaxInt64 - int64(10*time.Millisecond), 0},
+	})
+}
+
+// TestModelSharded runs the model on Sharded wheels, each Add on the next
+// shard in turn.
+func TestModelSharded(t *testing.T) {
+	runModelCases(t, 400_000, 2, 100, []modelCase{
+		{time.Millisecond, 0, 2},
+		{time.Microsecond, 0, 4},
+		{time.Millisecond, -5 * int64(time.Hour), 3}, // rounded up to 4
+		{time.Second, math.MaxInt64 - int64(50*365*24*time.Hour), MaxShards},
+		{time.Microsecond, math.MaxInt64 - int64(10*time.Millisecond), 2},
+	})
 }
 
 // TestLevels places one entry at each level boundary and checks each fires
