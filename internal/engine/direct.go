@@ -9,15 +9,15 @@ import "sync"
 // message /pub requests then share MPUBs instead of costing a round trip
 // each.
 //
-// Senders are short-lived goroutines (submit), not tasks on the wheel's
-// publish pool, which a slow nsqd fills with retrying tasks: a request that
-// opens a sender slot submits one, and it sends open batches, oldest first,
-// until none is open. There is no goroutine of its own to stop. A batch holds at most maxMsgs messages unless one request brings
+// Senders are short-lived goroutines, not tasks on the wheel's publish
+// pool, which a slow nsqd fills with retrying tasks: a request that opens a
+// sender slot starts one, and it sends open batches, oldest first, until
+// none is open; there are at most max, and none outlives the requests it
+// serves. A batch holds at most maxMsgs messages unless one request brings
 // more. A request's bodies alias its HTTP request; they stay valid because
 // the request waits until its batch was sent.
 type directQ struct {
 	send    func(topic string, bodies [][]byte) (acked int) // must not panic
-	submit  func(task func()) error                         // runs task on the pool; an error means it will not run
 	max     int                                             // senders (batches in flight) at most: egress connections
 	maxMsgs int                                             // a request joins an open batch only while it stays within this (one MPUB)
 
@@ -59,9 +59,7 @@ func (q *directQ) publish(topic string, bodies [][]byte) int {
 	}
 	q.mu.Unlock()
 	if spawn {
-		if err := q.submit(q.sendOpen); err != nil {
-			q.sendOpen() // the pool is closed (deferd is stopping): send from here
-		}
+		go q.sendOpen()
 	}
 	<-b.done
 	return min(max(b.acked-start, 0), len(bodies))

@@ -7,11 +7,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/deferd/deferd/pool"
 )
 
-// directQ under many concurrent callers, its senders on a real pool: every
+// directQ under many concurrent callers: every
 // body is sent exactly once, in its caller's order, in batches of one topic
 // and at most maxMsgs (unless one call brings more), never more than max
 // batches at once; each caller learns how many of its own bodies the
@@ -29,12 +27,7 @@ func TestDirectQCoalesces(t *testing.T) {
 				shared   atomic.Int32 // batches carrying bodies of more than one call
 			)
 			const maxMsgs = 8
-			p, err := pool.New(16, func(v any) { t.Errorf("task panicked: %v", v) })
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Release(time.Second)
-			q := &directQ{max: max, maxMsgs: maxMsgs, submit: p.Submit}
+			q := &directQ{max: max, maxMsgs: maxMsgs}
 			q.send = func(topic string, bodies [][]byte) int {
 				n := inFlight.Add(1)
 				for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
@@ -131,32 +124,5 @@ func TestDirectQCoalesces(t *testing.T) {
 			}
 			t.Logf("%d calls in %d batches, %d shared, peak %d in flight", 64*50, batches.Load(), shared.Load(), peak.Load())
 		})
-	}
-}
-
-// With the pool released (deferd stopping), a caller sends its batch itself.
-func TestDirectQPoolClosed(t *testing.T) {
-	p, err := pool.New(1, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Release(time.Second)
-	var sent [][]byte
-	q := &directQ{max: 2, maxMsgs: 10, submit: p.Submit, send: func(topic string, bodies [][]byte) int {
-		sent = append(sent, bodies...)
-		return len(bodies)
-	}}
-	done := make(chan int)
-	go func() { done <- q.publish("t", [][]byte{[]byte("a"), []byte("b")}) }()
-	select {
-	case n := <-done:
-		q.mu.Lock()
-		senders := q.senders
-		q.mu.Unlock()
-		if n != 2 || len(sent) != 2 || senders != 0 {
-			t.Fatalf("acked %d, sent %q, senders %d; want 2, [a b], 0", n, sent, q.senders)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("publish waits forever when the pool is closed")
 	}
 }

@@ -276,11 +276,6 @@ func New(opts Options) (*Engine, error) {
 			acked, _ = e.pub.TryPublish(topic, bodies)
 			return acked
 		},
-		// Not the publish pool: with nsqd slow or hung its workers are all
-		// busy retrying due messages (Attempts x Timeout each), and a
-		// request due at once waited that long for a sender slot, not
-		// Egress.Timeout. directQ bounds its senders at max itself.
-		submit:  func(task func()) error { go task(); return nil },
 		max:     len(opts.Egress.Addrs) * cmp.Or(opts.Egress.ConnsPerAddr, egress.DefaultConnsPerAddr),
 		maxMsgs: cmp.Or(opts.Egress.MaxBatchMsgs, egress.DefaultMaxBatchMsgs),
 	}
@@ -675,7 +670,8 @@ func (e *Engine) decTopicLocked(topic string, n int64) {
 const maxTaskBytes = 8 << 20
 
 // dispatch hands due buckets to the pool, split into tasks of at most
-// TaskSize messages and maxTaskBytes of records. It returns when out is closed or the engine stops.
+// TaskSize messages and maxTaskBytes of records. It returns when out is
+// closed or the engine stops.
 func (e *Engine) dispatch(out <-chan *wheel.Batch[ref]) {
 	for {
 		var b *wheel.Batch[ref]
