@@ -383,23 +383,21 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err
 	t := time.NewTimer(p.opts.Timeout)
 	defer t.Stop()
 	if prod.used.Load() {
-		if err := prod.MultiPublishAsync(topic, batch, done); err != nil {
-			return p.failed(c, prod, p.stoppedOr(err))
-		}
+		err = prod.MultiPublishAsync(topic, batch, done)
 	} else {
 		own := copyBodies(batch)
 		errc := make(chan error, 1)
 		go func() { errc <- prod.MultiPublishAsync(topic, own, done) }()
 		select {
-		case err := <-errc:
-			if err != nil {
-				return p.failed(c, prod, p.stoppedOr(err))
-			}
+		case err = <-errc:
 		case <-t.C:
 			return p.failed(c, prod, ErrTimeout)
 		case <-p.stopCh:
 			return false, ErrStopped
 		}
+	}
+	if err != nil {
+		return p.failed(c, prod, p.stoppedOr(err))
 	}
 	select {
 	case tr := <-done:
@@ -471,8 +469,8 @@ func (p *Publisher) replace(c *conn, old *producer) bool {
 // Busy ones are left to finish or fail on their own.
 func (p *Publisher) replaceIdle(n *node) {
 	for _, c := range n.conns {
-		if c.prod.Load().used.Load() && c.inFlight.Load() == 0 {
-			p.replace(c, c.prod.Load())
+		if prod := c.prod.Load(); prod.used.Load() && c.inFlight.Load() == 0 {
+			p.replace(c, prod)
 		}
 	}
 }
