@@ -782,46 +782,80 @@ func (w *Wheel[T]) sleepFor(d uint64, ok bool) time.Duration {
 // CPU while nothing is due. Safe to run concurrently with every other method;
 // run at most one driver per wheel.
 func (w *Wheel[T]) Run(stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
+	return drive([]*Wheel[T]{w}, nil, stop, out)
+}
+
+// drive is Run for wheels that share a clock, origin, tick and wake
+// channel: a Wheel alone, or the shards of a Sharded wheel, whose batches
+// recode turns to the Sharded handles. It drains every wheel up to now,
+// then sleeps until the earliest tick any of them needs.
+func drive[T any](shards []*Wheel[T], recode func(*Batch[T], uint32), stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
 	timer := time.NewTimer(maxSleep)
 	defer timer.Stop()
+	first := shards[0]
 	for {
 		select {
 		case <-stop:
 			return nil
 		default:
 		}
-		nowTick := w.nowTick(w.Now())
-		w.mu.Lock()
-		w.planned = 0 // awake: Adds need not wake us until we plan again
-		b := w.collect(nowTick)
-		if b != nil {
-			w.mu.Unlock()
-			select {
-			case out <- b:
-				continue
-			case <-stop:
-				return b
+		nowTick := first.nowTick(first.Now())
+		for s, sh := range shards {
+			for {
+				sh.mu.Lock()
+				sh.planned = 0 // awake: Adds need not wake us until we plan again
+				b := sh.collect(nowTick)
+				sh.mu.Unlock()
+				if b == nil {
+					break
+				}
+				if recode != nil {
+					recode(b, uint32(s))
+				}
+				select {
+				case out <- b:
+				case <-stop:
+					return b
+				}
 			}
 		}
-		// Nothing due: plan the wake-up under the same lock Add takes, so
-		// an earlier Add after this point sees planned and wakes us.
-		d, _, _, ok := w.nextExpiration()
-		if ok {
-			w.planned = d
-		} else {
-			w.planned = math.MaxUint64
+		// Plan the wake-up at the earliest tick any shard needs. Pass one
+		// sets each shard's planned to its own next tick under its lock, so
+		// from then on an Add due before it wakes us; pass two lowers them
+		// all to the earliest, so Adds between it and a shard's own next do
+		// not wake us for nothing.
+		d, ok := uint64(math.MaxUint64), false
+		for _, sh := range shards {
+			sh.mu.Lock()
+			sd, sok := sh.elapsed, true
+			if sh.empty(readyList) { // an Add since the drain may have put entries there
+				sd, _, _, sok = sh.nextExpiration()
+			}
+			if sok {
+				sh.planned = sd
+				d, ok = min(d, sd), true
+			} else {
+				sh.planned = math.MaxUint64
+			}
+			sh.mu.Unlock()
 		}
-		w.mu.Unlock()
-		if sleep := w.sleepFor(d, ok); sleep > 0 {
+		for _, sh := range shards {
+			sh.mu.Lock()
+			sh.planned = min(sh.planned, d)
+			sh.mu.Unlock()
+		}
+		if sleep := first.sleepFor(d, ok); sleep > 0 {
 			timer.Reset(sleep)
 			select {
 			case <-stop:
-				w.mu.Lock()
-				w.planned = 0
-				w.mu.Unlock()
+				for _, sh := range shards {
+					sh.mu.Lock()
+					sh.planned = 0
+					sh.mu.Unlock()
+				}
 				return nil
 			case <-timer.C:
-			case <-w.wake:
+			case <-first.wake:
 			}
 			timer.Stop()
 		}
