@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 // Micro-benchmarks of each design's core operation, without the harness.
@@ -142,7 +143,7 @@ func BenchmarkZSetLuaPop500(b *testing.B) {
 // BenchmarkNSQDeferredPublish is nsqd's own deferred publish: DPUB of a
 // 500 B message (1 h delay) to an in-process nsqd, pipelined 100 at a time.
 func BenchmarkNSQDeferredPublish(b *testing.B) {
-	n := nsqdnode.StartTest(b, nsqdnode.Config{})
+	n := nsqdnodetest.Start(b, nsqdnode.Config{})
 	p, err := newProducer(n.TCPAddr)
 	if err != nil {
 		b.Fatal(err)

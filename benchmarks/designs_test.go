@@ -8,11 +8,12 @@ import (
 	"time"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 func newHarness(t *testing.T) *Harness {
 	t.Helper()
-	n := nsqdnode.StartTest(t, nsqdnode.Config{})
+	n := nsqdnodetest.Start(t, nsqdnode.Config{})
 	return &Harness{
 		NSQDTCPAddr:  n.TCPAddr,
 		NSQDHTTPAddr: n.HTTPAddr,

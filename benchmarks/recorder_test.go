@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 // TestRecorder checks the measuring consumer against a real nsqd: every
@@ -16,7 +17,7 @@ func TestRecorder(t *testing.T) {
 	recorderBuf = 4096 // so frames split across reads and the buffer grows
 	defer func() { recorderBuf = old }()
 
-	n := nsqdnode.StartTest(t, nsqdnode.Config{})
+	n := nsqdnodetest.Start(t, nsqdnode.Config{})
 	for _, buffered := range []bool{false, true} {
 		topic := "rec_unbuffered"
 		if buffered {
@@ -91,7 +92,7 @@ func TestRecorder(t *testing.T) {
 // TestRecorderReportsDisconnect: when nsqd goes away under the recorder,
 // Err says so (the harness puts it in the run's note).
 func TestRecorderReportsDisconnect(t *testing.T) {
-	n := nsqdnode.StartTest(t, nsqdnode.Config{})
+	n := nsqdnodetest.Start(t, nsqdnode.Config{})
 	r, err := NewRecorder(n.TCPAddr, "rec_gone", 10, false)
 	if err != nil {
 		t.Fatal(err)

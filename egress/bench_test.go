@@ -13,6 +13,7 @@ import (
 	"github.com/nsqio/go-nsq"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 const (
@@ -37,7 +38,7 @@ func BenchmarkPublish(b *testing.B) {
 	for _, batch := range []int{50, 100, 200, 500} {
 		for _, conns := range []int{1, 2, 4} {
 			b.Run(fmt.Sprintf("egress/batch=%d/conns=%d", batch, conns), func(b *testing.B) {
-				node := nsqdnode.StartTest(b, nsqdnode.Config{})
+				node := nsqdnodetest.Start(b, nsqdnode.Config{})
 				p, err := New(Options{Addrs: []string{node.TCPAddr}, ConnsPerAddr: conns, MaxBatchMsgs: batch, Logf: b.Logf})
 				if err != nil {
 					b.Fatal(err)
@@ -53,7 +54,7 @@ func BenchmarkPublish(b *testing.B) {
 	for _, batch := range []int{50, 100, 200} {
 		for _, prods := range []int{1, 4} {
 			b.Run(fmt.Sprintf("raw-go-nsq/batch=%d/producers=%d", batch, prods), func(b *testing.B) {
-				node := nsqdnode.StartTest(b, nsqdnode.Config{})
+				node := nsqdnodetest.Start(b, nsqdnode.Config{})
 				ps := make([]*nsq.Producer, prods)
 				for i := range ps {
 					pr, err := nsq.NewProducer(node.TCPAddr, nsq.NewConfig())

@@ -14,6 +14,7 @@ import (
 	"github.com/nsqio/go-nsq"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 // newTestPublisher starts a Publisher whose logs go to t and which is stopped
@@ -114,8 +115,8 @@ func makeBody(r *rand.Rand, id uint64, n int) []byte {
 // Many goroutines publish thousands of mixed-size binary bodies across
 // topics and two nsqds; a consumer gets each exactly once, byte-identical.
 func TestPublishConcurrentExactlyOnce(t *testing.T) {
-	a := nsqdnode.StartTest(t, nsqdnode.Config{})
-	b := nsqdnode.StartTest(t, nsqdnode.Config{})
+	a := nsqdnodetest.Start(t, nsqdnode.Config{})
+	b := nsqdnodetest.Start(t, nsqdnode.Config{})
 	addrs := []string{a.TCPAddr, b.TCPAddr}
 	p := newTestPublisher(t, Options{Addrs: addrs, MaxBatchMsgs: 50, ConnsPerAddr: 2})
 	topics := []string{"alpha", "beta", "gamma"}
@@ -207,7 +208,7 @@ func TestPublishConcurrentExactlyOnce(t *testing.T) {
 // before it with a permanent error.
 func TestBatchLimits(t *testing.T) {
 	const maxMsg, maxBody = 1000, 8000
-	node := nsqdnode.StartTest(t, nsqdnode.Config{MaxMsgSize: maxMsg, MaxBodySize: maxBody})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{MaxMsgSize: maxMsg, MaxBodySize: maxBody})
 	p := newTestPublisher(t, Options{Addrs: []string{node.TCPAddr}, MaxMsgSize: maxMsg, MaxBatchBytes: maxBody, MaxBatchMsgs: 20})
 	col := newCollector(t, []string{node.TCPAddr}, "limits")
 
@@ -273,7 +274,7 @@ func TestBatchLimits(t *testing.T) {
 // through, and the one body nsqd refuses is a permanent error at its index.
 func TestSplitOnNSQDRefusal(t *testing.T) {
 	const maxMsg, maxBody = 1000, 8000
-	node := nsqdnode.StartTest(t, nsqdnode.Config{MaxMsgSize: maxMsg, MaxBodySize: maxBody})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{MaxMsgSize: maxMsg, MaxBodySize: maxBody})
 	p := newTestPublisher(t, Options{Addrs: []string{node.TCPAddr}, MaxMsgSize: 4000, MaxBatchBytes: 64000, MaxBatchMsgs: 100})
 	col := newCollector(t, []string{node.TCPAddr}, "split")
 
@@ -407,8 +408,8 @@ func TestFailoverAndRestart(t *testing.T) {
 // Stop makes running and later Publish calls return ErrStopped promptly,
 // including ones waiting in backoff.
 func TestStop(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
-	deadAddr := nsqdnode.ClosedAddr(t)
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
+	deadAddr := nsqdnodetest.ClosedAddr(t)
 
 	p := newTestPublisher(t, Options{Addrs: []string{node.TCPAddr}, MaxBatchMsgs: 10})
 	body := bytes.Repeat([]byte("x"), 500)
@@ -542,8 +543,8 @@ func TestBackoff(t *testing.T) {
 // the failed nsqd is then skipped, and with every nsqd down nothing is
 // sent at all.
 func TestTryPublish(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
-	dead := nsqdnode.ClosedAddr(t)
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
+	dead := nsqdnodetest.ClosedAddr(t)
 	const backoff = time.Minute // a sleep of it would time the test out
 	p := newTestPublisher(t, Options{
 		Addrs: []string{dead, node.TCPAddr}, ConnsPerAddr: 1, MaxBatchMsgs: 10,
@@ -613,7 +614,7 @@ func TestTryPublish(t *testing.T) {
 // its 10 s read timeout. (It took 10 s: the timer started after the
 // connect.)
 func TestTimeoutCoversConnect(t *testing.T) {
-	hung, unhang := nsqdnode.HungAddr(t)
+	hung, unhang := nsqdnodetest.HungAddr(t)
 	defer unhang() // before the Publisher's Stop, which waits for the stuck connect
 	p := newTestPublisher(t, Options{Addrs: []string{hung}, Timeout: 300 * time.Millisecond})
 	start := time.Now()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 // Small limits, the same on both sides, keep the size cases cheap.
@@ -230,7 +231,7 @@ func contractCases() []contractCase {
 
 // TestContract sends every case to a real nsqd and to deferd and compares.
 func TestContract(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{MaxMsgSize: testMaxMsg, MaxBodySize: testMaxBody})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{MaxMsgSize: testMaxMsg, MaxBodySize: testMaxBody})
 	rec := &recorder{}
 	srv := startServer(t, Options{MaxMsgSize: testMaxMsg, MaxBodySize: testMaxBody}, rec)
 	for _, c := range contractCases() {
@@ -297,7 +298,7 @@ func TestContract(t *testing.T) {
 // Requests Go's client cannot send, written raw to both servers: the status
 // lines must agree.
 func TestContractRaw(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{MaxMsgSize: testMaxMsg, MaxBodySize: testMaxBody})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{MaxMsgSize: testMaxMsg, MaxBodySize: testMaxBody})
 	srv := startServer(t, Options{MaxMsgSize: testMaxMsg, MaxBodySize: testMaxBody}, &recorder{})
 	for _, req := range []string{
 		"POST /p%zzb?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
@@ -328,7 +329,7 @@ func TestContractRaw(t *testing.T) {
 // body is refused before it is read or after, the client gets nsqd's answer,
 // not a reset connection.
 func TestContractBigBodies(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	srv := startServer(t, Options{}, &recorder{})
 	big := rep('b', 6<<20)
 	lines := bytes.Repeat([]byte("0123456789abcdef\n"), (6<<20)/17)
@@ -367,7 +368,7 @@ func TestContractBigBodies(t *testing.T) {
 // (small bodies) or the handler reads it from the stream (large ones).
 // Nothing may be published: the part that came is not the message.
 func TestContractTruncatedBody(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	rec := &recorder{}
 	srv := startServer(t, Options{}, rec)
 	halfClosed := func(addr, head string, body []byte) string {

@@ -25,6 +25,7 @@ import (
 	"github.com/nsqio/go-nsq"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 func TestCancelAckSurvivesKill(t *testing.T) {
@@ -39,7 +40,7 @@ func TestCancelAckSurvivesKill(t *testing.T) {
 	if fsync == "" {
 		fsync = "always"
 	}
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	var (
 		mu        sync.Mutex
 		delivered = map[string]int64{} // body -> nsqd timestamp

@@ -20,6 +20,7 @@ import (
 	"github.com/nsqio/go-nsq"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 // buildDeferd builds this command into a temporary directory.
@@ -144,7 +145,7 @@ func TestCrashLosesNothingAcknowledged(t *testing.T) {
 		t.Skip("builds and runs the binary")
 	}
 	bin := buildDeferd(t)
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	data := t.TempDir()
 	addr := freeAddr(t)
 	base := "http://" + addr

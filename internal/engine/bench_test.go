@@ -17,6 +17,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 	"github.com/deferd/deferd/journal"
 )
 
@@ -93,7 +94,7 @@ func hammer(b *testing.B, addr, path string, body []byte, perReq, total, conc in
 // x 500 B and single /pub, due an hour ahead, per fsync mode and with
 // the journal switched off (the same path without the append), side by side.
 func BenchmarkServiceIngest(b *testing.B) {
-	node := nsqdnode.StartTest(b, nsqdnode.Config{})
+	node := nsqdnodetest.Start(b, nsqdnode.Config{})
 	for _, mode := range []string{"off", "interval", "always", "never"} {
 		for _, kind := range []string{"mpub", "pub"} {
 			b.Run(kind+"/journal="+mode, func(b *testing.B) {
@@ -138,7 +139,7 @@ func BenchmarkServiceIngest(b *testing.B) {
 // nsqd has counted every message.
 func BenchmarkServiceDueNow(b *testing.B) {
 	freshNSQD := func(b *testing.B) (*nsqdnode.Node, func(b *testing.B, n int)) {
-		node := nsqdnode.StartTest(b, nsqdnode.Config{MemQueueSize: int64(max(b.N, 100_000))})
+		node := nsqdnodetest.Start(b, nsqdnode.Config{MemQueueSize: int64(max(b.N, 100_000))})
 		return node, func(b *testing.B, n int) { waitTopic(b, node, "t", n) }
 	}
 	b.Run("direct-go-nsq-mpub", func(b *testing.B) {
@@ -207,7 +208,7 @@ func BenchmarkServiceDueNowPub(b *testing.B) {
 		b.ReportMetric(cpuSince(cpu0)/float64(b.N)*1e6, "cpu-µs/msg")
 	}
 	newNode := func(b *testing.B) *nsqdnode.Node {
-		return nsqdnode.StartTest(b, nsqdnode.Config{MemQueueSize: int64(max(b.N, 100_000))})
+		return nsqdnodetest.Start(b, nsqdnode.Config{MemQueueSize: int64(max(b.N, 100_000))})
 	}
 	b.Run("nsqd-http-pub", func(b *testing.B) {
 		node := newNode(b)
@@ -282,7 +283,7 @@ func BenchmarkServiceLateness(b *testing.B) {
 			// nsqd as embedded (100k in memory per topic and channel): the
 			// consumer keeps up, and a bigger queue only makes the GC scan
 			// nsqd's huge channel buffers.
-			node := nsqdnode.StartTest(b, nsqdnode.Config{})
+			node := nsqdnodetest.Start(b, nsqdnode.Config{})
 			o := testOptions(b.TempDir(), node.TCPAddr)
 			o.Journal.SegmentBytes = 64 << 20
 			o.Egress.ConnsPerAddr = 4
@@ -393,7 +394,7 @@ func parseFsync(s string) (journal.FsyncMode, error) { return journal.ParseFsync
 // time nsqd has counted all of them, next to how long nsqd itself needs
 // to take N messages by MPUB (direct, measured in the same run).
 func BenchmarkServiceBurst(b *testing.B) {
-	node := nsqdnode.StartTest(b, nsqdnode.Config{MemQueueSize: int64(max(2*b.N, 100_000))})
+	node := nsqdnodetest.Start(b, nsqdnode.Config{MemQueueSize: int64(max(2*b.N, 100_000))})
 	o := testOptions(b.TempDir(), node.TCPAddr)
 	o.Journal.SegmentBytes = 64 << 20
 	o.Egress.ConnsPerAddr = 4

@@ -9,13 +9,14 @@ import (
 
 	"github.com/deferd/deferd/ingest"
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 // TestCancelRacingStop: Cancels racing Stop all return (none hangs),
 // each with nil, ErrExiting or ErrUnavailable; and after a restart no
 // message whose Cancel returned nil is pending again.
 func TestCancelRacingStop(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	for _, grace := range []time.Duration{0, 20 * time.Millisecond} {
 		dir := t.TempDir()
 		o := testOptions(dir, node.TCPAddr)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/deferd/deferd/ingest"
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 // BenchmarkPendingMemory holds the reference load's pending set, N
@@ -28,7 +29,7 @@ func BenchmarkPendingMemory(b *testing.B) {
 	if n <= 0 {
 		b.Skip("set DEFERD_BENCH_PENDING=N (e.g. 12000000) to run")
 	}
-	node := nsqdnode.StartTest(b, nsqdnode.Config{})
+	node := nsqdnodetest.Start(b, nsqdnode.Config{})
 	dir := b.TempDir()
 	o := NewOptions(dir, []string{node.TCPAddr})
 	o.Logf = b.Logf
@@ -140,7 +141,7 @@ func pauseQuantiles(a, b *metrics.Float64Histogram) (p50, p99, max float64) {
 // when deferd is full (it got 503 OVER_CAPACITY: the capacity check came
 // before the id's).
 func TestPendingIDAtCapacity(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	o := testOptions(t.TempDir(), node.TCPAddr)
 	o.MaxPending = 1
 	h := startHarness(t, o)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 // Messages already due and without an id go straight to nsqd: when the 200
@@ -20,7 +21,7 @@ import (
 // and messages with an id still go through the journal. Every body arrives
 // once, unchanged.
 func TestDirectPublish(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
 	col := consume(t, node.TCPAddr, "d")
 	var want []string
@@ -76,7 +77,7 @@ func TestDirectPublish(t *testing.T) {
 // With DirectPublish off, messages due at once are journaled first, like
 // every other message.
 func TestDirectPublishOff(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	o := testOptions(t.TempDir(), node.TCPAddr)
 	o.DirectPublish = false
 	h := startHarness(t, o)
@@ -95,7 +96,7 @@ func TestDirectPublishOff(t *testing.T) {
 // 200 arrives nsqd has that request's messages, and every body arrives
 // exactly once.
 func TestDirectPublishConcurrent(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
 	col := consume(t, node.TCPAddr, "cc")
 	const workers, perWorker = 32, 20
@@ -275,7 +276,7 @@ func postOK(t *testing.T, url, body string) bool {
 // did, not those refused: with no nsqd to take them and no room to journal
 // them, nothing is counted.
 func TestDirectJournaledCountsOnlyJournaled(t *testing.T) {
-	o := testOptions(t.TempDir(), nsqdnode.ClosedAddr(t)) // every direct publish fails
+	o := testOptions(t.TempDir(), nsqdnodetest.ClosedAddr(t)) // every direct publish fails
 	o.MaxPending = 2
 	h := startHarness(t, o)
 	if code, body := h.post("/mpub?topic=c", []byte("a\nb\nc")); code != http.StatusServiceUnavailable {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 // mountTiny mounts a size-limited tmpfs: a real filesystem that fills up.
@@ -30,7 +31,7 @@ func mountTiny(t *testing.T, size string) string {
 
 // A data path that is not a writable directory is a clear error at start.
 func TestUnwritableDataPathFailsAtStart(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	file := filepath.Join(t.TempDir(), "not-a-dir")
 	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
@@ -51,7 +52,7 @@ func TestUnwritableDataPathFailsAtStart(t *testing.T) {
 // publishing has freed space.
 func TestDiskFullRefusesNewKeepsPending(t *testing.T) {
 	dir := mountTiny(t, "3m")
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	o := testOptions(filepath.Join(dir, "journal"), node.TCPAddr)
 	o.Journal.SegmentBytes = 256 << 10
 	h := startHarness(t, o)
@@ -116,7 +117,7 @@ func TestDiskFullRefusesNewKeepsPending(t *testing.T) {
 // restart (log, /stats, /metrics), and every other message is still
 // recovered and delivered.
 func TestCorruptRecordReported(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	dir := t.TempDir()
 	o := testOptions(dir, node.TCPAddr)
 	o.Journal.SegmentBytes = 16 << 10
@@ -197,7 +198,7 @@ func grepLines(s, sub string) string {
 // client held a 200 for a message stored nowhere.
 func TestSameIDWhileTheFirstWriteFails(t *testing.T) {
 	dir := mountTiny(t, "2m")
-	o := testOptions(filepath.Join(dir, "journal"), nsqdnode.ClosedAddr(t))
+	o := testOptions(filepath.Join(dir, "journal"), nsqdnodetest.ClosedAddr(t))
 	o.Journal.SegmentBytes = 256 << 10
 	o.Logf = func(string, ...any) {}
 	h := startHarness(t, o)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/deferd/deferd/ingest"
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 	"github.com/deferd/deferd/journal"
 )
 
@@ -210,7 +211,7 @@ func mpubBinary(bodies [][]byte) []byte {
 // mixed delays arrive at an nsqd consumer exactly once, unchanged, and
 // never before their due time.
 func TestEndToEndMixedDelays(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
 	colA := consume(t, node.TCPAddr, "a")
 	colB := consume(t, node.TCPAddr, "b#ephemeral")
@@ -293,7 +294,7 @@ func TestEndToEndMixedDelays(t *testing.T) {
 // /cancel removes a pending message once; a published id cannot be
 // cancelled; a cancelled message never arrives.
 func TestCancelAndIDDedupe(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
 	col := consume(t, node.TCPAddr, "c")
 
@@ -335,7 +336,7 @@ func TestCancelAndIDDedupe(t *testing.T) {
 
 // at= is an absolute due time; a time in the past publishes at once.
 func TestAbsoluteDueTime(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
 	col := consume(t, node.TCPAddr, "at")
 	at := time.Now().Add(700 * time.Millisecond)
@@ -354,7 +355,7 @@ func TestAbsoluteDueTime(t *testing.T) {
 // Bad requests of every kind get their 4xx and leave pending messages
 // intact: everything accepted before and after still arrives.
 func TestBadInputKeepsPending(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
 	col := consume(t, node.TCPAddr, "k")
 	for i := 0; i < 50; i++ {
@@ -395,7 +396,7 @@ func TestBadInputKeepsPending(t *testing.T) {
 // Past --max-pending deferd answers 503 OVER_CAPACITY and keeps what it
 // holds.
 func TestCapacityLimit(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	o := testOptions(t.TempDir(), node.TCPAddr)
 	o.MaxPending = 10
 	h := startHarness(t, o)
@@ -424,7 +425,7 @@ func TestCapacityLimit(t *testing.T) {
 // --max-pending-bytes counts journal record bytes, in the check as in the
 // counter: room for one more body but not for its record is no room.
 func TestCapacityLimitBytes(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	o := testOptions(t.TempDir(), node.TCPAddr)
 	body := bytes.Repeat([]byte("b"), 100)
 	rec := int64(journal.RecordLen(&journal.Message{Topic: "capb", Body: body}))
@@ -518,7 +519,7 @@ func TestNSQDRestartLosesNothing(t *testing.T) {
 // recovers it with its due time kept (long delays stay pending and can be
 // cancelled by id; short ones arrive after, never before, their due time).
 func TestRestartKeepsDelays(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	dir := t.TempDir()
 	h := startHarness(t, testOptions(dir, node.TCPAddr))
 	sent := time.Now()
@@ -559,7 +560,7 @@ func TestRestartKeepsDelays(t *testing.T) {
 // stays near the live data, and the moved messages keep their ids (cancel
 // works) and survive a restart exactly once.
 func TestCompactionBoundsDisk(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	dir := t.TempDir()
 	o := testOptions(dir, node.TCPAddr)
 	o.Journal.SegmentBytes = 64 << 10
@@ -622,7 +623,7 @@ func TestRejectedMessageParkedOthersDelivered(t *testing.T) {
 		direct, missed uint64
 	}{{"&defer=1", 0, 0}, {"", 2, 3}} {
 		t.Run("query="+c.query, func(t *testing.T) {
-			node := nsqdnode.StartTest(t, nsqdnode.Config{MaxMsgSize: 1000})
+			node := nsqdnodetest.Start(t, nsqdnode.Config{MaxMsgSize: 1000})
 			o := testOptions(t.TempDir(), node.TCPAddr)
 			o.ParkBackoff = time.Hour
 			h := startHarness(t, o)
@@ -652,7 +653,7 @@ func TestRejectedMessageParkedOthersDelivered(t *testing.T) {
 // a deferd started on the same journal with nsqd up delivers all of it.
 func TestStopKeepsGraceWithNSQDDown(t *testing.T) {
 	dir := t.TempDir()
-	o := testOptions(dir, nsqdnode.ClosedAddr(t))
+	o := testOptions(dir, nsqdnodetest.ClosedAddr(t))
 	o.PoolSize, o.TaskSize, o.DirectPublish = 1, 1, false
 	o.Egress.Backoff = 100 * time.Millisecond // each task retries for >= 0.3 s
 	h := startHarness(t, o)
@@ -682,7 +683,7 @@ func stopWithinThenDeliver(t *testing.T, h *harness, dir string, grace, limit ti
 	} else {
 		t.Logf("Stop(%v) took %v", grace, d)
 	}
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	col := consume(t, node.TCPAddr, topic)
 	startHarness(t, testOptions(dir, node.TCPAddr))
 	col.waitCount(t, n, 10*time.Second)
@@ -694,7 +695,7 @@ func stopWithinThenDeliver(t *testing.T, h *harness, dir string, grace, limit ti
 // bound (it took over 20 s), and the messages stay in the journal.
 func TestStopKeepsGraceWithNSQDHung(t *testing.T) {
 	dir := t.TempDir()
-	hung, unhang := nsqdnode.HungAddr(t)
+	hung, unhang := nsqdnodetest.HungAddr(t)
 	defer unhang() // before the harness's cleanup: its goroutines are stuck on it
 	o := testOptions(dir, hung)
 	o.PoolSize, o.TaskSize, o.DirectPublish = 2, 1, false
@@ -714,7 +715,7 @@ func TestStopKeepsGraceWithNSQDHung(t *testing.T) {
 // and its id is free for a new message. (Before, it left the wheel for
 // good until a restart: never published, its id stuck.)
 func TestReadErrorRetries(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	dir := t.TempDir()
 	o := testOptions(dir, node.TCPAddr)
 	o.ParkBackoff = 300 * time.Millisecond
@@ -793,7 +794,7 @@ func TestReadErrorRetries(t *testing.T) {
 // until a restart: those it had not published go back into the wheel and
 // are published on the next try.
 func TestPanickingTaskLosesNothing(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	o := testOptions(t.TempDir(), node.TCPAddr)
 	o.DirectPublish = false
 	var panicked sync.Once
@@ -822,7 +823,7 @@ func TestPanickingTaskLosesNothing(t *testing.T) {
 // part of its messages kept and delivered after the restart.
 func TestStopKeepsRequestsWhole(t *testing.T) {
 	dir := t.TempDir()
-	o := testOptions(dir, nsqdnode.ClosedAddr(t))
+	o := testOptions(dir, nsqdnodetest.ClosedAddr(t))
 	o.DirectPublish = false
 	o.Logf = func(string, ...any) {}
 	e, err := New(o)
@@ -880,7 +881,7 @@ func TestStopKeepsRequestsWhole(t *testing.T) {
 // back into the wheel, and a later cancel removes it. (It said 404
 // NOT_FOUND for a message that was then delivered.)
 func TestCancelInFlight(t *testing.T) {
-	o := testOptions(t.TempDir(), nsqdnode.ClosedAddr(t))
+	o := testOptions(t.TempDir(), nsqdnodetest.ClosedAddr(t))
 	o.Egress.Backoff = 100 * time.Millisecond // each attempt lasts a while
 	h := startHarness(t, o)
 	sawInFlight := false
@@ -913,7 +914,7 @@ func TestCancelInFlight(t *testing.T) {
 // retry with the same id is written and answered, instead of waiting
 // forever for the first write to end.
 func TestPanickingPublishGivesItsIDUp(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	o := testOptions(t.TempDir(), node.TCPAddr)
 	var panicked sync.Once
 	o.beforeAppend = func(req *ingest.PubRequest) {
@@ -944,7 +945,7 @@ func TestPanickingPublishGivesItsIDUp(t *testing.T) {
 // /metrics carries what /stats reports beyond the fixed gauges: pending per
 // topic and the journal's state, with the same numbers.
 func TestMetricsMirrorStats(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	h := startHarness(t, testOptions(t.TempDir(), node.TCPAddr))
 	h.mustPost("/mpub?topic=alpha&defer=600000", []byte("a1\na2\na3"))
 	h.mustPost("/pub?topic=beta&defer=600000&id=b1", []byte("b1"))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/deferd/deferd/ingest"
 	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
 // A message nsqd refused is parked for ParkBackoff. Compaction must move it
@@ -17,7 +18,7 @@ import (
 // journal's original Due, long past, so the parked message was retried at
 // once, every time its segment was compacted).
 func TestCompactionKeepsParkBackoff(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{MaxMsgSize: 1000})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{MaxMsgSize: 1000})
 	o := testOptions(t.TempDir(), node.TCPAddr)
 	o.Journal.SegmentBytes = 64 << 10
 	o.CompactEvery = 20 * time.Millisecond
@@ -57,7 +58,7 @@ func TestCompactionKeepsParkBackoff(t *testing.T) {
 // message went to the wheel due ~292 years in the past and was published at
 // once. The conversion now saturates, and such a message stays pending.
 func TestMaxDeferOverflowStaysPending(t *testing.T) {
-	node := nsqdnode.StartTest(t, nsqdnode.Config{})
+	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	o := testOptions(t.TempDir(), node.TCPAddr)
 	e, err := New(o)
 	if err != nil {
@@ -88,7 +89,7 @@ func TestMaxDeferOverflowStaysPending(t *testing.T) {
 // Egress.Timeout (then it is journaled): its sender used to be a pool task,
 // so its reply waited for a wheel task to finish (14 s, not 5).
 func TestDirectPublishNotBehindFullPool(t *testing.T) {
-	hung, unhang := nsqdnode.HungAddr(t)
+	hung, unhang := nsqdnodetest.HungAddr(t)
 	defer unhang()
 	o := testOptions(t.TempDir(), hung)
 	o.PoolSize = 2

@@ -1,7 +1,9 @@
-package nsqdnode
+package nsqdnode_test
 
 import (
 	"encoding/json"
+	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 	"net/http"
 	"strings"
 	"testing"
@@ -13,7 +15,7 @@ import (
 // A message published over nsqd's HTTP API reaches a go-nsq consumer: the
 // node is a real, working nsqd.
 func TestStartPublishConsume(t *testing.T) {
-	n := StartTest(t, Config{})
+	n := nsqdnodetest.Start(t, nsqdnode.Config{})
 	resp, err := http.Post("http://"+n.HTTPAddr+"/pub?topic=t", "application/octet-stream", strings.NewReader("hello"))
 	if err != nil {
 		t.Fatal(err)
@@ -43,14 +45,14 @@ func TestStartPublishConsume(t *testing.T) {
 	}
 }
 
-// MemQueueNone is nsqd's --mem-queue-size=0: published messages go to the
+// nsqdnode.MemQueueNone is nsqd's --mem-queue-size=0: published messages go to the
 // disk queue; the default keeps them in memory.
 func TestMemQueueNone(t *testing.T) {
 	for _, c := range []struct {
 		size        int64
 		wantBackend int64
-	}{{0, 0}, {MemQueueNone, 3}} {
-		n := StartTest(t, Config{MemQueueSize: c.size})
+	}{{0, 0}, {nsqdnode.MemQueueNone, 3}} {
+		n := nsqdnodetest.Start(t, nsqdnode.Config{MemQueueSize: c.size})
 		for range 3 {
 			resp, err := http.Post("http://"+n.HTTPAddr+"/pub?topic=t", "application/octet-stream", strings.NewReader("m"))
 			if err != nil {
