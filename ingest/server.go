@@ -18,6 +18,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/valyala/fasthttp"
+
+	"github.com/deferd/deferd/internal/errs"
 )
 
 // Options configure a Server. The zero value of every field means its
@@ -68,7 +70,9 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Text }
 
-// Errors a Backend returns.
+// The answers to the errors a Backend returns (errs' sentinels, which the
+// root package exports as deferd.ErrNotFound and so on), matched with
+// errors.Is by errorOf.
 var (
 	ErrNotFound     = &Error{404, "NOT_FOUND"}
 	ErrOverCapacity = &Error{503, "OVER_CAPACITY"}       // pending message/byte limits reached
@@ -79,6 +83,34 @@ var (
 	// retried later, and a cancel then succeeds).
 	ErrInFlight = &Error{409, "IN_FLIGHT"}
 )
+
+// backendErrors maps the scheduler's sentinel errors to their answers.
+var backendErrors = [...]struct {
+	err error
+	ans *Error
+}{
+	{errs.NotFound, ErrNotFound},
+	{errs.OverCapacity, ErrOverCapacity},
+	{errs.JournalUnavailable, ErrUnavailable},
+	{errs.Closed, ErrExiting},
+	{errs.InFlight, ErrInFlight},
+}
+
+// errorOf is the answer to a Backend's error: an *Error it returned as is,
+// the answer to one of errs' sentinels, or nil for any other error (500
+// INTERNAL_ERROR, logged).
+func errorOf(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) && e != nil {
+		return e
+	}
+	for _, m := range backendErrors {
+		if errors.Is(err, m.err) {
+			return m.ans
+		}
+	}
+	return nil
+}
 
 // Server serves deferd's HTTP API. Its methods are safe for concurrent use.
 type Server struct {
@@ -880,8 +912,7 @@ func (s *Server) publish(ctx *fasthttp.RequestCtx, st *reqState, topic string, d
 }
 
 func (s *Server) writeBackendError(ctx *fasthttp.RequestCtx, op string, err error) {
-	var e *Error
-	if errors.As(err, &e) && e != nil {
+	if e := errorOf(err); e != nil {
 		writeError(ctx, e)
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/deferd/deferd/internal/errs"
 	"io"
 	"net"
 	"strings"
@@ -29,6 +30,12 @@ func TestBackendErrors(t *testing.T) {
 		{&Error{503, `a "quoted" <text>`}, 503, `{"message":"a \"quoted\" \u003ctext\u003e"}`},
 		{fmt.Errorf("wrapped: %w", ErrOverCapacity), 503, `{"message":"OVER_CAPACITY"}`},
 		{errors.New("disk on fire"), 500, `{"message":"INTERNAL_ERROR"}`},
+		// The scheduler's sentinels (deferd.ErrOverCapacity, ...).
+		{errs.OverCapacity, 503, `{"message":"OVER_CAPACITY"}`},
+		{fmt.Errorf("wrapped: %w", errs.JournalUnavailable), 503, `{"message":"JOURNAL_UNAVAILABLE"}`},
+		{errs.Closed, 503, `{"message":"EXITING"}`},
+		{errs.NotFound, 404, `{"message":"NOT_FOUND"}`},
+		{errs.InFlight, 409, `{"message":"IN_FLIGHT"}`},
 	}
 	for _, c := range cases {
 		rec.mu.Lock()
