@@ -3,7 +3,11 @@
 // starts what it needs: its own redis-server, or the deferd binary), and
 // writes one markdown table and one PNG chart.
 //
-//	go run ./benchmarks/cmd/compare [flags]
+// The suite is its own module (github.com/deferd/deferd/benchmarks), so it
+// runs from the benchmarks directory; -repo (default "..") is the deferd
+// module root that ./cmd/deferd is built from:
+//
+//	cd benchmarks && go run ./cmd/compare [flags]
 package main
 
 import (
@@ -69,8 +73,8 @@ func main() {
 	var o options
 	flag.StringVar(&o.designs, "designs", "channel,zset-poll,zset-lua,nsqd-defer,wheel,deferd", "comma-separated designs to run, in order")
 	flag.StringVar(&o.scenarios, "scenarios", "fixed,mixed,burst,capacity,crash", "comma-separated scenarios to run, in order")
-	flag.StringVar(&o.out, "out", "benchmarks/out", "directory for comparison.md and comparison.png")
-	flag.StringVar(&o.repo, "repo", ".", "module root to build ./cmd/deferd from")
+	flag.StringVar(&o.out, "out", "out", "directory for comparison.md, comparison.png and comparison.json")
+	flag.StringVar(&o.repo, "repo", "..", "deferd's module root, to build ./cmd/deferd from and to find benchmarks/install-redis.sh")
 	flag.StringVar(&o.deferdBin, "deferd-bin", "", "use this deferd binary instead of building ./cmd/deferd")
 	flag.StringVar(&o.deferdArgs, "deferd-args", "", "extra flags for deferd, space-separated")
 	flag.IntVar(&o.size, "size", 500, "message body size in bytes")
@@ -269,7 +273,7 @@ func run(o options) error {
 	elapsed := time.Since(started)
 
 	rep := report{
-		Header: fmt.Sprintf("Run %s on %s/%s, %d CPUs, %s, in %s.\n\nCommand: `go run ./benchmarks/cmd/compare %s`\n\n",
+		Header: fmt.Sprintf("Run %s on %s/%s, %d CPUs, %s, in %s.\n\nCommand: `cd benchmarks && go run ./cmd/compare %s`\n\n",
 			time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(),
 			runtime.Version(), elapsed.Round(time.Second), strings.Join(os.Args[1:], " ")),
 		NSQDTake: take,
