@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"time"
 	"unsafe"
+
+	"github.com/deferd/deferd/internal/sat"
 )
 
 // MaxShards bounds the shards of a Sharded wheel, so that each shard can
@@ -127,7 +129,7 @@ func (w *Sharded[T]) addOn(s uint32, due int64, v T) Handle {
 // AddAfter is Add(w.Now()+d, v), with the sum clamped as Wheel.AddAfter
 // clamps it. O(1); safe for concurrent use.
 func (w *Sharded[T]) AddAfter(d time.Duration, v T) Handle {
-	return w.Add(addDuration(w.Now(), d), v)
+	return w.Add(sat.Add(w.Now(), int64(d)), v)
 }
 
 // AddBatch is Wheel.AddBatch on the calling goroutine's shard (all of

@@ -5,6 +5,8 @@ import (
 	"math/bits"
 	"sync"
 	"time"
+
+	"github.com/deferd/deferd/internal/sat"
 )
 
 const (
@@ -584,19 +586,7 @@ func (w *Wheel[T]) addBatch(due int64, values []T, hs []Handle) bool {
 // AddAfter is Add(w.Now()+d, v), with the sum clamped to math.MaxInt64 (and
 // math.MinInt64) on overflow. O(1); safe for concurrent use.
 func (w *Wheel[T]) AddAfter(d time.Duration, v T) Handle {
-	return w.Add(addDuration(w.Now(), d), v)
-}
-
-// addDuration is now+d clamped to math.MaxInt64 (and math.MinInt64) on
-// overflow.
-func addDuration(now int64, d time.Duration) int64 {
-	due := now + int64(d)
-	if d > 0 && due < now {
-		return math.MaxInt64
-	} else if d < 0 && due > now {
-		return math.MinInt64
-	}
-	return due
+	return w.Add(sat.Add(w.Now(), int64(d)), v)
 }
 
 // Cancel removes a pending entry. It returns true iff it removed one, false
