@@ -121,11 +121,6 @@ func (w *Sharded[T]) Add(due int64, v T) Handle {
 	panic(errFull)
 }
 
-// addOn is Add on shard s.
-func (w *Sharded[T]) addOn(s uint32, due int64, v T) Handle {
-	return w.outer(w.shards[s].Add(due, v), s)
-}
-
 // AddAfter is Add(w.Now()+d, v), with the sum clamped as Wheel.AddAfter
 // clamps it. O(1); safe for concurrent use.
 func (w *Sharded[T]) AddAfter(d time.Duration, v T) Handle {
