@@ -11,12 +11,15 @@ require (
 )
 
 require (
+	github.com/BurntSushi/toml v1.3.2 // indirect
 	github.com/blang/semver v3.5.1+incompatible // indirect
 	github.com/bmizerany/perks v0.0.0-20141205001514-d9a9656a3a4b // indirect
 	github.com/golang/snappy v0.0.4 // indirect
+	github.com/judwhite/go-svc v1.2.1 // indirect
 	github.com/julienschmidt/httprouter v1.3.0 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/molecule-man/go-brrr v1.3.1 // indirect
+	github.com/mreiferson/go-options v1.0.0 // indirect
 	github.com/nsqio/go-diskqueue v1.1.0 // indirect
 	github.com/stretchr/testify v1.12.1 // indirect
 	github.com/valyala/bytebufferpool v1.0.0 // indirect
@@ -26,3 +29,14 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/tools v0.51.0 // indirect
 )
+
+tool (
+	github.com/nsqio/nsq/apps/nsq_tail
+	github.com/nsqio/nsq/apps/nsqd
+	github.com/nsqio/nsq/apps/nsqlookupd
+)
+
+// nsqd and nsqlookupd v1.3.0 are built against nsq's own fork of go-svc (its
+// go.mod replaces it so, and a dependency's replace does not reach us); with
+// judwhite/go-svc v1.2.1 `go tool nsqd` fails: undefined: svc.ErrStop.
+replace github.com/judwhite/go-svc => github.com/mreiferson/go-svc v1.2.2-0.20210815184239-7a96e00010f6
