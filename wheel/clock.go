@@ -1,0 +1,71 @@
+package wheel
+
+import (
+	"math"
+	"math/bits"
+	"time"
+)
+
+type monoClock struct{ base time.Time }
+
+func (c monoClock) Now() int64 { return int64(time.Since(c.base)) }
+
+// Now returns the wheel clock in nanoseconds. O(1); safe for concurrent use.
+func (w *Wheel[T]) Now() int64 { return w.clock.Now() }
+
+// dueTick is ceil((due-origin)/tick), 0 for a due at or before the origin.
+func (w *Wheel[T]) dueTick(due int64) uint64 {
+	if due <= w.origin {
+		return 0
+	}
+	t, r := w.divTick(uint64(due) - uint64(w.origin)) // exact: due > origin
+	if r != 0 {
+		t++
+	}
+	return t
+}
+
+// divTick is d/tick and d%tick. Fast path of Add: a multiply by the
+// precomputed inverse instead of a 64-bit DIV. The estimate is at most 2
+// below the quotient and never above it, so a short fix-up makes it exact.
+func (w *Wheel[T]) divTick(d uint64) (q, r uint64) {
+	q, _ = bits.Mul64(d, w.tickInv)
+	r = d - q*w.tick
+	for r >= w.tick {
+		q++
+		r -= w.tick
+	}
+	return q, r
+}
+
+// nowTick is floor((now-origin)/tick): the last tick whose time has come.
+func (w *Wheel[T]) nowTick(now int64) uint64 {
+	if now <= w.origin {
+		return 0
+	}
+	q, _ := w.divTick(uint64(now) - uint64(w.origin))
+	return q
+}
+
+// tickTime is the wheel-clock time of tick t, clamped to math.MaxInt64.
+func (w *Wheel[T]) tickTime(t uint64) int64 {
+	hi, lo := bits.Mul64(t, w.tick)
+	if hi != 0 {
+		return math.MaxInt64
+	}
+	if w.origin < 0 {
+		neg := -uint64(w.origin) // |origin|, 2^63 included
+		if lo < neg {
+			return w.origin + int64(lo) // lo < 2^63: no overflow
+		}
+		lo -= neg
+		if lo > math.MaxInt64 {
+			return math.MaxInt64
+		}
+		return int64(lo)
+	}
+	if lo > math.MaxInt64-uint64(w.origin) {
+		return math.MaxInt64
+	}
+	return w.origin + int64(lo)
+}

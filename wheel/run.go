@@ -1,0 +1,119 @@
+package wheel
+
+import (
+	"math"
+	"time"
+)
+
+// maxSleep bounds one driver sleep; the driver simply re-plans after it.
+const maxSleep = time.Hour
+
+// sleepFor is how long the driver sleeps to wake at tick d (maxSleep if
+// !ok: nothing pending): 0 if d's time has come. It reads the Clock, so
+// call it without the lock held.
+func (w *Wheel[T]) sleepFor(d uint64, ok bool) time.Duration {
+	if !ok {
+		return maxSleep
+	}
+	wakeAt, now := w.tickTime(d), w.Now()
+	switch {
+	case wakeAt <= now:
+		return 0 // already due: go round again
+	case wakeAt-now > 0 && wakeAt-now < int64(maxSleep): // else overflow or far
+		return time.Duration(wakeAt - now)
+	}
+	return maxSleep
+}
+
+// Run is the tickless driver. The owner calls it on its own goroutine; it
+// sends each due batch on out (blocking send, so a slow consumer means
+// backpressure, not loss) until stop is closed. It returns the batch it could
+// not send because stop closed (nil if none) so the owner decides its fate.
+//
+// Between batches it sleeps on one time.Timer until the next occupied slot's
+// deadline (found through per-level occupancy bitmaps), so pending entries
+// far ahead cost no CPU; an Add due before the planned wake-up wakes it. Run
+// sleeps in real time: with an injected Clock it assumes that clock runs at
+// real speed. Cost: O(due entries) amortised plus O(levels) per wake-up; no
+// CPU while nothing is due. Safe to run concurrently with every other method;
+// run at most one driver per wheel.
+func (w *Wheel[T]) Run(stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
+	return drive([]*Wheel[T]{w}, nil, stop, out)
+}
+
+// drive is Run for wheels that share a clock, origin, tick and wake
+// channel: a Wheel alone, or the shards of a Sharded wheel, whose batches
+// recode turns to the Sharded handles. It drains every wheel up to now,
+// then sleeps until the earliest tick any of them needs.
+func drive[T any](shards []*Wheel[T], recode func(*Batch[T], uint32), stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
+	timer := time.NewTimer(maxSleep)
+	defer timer.Stop()
+	first := shards[0]
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		nowTick := first.nowTick(first.Now())
+		for s, sh := range shards {
+			for {
+				sh.mu.Lock()
+				sh.planned = 0 // awake: Adds need not wake us until we plan again
+				b := sh.collect(nowTick)
+				sh.mu.Unlock()
+				if b == nil {
+					break
+				}
+				if recode != nil {
+					recode(b, uint32(s))
+				}
+				select {
+				case out <- b:
+				case <-stop:
+					return b
+				}
+			}
+		}
+		// Plan the wake-up at the earliest tick any shard needs. Pass one
+		// sets each shard's planned to its own next tick under its lock, so
+		// from then on an Add due before it wakes us; pass two lowers them
+		// all to the earliest, so Adds between it and a shard's own next do
+		// not wake us for nothing.
+		d, ok := uint64(math.MaxUint64), false
+		for _, sh := range shards {
+			sh.mu.Lock()
+			sd, sok := sh.elapsed, true
+			if sh.empty(readyList) { // an Add since the drain may have put entries there
+				sd, _, _, sok = sh.nextExpiration()
+			}
+			if sok {
+				sh.planned = sd
+				d, ok = min(d, sd), true
+			} else {
+				sh.planned = math.MaxUint64
+			}
+			sh.mu.Unlock()
+		}
+		for _, sh := range shards {
+			sh.mu.Lock()
+			sh.planned = min(sh.planned, d)
+			sh.mu.Unlock()
+		}
+		if sleep := first.sleepFor(d, ok); sleep > 0 {
+			timer.Reset(sleep)
+			select {
+			case <-stop:
+				for _, sh := range shards {
+					sh.mu.Lock()
+					sh.planned = 0
+					sh.mu.Unlock()
+				}
+				return nil
+			case <-timer.C:
+			case <-first.wake:
+			}
+			timer.Stop()
+		}
+	}
+}
