@@ -55,51 +55,10 @@ func drive[T any](shards []*Wheel[T], recode func(*Batch[T], uint32), stop <-cha
 			return nil
 		default:
 		}
-		nowTick := first.nowTick(first.Now())
-		for s, sh := range shards {
-			for {
-				sh.mu.Lock()
-				sh.planned = 0 // awake: Adds need not wake us until we plan again
-				b := sh.collect(nowTick)
-				sh.mu.Unlock()
-				if b == nil {
-					break
-				}
-				if recode != nil {
-					recode(b, uint32(s))
-				}
-				select {
-				case out <- b:
-				case <-stop:
-					return b
-				}
-			}
+		if b := deliver(shards, recode, stop, out); b != nil {
+			return b
 		}
-		// Plan the wake-up at the earliest tick any shard needs. Pass one
-		// sets each shard's planned to its own next tick under its lock, so
-		// from then on an Add due before it wakes us; pass two lowers them
-		// all to the earliest, so Adds between it and a shard's own next do
-		// not wake us for nothing.
-		d, ok := uint64(math.MaxUint64), false
-		for _, sh := range shards {
-			sh.mu.Lock()
-			sd, sok := sh.elapsed, true
-			if sh.empty(readyList) { // an Add since the drain may have put entries there
-				sd, _, _, sok = sh.nextExpiration()
-			}
-			if sok {
-				sh.planned = sd
-				d, ok = min(d, sd), true
-			} else {
-				sh.planned = math.MaxUint64
-			}
-			sh.mu.Unlock()
-		}
-		for _, sh := range shards {
-			sh.mu.Lock()
-			sh.planned = min(sh.planned, d)
-			sh.mu.Unlock()
-		}
+		d, ok := plan(shards)
 		if sleep := first.sleepFor(d, ok); sleep > 0 {
 			timer.Reset(sleep)
 			select {
@@ -116,4 +75,62 @@ func drive[T any](shards []*Wheel[T], recode func(*Batch[T], uint32), stop <-cha
 			timer.Stop()
 		}
 	}
+}
+
+// deliver sends every batch due now of each shard in turn on out, and
+// returns the batch it could not send because stop closed (nil once all
+// due batches are sent). It marks each shard's driver awake.
+func deliver[T any](shards []*Wheel[T], recode func(*Batch[T], uint32), stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
+	first := shards[0]
+	nowTick := first.nowTick(first.Now())
+	for s, sh := range shards {
+		for {
+			sh.mu.Lock()
+			sh.planned = 0 // awake: Adds need not wake us until we plan again
+			b := sh.collect(nowTick)
+			sh.mu.Unlock()
+			if b == nil {
+				break
+			}
+			if recode != nil {
+				recode(b, uint32(s))
+			}
+			select {
+			case out <- b:
+			case <-stop:
+				return b
+			}
+		}
+	}
+	return nil
+}
+
+// plan returns the earliest tick any shard needs (false if none holds an
+// entry) and records it as the driver's planned wake-up. Pass one sets each
+// shard's planned to its own next tick under its lock, so from then on an
+// Add due before it wakes the driver; pass two lowers them all to the
+// earliest, so Adds between it and a shard's own next do not wake the
+// driver for nothing.
+func plan[T any](shards []*Wheel[T]) (d uint64, ok bool) {
+	d = math.MaxUint64
+	for _, sh := range shards {
+		sh.mu.Lock()
+		sd, sok := sh.elapsed, true
+		if sh.empty(readyList) { // an Add since the drain may have put entries there
+			sd, _, _, sok = sh.nextExpiration()
+		}
+		if sok {
+			sh.planned = sd
+			d, ok = min(d, sd), true
+		} else {
+			sh.planned = math.MaxUint64
+		}
+		sh.mu.Unlock()
+	}
+	for _, sh := range shards {
+		sh.mu.Lock()
+		sh.planned = min(sh.planned, d)
+		sh.mu.Unlock()
+	}
+	return d, ok
 }
