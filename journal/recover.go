@@ -355,26 +355,6 @@ func (j *Journal) Recover(fn func(p Pos, m *Message) error) (Report, error) {
 	return rep, nil
 }
 
-// markLost marks ordinals [from, to) dead without counting them live.
-func (s *segment) markLost(from, to uint32) {
-	for o := from; o < to; o++ {
-		w := int(o >> 6)
-		for w >= len(s.dead) {
-			s.dead = append(s.dead, 0)
-		}
-		s.dead[w] |= 1 << (o & 63)
-	}
-}
-
-func (j *Journal) closeSegs(t *segTable) {
-	for _, s := range t.segs {
-		if s != nil && s.f != nil {
-			s.f.Close()
-			s.f = nil
-		}
-	}
-}
-
 // loadSegment maps f read-only (mapped=true; the caller munmaps), or if
 // that fails reads it into buf (reused if large enough).
 func loadSegment(f *os.File, buf []byte) (data []byte, mapped bool, err error) {

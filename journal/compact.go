@@ -1,0 +1,85 @@
+package journal
+
+import (
+	"fmt"
+)
+
+// Compactable returns a sealed segment worth compacting: the oldest sealed
+// segment with live messages, provided total segment bytes exceed twice the
+// (estimated) live bytes plus one segment of slack. ok is false when none.
+// Cost: O(segments) under j.mu.
+func (j *Journal) Compactable() (seg uint32, ok bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.active == nil {
+		return 0, false
+	}
+	var total, live int64
+	var cand *segment
+	for _, s := range j.table.Load().segs {
+		if s == nil {
+			continue
+		}
+		total += s.end
+		live += s.liveBytes()
+		if cand == nil && s != j.active && s.live > 0 {
+			cand = s
+		}
+	}
+	if cand == nil || total <= 2*live+j.opts.SegmentBytes {
+		return 0, false
+	}
+	return cand.id, true
+}
+
+// ScanLive calls fn for each still-live message of sealed segment seg, in
+// order. fn's Message is valid only during the call (Body aliases a scan
+// buffer); fn may call AppendMoved and Done. Corrupt regions are skipped
+// and reported (Logf, Stats.Corrupt). Cost: reads the whole segment.
+func (j *Journal) ScanLive(seg uint32, fn func(p Pos, m *Message) error) error {
+	j.mu.Lock()
+	s := j.table.Load().get(seg)
+	if s == nil {
+		j.mu.Unlock()
+		return ErrNotFound
+	}
+	if s == j.active {
+		j.mu.Unlock()
+		return fmt.Errorf("journal: segment %d is active, not sealed", seg)
+	}
+	size := s.written
+	j.mu.Unlock()
+	data := make([]byte, size)
+	s.fmu.RLock()
+	if s.f == nil {
+		s.fmu.RUnlock()
+		return ErrNotFound
+	}
+	_, err := s.f.ReadAt(data, 0)
+	s.fmu.RUnlock()
+	if err != nil {
+		return fmt.Errorf("journal: scan segment %d: %w", seg, err)
+	}
+	var r rawMsg
+	var m Message
+	res := scanSegment(data, false, func(off, n int, typ byte, payload []byte) error {
+		if typ == recDone {
+			return nil
+		}
+		if err := decodeMsg(typ, payload, &r); err != nil {
+			return err
+		}
+		j.mu.Lock()
+		dead := s.isDead(r.ord) || r.ord >= s.count
+		j.mu.Unlock()
+		if dead {
+			return nil
+		}
+		m = Message{ID: string(r.id), Topic: string(r.topic), Due: r.due, Body: r.body}
+		return fn(Pos{Seg: seg, Ord: r.ord, Off: uint32(off), Len: uint32(n)}, &m)
+	}, func(line string) {
+		j.stats.corrupt.Add(1)
+		j.logf("journal: CORRUPT (scan) segment %08d: %s", seg, line)
+	})
+	return res.err
+}
