@@ -50,7 +50,7 @@ func startRedisB(b *testing.B) *redis.Client {
 	b.Helper()
 	srv, err := StartRedis(b.TempDir(), false)
 	if err != nil {
-		b.Skip(err)
+		skipOrFail(b, "%v", err)
 	}
 	b.Cleanup(srv.Kill)
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
