@@ -60,23 +60,19 @@ func (j *Journal) ScanLive(seg uint32, fn func(p Pos, m *Message) error) error {
 	if err != nil {
 		return fmt.Errorf("journal: scan segment %d: %w", seg, err)
 	}
-	var r rawMsg
 	var m Message
-	res := scanSegment(data, false, func(off, n int, typ byte, payload []byte) error {
-		if typ == recDone {
+	res := scanSegment(data, false, true, func(r *record) error {
+		if r.typ == recDone {
 			return nil
 		}
-		if err := decodeMsg(typ, payload, &r); err != nil {
-			return err
-		}
 		j.mu.Lock()
-		dead := s.isDead(r.ord) || r.ord >= s.count
+		dead := s.isDead(r.msg.ord) || r.msg.ord >= s.count
 		j.mu.Unlock()
 		if dead {
 			return nil
 		}
-		m = Message{ID: string(r.id), Topic: string(r.topic), Due: r.due, Body: r.body}
-		return fn(Pos{Seg: seg, Ord: r.ord, Off: uint32(off), Len: uint32(n)}, &m)
+		m = j.message(&r.msg)
+		return fn(Pos{Seg: seg, Ord: r.msg.ord, Off: uint32(r.off), Len: uint32(r.n)}, &m)
 	}, func(line string) {
 		j.stats.corrupt.Add(1)
 		j.logf("journal: CORRUPT (scan) segment %08d: %s", seg, line)

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/deferd/deferd/internal/intern"
 )
 
 // Key identifies an accepted message: its segment id and its ordinal among
@@ -210,9 +212,8 @@ type Journal struct {
 	}
 	lastReport Report
 
-	topics   atomic.Pointer[map[string]string] // interned topics, copy-on-write
-	internMu sync.Mutex
-	closeErr error // final flush/fsync error, set by the flusher before it stops
+	topics   intern.Table // topic names of the messages Read, ReadBatch, ScanLive and Recover return
+	closeErr error        // final flush/fsync error, set by the flusher before it stops
 }
 
 // Open creates Dir if needed, takes an exclusive flock on Dir/LOCK so that

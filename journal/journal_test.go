@@ -706,9 +706,9 @@ func FuzzDecodeRecord(f *testing.F) {
 	damaged[len(damaged)-1] ^= 0xff // crc mismatch, then a valid record
 	f.Add(appendMsgFrame(damaged, 2, nil, &m))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		scanSegment(b, true, func(int, int, byte, []byte) error { return nil }, nil)
-		scanSegment(b, false, func(int, int, byte, []byte) error { return nil }, nil)
-		typ, payload, n, err := decodeFrame(b)
+		scanSegment(b, true, true, func(*record) error { return nil }, nil)
+		scanSegment(b, false, true, func(*record) error { return nil }, nil)
+		typ, payload, n, err := decodeFrame(b, true)
 		if err != nil {
 			return
 		}

@@ -43,7 +43,7 @@ func (j *Journal) Read(p Pos, buf []byte) (Message, []byte, error) {
 // decodeAt decodes the message record of p from b, which holds exactly its
 // frame. Body aliases b.
 func (j *Journal) decodeAt(p Pos, b []byte) (Message, error) {
-	typ, payload, n, err := decodeFrame(b)
+	typ, payload, n, err := decodeFrame(b, true)
 	if err != nil || n != int(p.Len) || typ == recDone {
 		if err == nil {
 			err = ErrBadPos
@@ -58,11 +58,14 @@ func (j *Journal) decodeAt(p Pos, b []byte) (Message, error) {
 		}
 		return Message{}, fmt.Errorf("journal: record at segment %d offset %d: %w", p.Seg, p.Off, err)
 	}
-	m := Message{Topic: j.intern(r.topic), Due: r.due, Body: r.body}
-	if len(r.id) > 0 {
-		m.ID = string(r.id)
-	}
-	return m, nil
+	return j.message(&r), nil
+}
+
+// message makes the Message of a decoded record: Body aliases r's frame,
+// ID is a new string (none if empty), Topic comes from j.topics. Safe for
+// concurrent use.
+func (j *Journal) message(r *rawMsg) Message {
+	return Message{ID: string(r.id), Topic: j.topics.Get(r.topic), Due: r.due, Body: r.body}
 }
 
 // BatchReader holds ReadBatch's reusable memory. The zero value is ready to
@@ -153,38 +156,4 @@ func (j *Journal) readSpan(t *segTable, seg uint32, from, to int64, r *BatchRead
 		return fmt.Errorf("journal: read segment %d at %d: %w", seg, from, err)
 	}
 	return nil
-}
-
-// maxInterned bounds the topic intern table.
-const maxInterned = 1024
-
-// intern returns b as a string, shared for the first maxInterned distinct
-// topics seen (lock-free read of a copy-on-write map; no allocation on a hit).
-func (j *Journal) intern(b []byte) string {
-	if t := j.topics.Load(); t != nil {
-		if s, ok := (*t)[string(b)]; ok {
-			return s
-		}
-	}
-	s := string(b)
-	j.internMu.Lock()
-	defer j.internMu.Unlock()
-	old := j.topics.Load()
-	if old != nil {
-		if v, ok := (*old)[s]; ok {
-			return v
-		}
-		if len(*old) >= maxInterned {
-			return s
-		}
-	}
-	nm := make(map[string]string, 1)
-	if old != nil {
-		for k, v := range *old {
-			nm[k] = v
-		}
-	}
-	nm[s] = s
-	j.topics.Store(&nm)
-	return s
 }

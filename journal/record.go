@@ -116,15 +116,11 @@ func finishFrame(frame []byte) {
 	binary.LittleEndian.PutUint32(frame[4:], crc32.Checksum(body, crcTable))
 }
 
-// decodeFrame checks the frame at the start of b and returns its type,
-// payload (aliasing b) and total size. It never allocates.
-func decodeFrame(b []byte) (typ byte, payload []byte, n int, err error) {
-	return decodeFrameCRC(b, true)
-}
-
-// decodeFrameCRC is decodeFrame with the CRC check optional, for data
-// already verified.
-func decodeFrameCRC(b []byte, verify bool) (typ byte, payload []byte, n int, err error) {
+// decodeFrame checks the frame at the start of b (its CRC only if verify:
+// false is for bytes already verified in this process) and returns its
+// type, payload (aliasing b) and total size. It is the journal's one frame
+// decoder. O(len(frame)); it never allocates.
+func decodeFrame(b []byte, verify bool) (typ byte, payload []byte, n int, err error) {
 	if len(b) < headerLen {
 		return 0, nil, 0, errShort
 	}
@@ -163,7 +159,9 @@ type rawMsg struct {
 	body  []byte
 }
 
-// decodeMsg decodes an Accept or Moved payload. It never allocates.
+// decodeMsg decodes an Accept or Moved payload into r, whose slices then
+// alias p. It is the journal's one message decoder (Journal.message makes
+// the Message). It never allocates.
 func decodeMsg(typ byte, p []byte, r *rawMsg) error {
 	hdr := 12
 	if typ == recMoved {
@@ -201,7 +199,7 @@ func lenPrefixed(p []byte) (v, rest []byte, ok bool) {
 }
 
 // decodeDone validates a Done payload and returns its kind and raw keys
-// (8 bytes each).
+// (8 bytes each, aliasing p; see doneKey). It never allocates.
 func decodeDone(p []byte) (DoneKind, []byte, error) {
 	if len(p) < 1 || (len(p)-1)%8 != 0 {
 		return 0, nil, errBadBody
@@ -215,54 +213,4 @@ func decodeDone(p []byte) (DoneKind, []byte, error) {
 
 func doneKey(keys []byte, i int) Key {
 	return Key{binary.LittleEndian.Uint32(keys[i*8:]), binary.LittleEndian.Uint32(keys[i*8+4:])}
-}
-
-// resync returns the offset of the first plausible valid frame at or after
-// from, or -1. A candidate must pass cheap structural checks (length in
-// range, known type, a message ordinal not below minOrd and not beyond what
-// the remaining bytes could hold, a well-formed Done kind) before its CRC is
-// computed, so scanning garbage costs little more than reading it.
-func resync(data []byte, from int, minOrd uint32) int {
-	maxOrd := maxOrdFrom(data, from, minOrd)
-	for i := from; i+headerLen < len(data); i++ {
-		if frameAt(data, i, minOrd, maxOrd) {
-			return i
-		}
-	}
-	return -1
-}
-
-// maxOrdFrom is the highest ordinal a message record at or after from can
-// carry when the next expected is minOrd: one more than the records the
-// remaining bytes could hold.
-func maxOrdFrom(data []byte, from int, minOrd uint32) uint64 {
-	return uint64(minOrd) + uint64((len(data)-from)/minMsgFrame) + 1
-}
-
-// frameAt reports whether a valid frame starts at data[i], a message
-// record's ordinal in [minOrd, maxOrd]. i+headerLen < len(data).
-func frameAt(data []byte, i int, minOrd uint32, maxOrd uint64) bool {
-	l := int(binary.LittleEndian.Uint32(data[i:]))
-	if l < 2 || l > MaxRecordBytes-headerLen || i+headerLen+l > len(data) {
-		return false
-	}
-	switch data[i+headerLen] {
-	case recAccept, recMoved:
-		if l < 1+12+2 {
-			return false
-		}
-		ord := binary.LittleEndian.Uint32(data[i+headerLen+1:])
-		if ord < minOrd || uint64(ord) > maxOrd {
-			return false
-		}
-	case recDone:
-		k := DoneKind(data[i+headerLen+1])
-		if (l-2)%8 != 0 || (k != Published && k != Cancelled) {
-			return false
-		}
-	default:
-		return false
-	}
-	_, _, _, err := decodeFrame(data[i:])
-	return err == nil
 }

@@ -1,7 +1,6 @@
 package journal
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -9,119 +8,12 @@ import (
 	"time"
 )
 
-// scanResult is the outcome of scanning one segment's bytes.
-type scanResult struct {
-	end     int   // offset just past the last valid record
-	torn    bool  // last segment: bad bytes at end[:] and no valid record after them
-	corrupt int   // corrupt regions reported
-	err     error // from visit
-}
-
-// scanSegment walks the frames of data and calls visit for each valid one.
-//
-// On a bad frame it looks for the next valid frame (resync). If there is
-// none and last is set, the bad bytes are a torn tail (a short record, a
-// zero-filled or partially written end): res.torn, and res.end is where to
-// truncate. Otherwise it is corruption: a line is added to res.corrupt and
-// the scan continues at the next valid frame (records there keep their
-// exact Key because message records carry their ordinal) or stops if there
-// is none (the rest of a non-last segment is unreadable; the number of
-// messages lost there is unknown).
-//
-// A record that fails its CRC is skipped by its length when a valid frame
-// follows it, and is the last one when it ends the segment, so its body (a
-// client's bytes, which may hold a valid-looking frame) is not searched.
-// When its length is damaged too, or a frame runs past the end of the
-// segment (a torn tail, or a damaged length), resync searches from the
-// next byte.
-//
-// Message records whose ordinal does not increase are reported and skipped;
-// so are message payloads that fail to decode (visit returns errBadBody).
-// Each corrupt region is passed to report (may be nil) as it is found.
-func scanSegment(data []byte, last bool, visit func(off, n int, typ byte, payload []byte) error, report func(string)) scanResult {
-	return scanSegmentCRC(data, last, true, visit, report)
-}
-
-// scanSegmentCRC is scanSegment with the CRC check optional (verify=false
-// only for a segment already scanned clean in this process).
-func scanSegmentCRC(data []byte, last, verify bool, visit func(off, n int, typ byte, payload []byte) error, report func(string)) scanResult {
-	var res scanResult
-	addCorrupt := func(line string) {
-		res.corrupt++
-		if report != nil {
-			report(line)
-		}
-	}
-	off := 0
-	nextOrd := uint32(0)
-	for off < len(data) {
-		typ, payload, n, err := decodeFrameCRC(data[off:], verify)
-		if err == nil && typ != recDone {
-			if len(payload) < 4 {
-				err = errBadBody
-			} else if ord := binary.LittleEndian.Uint32(payload); ord < nextOrd {
-				addCorrupt(fmt.Sprintf("offset %d: message ordinal %d after %d; record skipped", off, ord, nextOrd-1))
-				off += n
-				res.end = off
-				continue
-			} else {
-				nextOrd = ord + 1
-			}
-		}
-		if err == nil {
-			if verr := visit(off, n, typ, payload); verr != nil {
-				if !errors.Is(verr, errBadBody) {
-					res.err = verr
-					return res
-				}
-				addCorrupt(fmt.Sprintf("offset %d: %v; record skipped", off, verr))
-			}
-			off += n
-			res.end = off
-			continue
-		}
-		nxt := -1
-		if errors.Is(err, errCRC) {
-			// The length is plausible and inside the segment: if a valid
-			// frame follows the damaged record, only the record was hit.
-			// Resume there rather than search its body, which could hold
-			// a valid-looking frame (a message's bytes are a client's).
-			nn := off + headerLen + int(binary.LittleEndian.Uint32(data[off:]))
-			if nn == len(data) {
-				// The damaged record is the segment's last: nothing can
-				// follow it, so nothing is searched for.
-				if last {
-					res.torn = true
-					return res
-				}
-				addCorrupt(fmt.Sprintf("offset %d: %v; the segment's last record is lost", off, err))
-				return res
-			}
-			if nn+headerLen < len(data) && frameAt(data, nn, nextOrd, maxOrdFrom(data, nn, nextOrd)) {
-				nxt = nn
-			}
-		}
-		if nxt < 0 {
-			nxt = resync(data, off+1, nextOrd)
-		}
-		if nxt < 0 {
-			if last {
-				res.torn = true
-				return res
-			}
-			addCorrupt(fmt.Sprintf("offset %d: %v; the remaining %d bytes of the segment are unreadable (records lost, count unknown)", off, err, len(data)-off))
-			return res
-		}
-		addCorrupt(fmt.Sprintf("offset %d: %v; skipped %d bytes to the next valid record at %d", off, err, nxt-off, nxt))
-		off = nxt
-	}
-	return res
-}
-
 // Recover must be called exactly once, after Open and before any Append,
-// AppendMoved or Done. It reads every segment in id order (whole file into
-// one reused buffer, so peak memory is about one segment), verifies CRCs,
-// and:
+// AppendMoved or Done. It works in three steps.
+//
+// Scan: it reads every segment in id order, mmapped read-only (read(2) into
+// one buffer reused from segment to segment where mmap fails), verifies
+// every CRC, and:
 //
 //   - truncates a torn tail of the LAST segment to the last good record and
 //     fsyncs it (Report.TornTails, TruncatedBytes, Logf);
@@ -134,15 +26,25 @@ func scanSegmentCRC(data []byte, last, verify bool, visit func(off, n int, typ b
 //     lost in a corrupt region mean their messages are redelivered;
 //   - rebuilds liveness (Accept/Moved minus Done and Moved-away marks).
 //
-// Then it calls fn for each live message in log order. fn's Message is
-// valid only during the call: Body aliases an internal buffer (copy it to
-// keep it); ID and Topic are ordinary strings (topics are interned). If fn
-// returns an error Recover stops and returns it; the journal must then be
-// closed. Recover starts the flusher goroutine, unless Close was called
-// meanwhile: then it returns ErrClosed and starts nothing. Cost: two
-// sequential reads of the journal (the second only of segments with live
-// messages) and one CRC pass per read; no per-record allocation besides ID
-// strings.
+// Replay: it calls fn for each live message in log order, reading again
+// only the segments with live messages. fn's Message is valid only during
+// the call: Body aliases the segment's bytes (copy it to keep it); ID and
+// Topic are ordinary strings (topics are interned). If fn returns an error
+// Recover stops and returns it; the journal must then be closed.
+//
+// Activate: it installs the segments and starts the flusher goroutine,
+// unless Close was called meanwhile: then it returns ErrClosed and starts
+// nothing.
+//
+// On any error the segment files it opened are closed again; the Report
+// returned describes what was done until then. Cost: two sequential reads
+// of the journal (the second only of segments with live messages, with
+// CRCs checked again only where the scan found corruption) and no
+// per-record allocation besides ID strings. Memory: every segment stays
+// mapped until the scan is done and those with live messages until the
+// replay is done, so the address space used peaks at the journal's size
+// (page cache, not heap); the heap holds one bit per message and, where
+// mmap fails, one segment's buffer.
 func (j *Journal) Recover(fn func(p Pos, m *Message) error) (Report, error) {
 	j.mu.Lock()
 	if j.recovered || j.closing {
@@ -151,194 +53,234 @@ func (j *Journal) Recover(fn func(p Pos, m *Message) error) (Report, error) {
 	}
 	j.mu.Unlock()
 	start := time.Now()
-	var rep Report
-	corrupt := func(format string, args ...any) {
-		line := fmt.Sprintf(format, args...)
-		rep.Corrupt = append(rep.Corrupt, line)
-		j.stats.corrupt.Add(1)
-		j.logf("journal: CORRUPT %s", line)
+	rc := &recovery{j: j, t: &segTable{}}
+	defer rc.unmap()
+	err := rc.scan()
+	if err == nil {
+		err = rc.replay(fn)
 	}
-
-	ids, err := listSegments(j.opts.Dir)
+	if err == nil {
+		err = rc.activate(start)
+	}
 	if err != nil {
-		return rep, fmt.Errorf("journal: list segments: %w", err)
+		j.closeSegs(rc.t)
 	}
-	t := &segTable{}
+	return rc.rep, err
+}
+
+// recovery is the state of one Recover.
+type recovery struct {
+	j     *Journal
+	rep   Report
+	ids   []uint32  // segment ids found, ascending
+	t     *segTable // their segments; installed by activate
+	maps  [][]byte  // by index in ids: the segment's mapping, nil if not mapped
+	clean []bool    // by index in ids: the scan found no corruption
+	buf   []byte    // read(2) buffer, reused, where mmap fails
+}
+
+// corrupt reports a corrupt region: Report.Corrupt, Stats.Corrupt, Logf.
+func (rc *recovery) corrupt(format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	rc.rep.Corrupt = append(rc.rep.Corrupt, line)
+	rc.j.stats.corrupt.Add(1)
+	rc.j.logf("journal: CORRUPT %s", line)
+}
+
+// unmap unmaps the segments still mapped.
+func (rc *recovery) unmap() {
+	for i, d := range rc.maps {
+		if d != nil {
+			syscall.Munmap(d)
+			rc.maps[i] = nil
+		}
+	}
+}
+
+// scan is Recover's first step: it lists the segments (reporting gaps in
+// their ids), then opens, reads, verifies and accounts each in id order.
+func (rc *recovery) scan() error {
+	ids, err := listSegments(rc.j.opts.Dir)
+	if err != nil {
+		return fmt.Errorf("journal: list segments: %w", err)
+	}
+	rc.ids = ids
 	if len(ids) > 0 {
+		t := rc.t
 		t.base = ids[0]
 		t.segs = make([]*segment, ids[len(ids)-1]-ids[0]+1)
 		prev := ids[0]
 		for _, id := range ids {
 			if id > prev+1 {
-				corrupt("segments %08d..%08d missing (messages lost, count unknown)", prev+1, id-1)
+				rc.corrupt("segments %08d..%08d missing (messages lost, count unknown)", prev+1, id-1)
 			}
 			t.segs[id-t.base] = &segment{id: id}
 			prev = id
 		}
 	}
-
-	// Pass 1: verify, truncate a torn tail, rebuild liveness. Segments are
-	// mmapped (read(2) into one reused buffer if mmap fails) and stay mapped
-	// for pass 2 if they have live messages.
-	var buf []byte
-	maps := make([][]byte, len(ids))
-	clean := make([]bool, len(ids))
-	defer func() {
-		for _, d := range maps {
-			if d != nil {
-				syscall.Munmap(d)
-			}
+	rc.maps = make([][]byte, len(ids))
+	rc.clean = make([]bool, len(ids))
+	for idx := range ids {
+		if err := rc.scanOne(idx); err != nil {
+			return err
 		}
-	}()
-	var r rawMsg
-	for idx, id := range ids {
-		s := t.get(id)
-		last := idx == len(ids)-1
-		flag := os.O_RDONLY
-		if last {
-			flag = os.O_RDWR
-		}
-		f, err := os.OpenFile(j.segPath(id), flag, 0)
-		if err != nil {
-			j.closeSegs(t)
-			return rep, fmt.Errorf("journal: open segment %d: %w", id, err)
-		}
-		s.f = f
-		data, mapped, err := loadSegment(f, buf)
-		if err != nil {
-			j.closeSegs(t)
-			return rep, fmt.Errorf("journal: read segment %d: %w", id, err)
-		}
-		if mapped {
-			maps[idx] = data
-		} else {
-			buf = data
-		}
-		rep.Segments++
-		rep.Bytes += int64(len(data))
-		res := scanSegment(data, last, func(off, n int, typ byte, payload []byte) error {
-			rep.Records++
-			if typ == recDone {
-				_, keys, err := decodeDone(payload)
-				if err != nil {
-					return err
-				}
-				for i := 0; i < len(keys)/8; i++ {
-					k := doneKey(keys, i)
-					if ks := t.get(k.Seg); ks != nil {
-						ks.kill(k.Ord)
-					}
-				}
-				return nil
-			}
-			if err := decodeMsg(typ, payload, &r); err != nil {
-				return err
-			}
-			if r.ord > s.count {
-				corrupt("segment %08d: %d messages lost (ordinals %d..%d) before offset %d", id, r.ord-s.count, s.count, r.ord-1, off)
-				s.markLost(s.count, r.ord)
-			}
-			s.count = r.ord + 1
-			s.live++
-			s.msgBytes += int64(n)
-			if r.moved {
-				if olds := t.get(r.old.Seg); olds != nil {
-					olds.kill(r.old.Ord)
-				}
-			}
-			return nil
-		}, func(line string) { corrupt("segment %08d: %s", id, line) })
-		clean[idx] = res.corrupt == 0
-		size := int64(len(data))
-		if res.torn {
-			cut := size - int64(res.end)
-			if err := f.Truncate(int64(res.end)); err != nil {
-				j.closeSegs(t)
-				return rep, fmt.Errorf("journal: truncate torn tail of segment %d: %w", id, err)
-			}
-			if err := f.Sync(); err != nil {
-				j.closeSegs(t)
-				return rep, fmt.Errorf("journal: fsync segment %d: %w", id, err)
-			}
-			rep.TornTails++
-			rep.TruncatedBytes += cut
-			size = int64(res.end)
-			j.logf("journal: segment %08d: torn tail: truncated %d bytes at offset %d", id, cut, res.end)
-		}
-		s.end, s.written, s.nextOrd = size, size, s.count
 	}
+	return nil
+}
 
-	// Pass 2: hand live messages to fn, in log order.
-	topics := make(map[string]string)
+// scanOne opens segment ids[idx] (read-write if it is the last, whose torn
+// tail it may truncate), maps or reads it, and accounts its records.
+func (rc *recovery) scanOne(idx int) error {
+	id := rc.ids[idx]
+	s := rc.t.get(id)
+	last := idx == len(rc.ids)-1
+	flag := os.O_RDONLY
+	if last {
+		flag = os.O_RDWR
+	}
+	f, err := os.OpenFile(rc.j.segPath(id), flag, 0)
+	if err != nil {
+		return fmt.Errorf("journal: open segment %d: %w", id, err)
+	}
+	s.f = f
+	data, mapped, err := loadSegment(f, rc.buf)
+	if err != nil {
+		return fmt.Errorf("journal: read segment %d: %w", id, err)
+	}
+	if mapped {
+		rc.maps[idx] = data
+	} else {
+		rc.buf = data
+	}
+	rc.rep.Segments++
+	rc.rep.Bytes += int64(len(data))
+	res := scanSegment(data, last, true, func(r *record) error {
+		rc.account(s, r)
+		return nil
+	}, func(line string) { rc.corrupt("segment %08d: %s", id, line) })
+	rc.rep.Records += res.records
+	rc.clean[idx] = res.corrupt == 0
+	size := int64(len(data))
+	if res.torn {
+		if err := rc.truncateTorn(s, size, res.end); err != nil {
+			return err
+		}
+		size = int64(res.end)
+	}
+	s.end, s.written, s.nextOrd = size, size, s.count
+	return nil
+}
+
+// account applies a record of segment s to liveness: a Done record kills
+// its keys; a message record counts in s (ordinals it skipped are lost, and
+// reported), and a Moved one kills its old copy.
+func (rc *recovery) account(s *segment, r *record) {
+	if r.typ == recDone {
+		for i := 0; i < len(r.keys)/8; i++ {
+			k := doneKey(r.keys, i)
+			if ks := rc.t.get(k.Seg); ks != nil {
+				ks.kill(k.Ord)
+			}
+		}
+		return
+	}
+	m := &r.msg
+	if m.ord > s.count {
+		rc.corrupt("segment %08d: %d messages lost (ordinals %d..%d) before offset %d", s.id, m.ord-s.count, s.count, m.ord-1, r.off)
+		s.markLost(s.count, m.ord)
+	}
+	s.count = m.ord + 1
+	s.live++
+	s.msgBytes += int64(r.n)
+	if m.moved {
+		if olds := rc.t.get(m.old.Seg); olds != nil {
+			olds.kill(m.old.Ord)
+		}
+	}
+}
+
+// truncateTorn cuts segment s, size bytes long, to end (the torn tail
+// found by the scan) and fsyncs it.
+func (rc *recovery) truncateTorn(s *segment, size int64, end int) error {
+	cut := size - int64(end)
+	if err := s.f.Truncate(int64(end)); err != nil {
+		return fmt.Errorf("journal: truncate torn tail of segment %d: %w", s.id, err)
+	}
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("journal: fsync segment %d: %w", s.id, err)
+	}
+	rc.rep.TornTails++
+	rc.rep.TruncatedBytes += cut
+	rc.j.logf("journal: segment %08d: torn tail: truncated %d bytes at offset %d", s.id, cut, end)
+	return nil
+}
+
+// replay is Recover's second step: it unmaps the segments without live
+// messages, then passes each live message to fn, in log order.
+func (rc *recovery) replay(fn func(p Pos, m *Message) error) error {
+	for idx, id := range rc.ids {
+		if rc.t.get(id).live == 0 && rc.maps[idx] != nil {
+			syscall.Munmap(rc.maps[idx])
+			rc.maps[idx] = nil
+		}
+	}
 	var m Message
-	for idx, id := range ids {
-		s := t.get(id)
-		if s.live == 0 {
-			if maps[idx] != nil {
-				syscall.Munmap(maps[idx])
-				maps[idx] = nil
-			}
-			continue
-		}
-	}
-	for idx, id := range ids {
-		s := t.get(id)
+	for idx, id := range rc.ids {
+		s := rc.t.get(id)
 		if s.live == 0 {
 			continue
 		}
-		data := maps[idx]
-		if data == nil {
-			if cap(buf) < int(s.written) {
-				buf = make([]byte, s.written)
-			}
-			data = buf[:s.written]
-			if _, err := s.f.ReadAt(data, 0); err != nil {
-				j.closeSegs(t)
-				return rep, fmt.Errorf("journal: read segment %d: %w", id, err)
-			}
+		data, err := rc.segData(idx, s)
+		if err != nil {
+			return err
 		}
-		data = data[:s.written]
-		res := scanSegmentCRC(data, false, !clean[idx], func(off, n int, typ byte, payload []byte) error {
-			if typ == recDone {
+		res := scanSegment(data, false, !rc.clean[idx], func(r *record) error {
+			if r.typ == recDone || s.isDead(r.msg.ord) {
 				return nil
 			}
-			if err := decodeMsg(typ, payload, &r); err != nil {
-				return err
-			}
-			if s.isDead(r.ord) {
-				return nil
-			}
-			topic, ok := topics[string(r.topic)]
-			if !ok {
-				topic = string(r.topic)
-				if len(topics) < 4096 {
-					topics[topic] = topic
-				}
-			}
-			m = Message{Topic: topic, Due: r.due, Body: r.body}
-			if len(r.id) > 0 {
-				m.ID = string(r.id)
-			}
-			rep.Live++
-			return fn(Pos{Seg: id, Ord: r.ord, Off: uint32(off), Len: uint32(n)}, &m)
+			m = rc.j.message(&r.msg)
+			rc.rep.Live++
+			return fn(Pos{Seg: id, Ord: r.msg.ord, Off: uint32(r.off), Len: uint32(r.n)}, &m)
 		}, nil)
 		if res.err != nil {
-			j.closeSegs(t)
-			return rep, res.err
+			return res.err
 		}
 	}
+	return nil
+}
 
+// segData returns the written bytes of segment ids[idx]: its mapping, or
+// else a read into rc.buf.
+func (rc *recovery) segData(idx int, s *segment) ([]byte, error) {
+	data := rc.maps[idx]
+	if data == nil {
+		if cap(rc.buf) < int(s.written) {
+			rc.buf = make([]byte, s.written)
+		}
+		data = rc.buf[:s.written]
+		if _, err := s.f.ReadAt(data, 0); err != nil {
+			return nil, fmt.Errorf("journal: read segment %d: %w", s.id, err)
+		}
+	}
+	return data[:s.written], nil
+}
+
+// activate is Recover's last step: unless Close ran meanwhile, it installs
+// the segment table and the active segment (a fresh segment 1 if there was
+// none), records the Report and starts the flusher.
+func (rc *recovery) activate(start time.Time) error {
+	j := rc.j
 	j.mu.Lock()
 	if j.closing {
 		// Close ran during the replay: it did not see a started journal,
-		// so nothing may start now; the segments are ours to close.
+		// so nothing may start now; Recover closes the segments.
 		j.mu.Unlock()
-		j.closeSegs(t)
-		return rep, ErrClosed
+		return ErrClosed
 	}
+	t := rc.t
 	var active *segment
-	if len(ids) > 0 {
-		active = t.get(ids[len(ids)-1])
+	if len(rc.ids) > 0 {
+		active = t.get(rc.ids[len(rc.ids)-1])
 	} else {
 		active = &segment{id: 1}
 		t = &segTable{base: 1, segs: []*segment{active}}
@@ -347,12 +289,12 @@ func (j *Journal) Recover(fn func(p Pos, m *Message) error) (Report, error) {
 	j.active = active
 	j.wseg = active
 	j.newGroupLocked()
-	rep.Duration = time.Since(start)
-	j.lastReport = rep
+	rc.rep.Duration = time.Since(start)
+	j.lastReport = rc.rep
 	j.recovered = true
 	j.mu.Unlock()
 	go j.run()
-	return rep, nil
+	return nil
 }
 
 // loadSegment maps f read-only (mapped=true; the caller munmaps), or if
