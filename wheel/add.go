@@ -6,13 +6,19 @@ import (
 	"github.com/deferd/deferd/internal/sat"
 )
 
-// Add schedules v to be handed out at or after due (wheel clock ns), at most
-// one tick plus scheduling noise late. A due in the past fires at the next
-// Poll. O(1); no allocation in steady state (the slab grows by a 64Ki-entry
-// chunk when full, the side slice of top-level ticks by append). Safe for
-// concurrent use. If due is earlier than the sleeping Run driver's planned
-// wake-up, the driver is woken. It panics if 2^32-1 entries are pending,
-// with the wheel left as it was.
+// Add schedules v to be handed out at or after due, at most one tick plus
+// scheduling noise late.
+//
+// due is on the wheel's clock, NOT Unix time: nanoseconds of Options.Clock,
+// whose default counts from about 0 at New (see Now). Passing
+// time.Now().UnixNano() compiles and schedules v some 56 years out. For a
+// time.Time use AddAt; for a delay use AddAfter.
+//
+// A due in the past fires at the next Poll. O(1); no allocation in steady
+// state (the slab grows by a 64Ki-entry chunk when full, the side slice of
+// top-level ticks by append). Safe for concurrent use. If due is earlier
+// than the sleeping Run driver's planned wake-up, the driver is woken. It
+// panics if 2^32-1 entries are pending, with the wheel left as it was.
 func (w *Wheel[T]) Add(due int64, v T) Handle {
 	h, _ := w.add(due, v, false, false) // a wrapper the compiler inlines
 	return h
@@ -93,13 +99,12 @@ func (w *Wheel[T]) wakeDriver() {
 	}
 }
 
-// AddBatch schedules every values[i] at due, as len(values) calls of Add
-// would, in that order, and stores their handles in hs[i]; it panics if
-// len(hs) < len(values). It takes the lock once and computes the slot once,
-// so it costs less per entry than Add (deferd adds each /mpub request's
-// messages with one call). O(len(values)); no allocation in steady state;
-// safe for concurrent use. Like Add it panics, adding none of values, if
-// they do not all fit.
+// AddBatch schedules every values[i] at due (wheel clock ns, as for Add),
+// as len(values) calls of Add would, in that order, and stores their
+// handles in hs[i]; it panics if len(hs) < len(values). It takes the lock
+// once and computes the slot once, so it costs less per entry than Add.
+// O(len(values)); no allocation in steady state; safe for concurrent use.
+// Like Add it panics, adding none of values, if they do not all fit.
 func (w *Wheel[T]) AddBatch(due int64, values []T, hs []Handle) {
 	if !w.addBatch(due, values, hs) {
 		panic(errFull)
@@ -167,10 +172,25 @@ func (w *Wheel[T]) addBatch(due int64, values []T, hs []Handle) bool {
 	return true
 }
 
-// AddAfter is Add(w.Now()+d, v), with the sum clamped to math.MaxInt64 (and
-// math.MinInt64) on overflow. O(1); safe for concurrent use.
+// AddAfter schedules v to be handed out d from now: Add(w.Now()+d, v), the
+// sum saturating at math.MaxInt64 (and math.MinInt64) instead of wrapping.
+// A d <= 0 fires at the next Poll. O(1); no allocation in steady state;
+// safe for concurrent use.
 func (w *Wheel[T]) AddAfter(d time.Duration, v T) Handle {
 	return w.Add(sat.Add(w.Now(), int64(d)), v)
+}
+
+// AddAt schedules v to be handed out at or after t: it converts t to the
+// wheel clock (see wheelTime) and calls Add. The entry is never handed out
+// before time.Now() reaches t (measured as t.Sub does, so on the monotonic
+// clock if t has a reading of it, as time.Now().Add(d) does), provided the
+// wheel's Clock runs at real speed, as the default one does; it is at most
+// one tick plus scheduling noise late. A t in the past fires at the next
+// Poll; a t too far ahead for the wheel clock saturates to math.MaxInt64
+// instead of wrapping into the past. O(1); no allocation in steady state;
+// safe for concurrent use.
+func (w *Wheel[T]) AddAt(t time.Time, v T) Handle {
+	return w.Add(wheelTime(w.clock, t), v)
 }
 
 // Cancel removes a pending entry. It returns true iff it removed one, false

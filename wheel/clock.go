@@ -4,13 +4,18 @@ import (
 	"math"
 	"math/bits"
 	"time"
+
+	"github.com/deferd/deferd/internal/sat"
 )
 
 type monoClock struct{ base time.Time }
 
 func (c monoClock) Now() int64 { return int64(time.Since(c.base)) }
 
-// Now returns the wheel clock in nanoseconds. O(1); safe for concurrent use.
+// Now returns the wheel clock: nanoseconds of Options.Clock (by default a
+// monotonic clock that reads about 0 when New is called), the clock Add's
+// due and Item.Due are on. It is not Unix time. O(1); safe for concurrent
+// use.
 func (w *Wheel[T]) Now() int64 { return w.clock.Now() }
 
 // dueTick is ceil((due-origin)/tick), 0 for a due at or before the origin.
@@ -68,4 +73,14 @@ func (w *Wheel[T]) tickTime(t uint64) int64 {
 		return math.MaxInt64
 	}
 	return w.origin + int64(lo)
+}
+
+// wheelTime converts t to clock c: c's now plus t's distance from the wall
+// clock's now, saturating instead of wrapping. The wall clock is read
+// first, so a pause between the two reads moves the result later, never
+// earlier.
+func wheelTime(c Clock, t time.Time) int64 {
+	wall := time.Now()
+	now := c.Now()
+	return sat.Add(now, int64(t.Sub(wall))) // Sub saturates too
 }

@@ -1,5 +1,21 @@
-// Package wheel is a hierarchical, tickless timing wheel for millions of
-// pending entries. See Wheel.
+// Package wheel is a hierarchical, tickless timing wheel for programs that
+// keep many pending timed entries (millions of them) and want each handed
+// back, in batches, once its time has come: Add is O(1), Cancel is O(1),
+// handing out costs O(1) amortised per entry, and a pending entry is not a
+// heap object. See Wheel, and Sharded for many goroutines adding on many
+// cores.
+//
+// The package owns the wheel and nothing else: its clock arithmetic, its
+// slab of entries and its driver (Run). It imports nothing of the module
+// it lives in except internal/sat (saturating arithmetic), so it can be
+// embedded on its own.
+//
+// # Time
+//
+// A wheel keeps time on its own clock: int64 nanoseconds of Options.Clock,
+// by default a monotonic clock that starts near 0 when New is called. The
+// due of Add and Item.Due are on that clock, not Unix time; AddAt takes a
+// time.Time and AddAfter a time.Duration, and convert.
 //
 // # Layout
 //
@@ -24,10 +40,10 @@
 // the top level, in the slot its due time maps to modulo the top level's
 // range. When that slot comes up the entry is re-cascaded, its real due time
 // is checked again, and it is parked again if still out of range. Due times
-// that overflow int64 (AddAfter with a huge duration) are clamped to
-// math.MaxInt64; an entry whose tick boundary lies past math.MaxInt64 on the
-// wheel clock (292 years after the clock's zero) stays pending, since no
-// clock reading can reach it.
+// that overflow int64 (AddAfter with a huge duration, AddAt with a time
+// centuries ahead) are clamped to math.MaxInt64; an entry whose tick
+// boundary lies past math.MaxInt64 on the wheel clock (292 years after the
+// clock's zero) stays pending, since no clock reading can reach it.
 //
 // # Memory
 //
@@ -43,10 +59,20 @@
 // no pointers and add no GC scan work. Add and Cancel do not allocate in
 // steady state.
 //
-// # Many goroutines on many cores
+// # Concurrency
 //
-// One Wheel serialises Add and Cancel on one mutex. Sharded splits the
-// wheel into independent Wheels (4 per P by default, at most 16) driven by one Run
-// or Poll, with the same timing contract; each goroutine adds to its own
-// shard, or to a free one when its shard's lock is held.
+// Every method of Wheel and Sharded is safe for concurrent use, and no lock
+// is held while user code runs (Poll's callback, Run's receiver). One Wheel
+// serialises Add and Cancel on one mutex. Sharded splits the wheel into
+// independent Wheels (4 per P by default, at most 16) driven by one Run or
+// Poll, with the same timing contract; each goroutine adds to its own
+// shard, or to a free one when its shard's lock is held. Run at most one
+// driver per wheel.
+//
+// # Zero values
+//
+// The zero Options are usable (1 ms tick, monotonic clock). The zero Wheel
+// and the zero Sharded are not: create them with New and NewSharded. The
+// zero Handle is never valid (Cancel returns false for it), and Release of
+// a nil or zero Batch is a no-op.
 package wheel

@@ -8,9 +8,8 @@ import (
 	"github.com/deferd/deferd/wheel"
 )
 
-// ExampleWheel embeds the wheel the way deferd does: producers Add, the
-// driver Run sends due batches on a channel, a consumer publishes them and
-// releases each batch.
+// ExampleWheel: producers Add, the driver Run sends due batches on a
+// channel, a consumer handles them and releases each batch.
 func ExampleWheel() {
 	w := wheel.New[string](wheel.Options{}) // 1 ms tick, real clock
 	out := make(chan *wheel.Batch[string])
@@ -79,4 +78,28 @@ func ExampleSharded() {
 	fmt.Println("delivered:", n, "sum:", sum, "pending:", w.Len())
 	// Output:
 	// delivered: 800 sum: 319600 pending: 0
+}
+
+// ExampleWheel_AddAt schedules entries at wall-clock times. Add takes the
+// wheel's own clock (Now), not Unix time: AddAt converts a time.Time, and
+// is never early.
+func ExampleWheel_AddAt() {
+	w := wheel.New[string](wheel.Options{})
+	start := time.Now()
+	w.AddAt(start.Add(10*time.Millisecond), "at +10ms")
+	w.AddAt(start.Add(-time.Hour), "an hour ago: due at once")
+	for got := 0; got < 2; time.Sleep(time.Millisecond) {
+		w.Poll(w.Now(), func(b *wheel.Batch[string]) {
+			for _, it := range b.Items {
+				fmt.Println(it.Value)
+				got++
+			}
+			b.Release()
+		})
+	}
+	fmt.Println("not early:", time.Since(start) >= 10*time.Millisecond)
+	// Output:
+	// an hour ago: due at once
+	// at +10ms
+	// not early: true
 }

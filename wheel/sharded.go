@@ -16,24 +16,25 @@ const MaxShards = 16
 
 // Sharded is a timing wheel split into shards, each a Wheel with its own
 // lock, slab and levels, for programs that Add and Cancel from many
-// goroutines on many cores at once: one Wheel serialises them on its mutex
-// (on 2 cores, Add+Cancel pairs from 2 goroutines take longer per pair than
-// from one). Add goes to the shard the calling goroutine's stack address
-// maps to, so a goroutine keeps using the same shard (its cache lines stay
-// with it) and different goroutines spread over the shards; if that shard's
-// lock is held, Add takes the next shard whose lock is free (and waits for
-// its own only when all are held). One driver (Run or Poll)
-// serves every shard, with the same origin, tick and clock, so the timing
-// contract is Wheel's: never early, at most one tick plus scheduling noise
-// late.
+// goroutines on many cores at once: one Wheel serialises them on its mutex,
+// whose cache line then moves between cores on every call. Add goes to the
+// shard the calling goroutine's stack address maps to, so a goroutine keeps
+// using the same shard (its cache lines stay with it) and different
+// goroutines spread over the shards; if that shard's lock is held, Add
+// takes the next shard whose lock is free (and waits for its own only when
+// all are held). One driver (Run or Poll) serves every shard, with the same
+// origin, tick and clock, so the timing contract is Wheel's: never early,
+// at most one tick plus scheduling noise late.
 //
 // Differences from Wheel: a Handle carries its shard in its low index bits;
 // batches come per shard (a tick's due entries may arrive as one batch per
 // shard that holds some); each shard holds at most 2^32/shards entries, and
 // which shard an Add lands in is a hint, not a choice the caller can make.
-// For one goroutine adding (deferd's engine, which adds under its own lock)
-// a plain Wheel is cheaper: Sharded adds a shard pick and a handle encoding
-// to every call.
+// For one goroutine adding (or callers that already serialise their Adds
+// under a lock of their own) a plain Wheel is cheaper: Sharded adds a shard
+// pick and a handle encoding to every call. Costs are Wheel's, times the
+// shards where a method visits each (Len, Next, and per wake-up Poll and
+// Run).
 //
 // All methods are safe for concurrent use. The zero Sharded is not usable:
 // create one with NewSharded.
@@ -45,12 +46,11 @@ type Sharded[T any] struct {
 }
 
 // NewSharded returns an empty wheel of n shards, n rounded up to a power of
-// two and capped at MaxShards; n <= 0 means 4 * runtime.GOMAXPROCS(0)
-// (so capped too)
-// (goroutines pick shards by a hash, and with one shard per P two busy
-// goroutines would often share one). opts as for New (it panics on the same
-// bad Tick). O(n): each shard allocates its first slab chunk (64Ki
-// entries, 1.5 MiB for T = uint64).
+// two and capped at MaxShards; n <= 0 means 4 * runtime.GOMAXPROCS(0), so
+// capped too (goroutines pick shards by a hash, and with one shard per P
+// two busy goroutines would often share one). opts as for New (it panics
+// on the same bad Tick). O(n): each shard allocates its first slab chunk
+// (64Ki entries, 1.5 MiB for T = uint64). Safe for concurrent use.
 func NewSharded[T any](opts Options, n int) *Sharded[T] {
 	if n <= 0 {
 		n = 4 * runtime.GOMAXPROCS(0)
@@ -96,11 +96,14 @@ func (w *Sharded[T]) recode(b *Batch[T], s uint32) {
 	}
 }
 
-// Now returns the wheel clock in nanoseconds. O(1); safe for concurrent use.
+// Now returns the wheel clock, shared by the shards: as Wheel.Now, not Unix
+// time. O(1); safe for concurrent use.
 func (w *Sharded[T]) Now() int64 { return w.shards[0].Now() }
 
 // Add is Wheel.Add on the calling goroutine's shard, or on the next shard
-// whose lock is free if that one's is held. O(1) (O(shards) lock attempts
+// whose lock is free if that one's is held. due is on the wheel clock (see
+// Now), NOT Unix time: time.Now().UnixNano() schedules v some 56 years out.
+// For a time.Time use AddAt; for a delay use AddAfter. O(1) (O(shards) lock attempts
 // at worst); no allocation in steady state; safe for concurrent use.
 func (w *Sharded[T]) Add(due int64, v T) Handle {
 	s := w.pick()
@@ -121,16 +124,26 @@ func (w *Sharded[T]) Add(due int64, v T) Handle {
 	panic(errFull)
 }
 
-// AddAfter is Add(w.Now()+d, v), with the sum clamped as Wheel.AddAfter
-// clamps it. O(1); safe for concurrent use.
+// AddAfter is Wheel.AddAfter: Add(w.Now()+d, v), the sum saturating
+// instead of wrapping. O(1); no allocation in steady state; safe for
+// concurrent use.
 func (w *Sharded[T]) AddAfter(d time.Duration, v T) Handle {
 	return w.Add(sat.Add(w.Now(), int64(d)), v)
 }
 
-// AddBatch is Wheel.AddBatch on the calling goroutine's shard (all of
-// values in that one shard, waiting for its lock if held), or, if they do
-// not fit there, on the next shard where they do; it panics, adding none,
-// if none has room. O(len(values)); safe for concurrent use.
+// AddAt is Wheel.AddAt: Add at t converted to the wheel clock, never handed
+// out before time.Now() reaches t, saturating instead of wrapping for a t
+// far ahead; a t in the past fires at the next Poll. O(1); no allocation in
+// steady state; safe for concurrent use.
+func (w *Sharded[T]) AddAt(t time.Time, v T) Handle {
+	return w.Add(wheelTime(w.shards[0].clock, t), v)
+}
+
+// AddBatch is Wheel.AddBatch (due on the wheel clock) on the calling
+// goroutine's shard (all of values in that one shard, waiting for its lock
+// if held), or, if they do not fit there, on the next shard where they do;
+// it panics, adding none, if none has room. O(len(values)); no allocation
+// in steady state; safe for concurrent use.
 func (w *Sharded[T]) AddBatch(due int64, values []T, hs []Handle) {
 	s := w.pick()
 	for k := range uint32(len(w.shards)) {
@@ -189,9 +202,10 @@ func (w *Sharded[T]) Next() (due int64, ok bool) {
 }
 
 // Poll is Wheel.Poll over all shards: each shard's due batches in tick
-// order, shard after shard. fn runs without any lock held and owns each
-// batch. Safe for concurrent use (concurrent Polls hand out batches in no
-// defined order).
+// order, shard after shard; now is on the wheel clock. fn runs without any
+// lock held and owns each batch. Cost: O(due entries) amortised plus
+// O(shards * levels). Safe for concurrent use (concurrent Polls hand out
+// batches in no defined order).
 func (w *Sharded[T]) Poll(now int64, fn func(*Batch[T])) {
 	nowTick := w.shards[0].nowTick(now)
 	for s, sh := range w.shards {
@@ -210,11 +224,12 @@ func (w *Sharded[T]) Poll(now int64, fn func(*Batch[T])) {
 
 // Run is Wheel.Run over all shards: one driver sends every shard's due
 // batches on out (each shard's in tick order, shard after shard, so not in
-// tick order across shards when it is behind) until stop closes, and returns the batch it could not send
-// because stop closed (nil if none). It sleeps until the earliest occupied
-// slot of any shard; an Add due before that wakes it. Cost per wake-up:
-// O(shards * levels) plus the due entries. Run at most one driver per
-// wheel.
+// tick order across shards when it is behind) until stop closes, and
+// returns the batch it could not send because stop closed (nil if none).
+// It sleeps until the earliest occupied slot of any shard; an Add due
+// before that wakes it. Cost per wake-up: O(shards * levels) plus the due
+// entries. Safe to run concurrently with every other method; run at most
+// one driver per wheel.
 func (w *Sharded[T]) Run(stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
 	return drive(w.shards, w.recode, stop, out)
 }
