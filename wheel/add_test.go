@@ -122,3 +122,109 @@ func TestAddAtSaturates(t *testing.T) {
 		t.Fatalf("past times: %d of 6 handed out at once", n)
 	}
 }
+
+func TestCancelStale(t *testing.T) {
+	c := &fakeClock{}
+	w := New[int](Options{Clock: c})
+	if w.Cancel(0) {
+		t.Fatal("Cancel(0) = true")
+	}
+	h := w.Add(int64(time.Second), 1)
+	if !w.Cancel(h) {
+		t.Fatal("Cancel of a pending entry = false")
+	}
+	if w.Cancel(h) {
+		t.Fatal("second Cancel = true")
+	}
+	h2 := w.Add(int64(time.Second), 2) // reuses the slot with a new generation
+	if uint32(h2) != uint32(h) || h2 == h {
+		t.Fatalf("expected slot reuse with a new generation: %#x vs %#x", h2, h)
+	}
+	if w.Cancel(h) {
+		t.Fatal("stale handle cancelled a newer entry")
+	}
+	var got []Item[int]
+	w.Poll(int64(time.Second), func(b *Batch[int]) { got = append(got, b.Items...); b.Release() })
+	if len(got) != 1 || got[0].Handle != h2 || got[0].Value != 2 {
+		t.Fatalf("got %+v", got)
+	}
+	if w.Cancel(h2) {
+		t.Fatal("Cancel after firing = true")
+	}
+	if w.Cancel(Handle(1<<40 | 12345)) {
+		t.Fatal("Cancel of an index never used = true")
+	}
+}
+
+func TestAddAfterClamps(t *testing.T) {
+	c := &fakeClock{}
+	c.ns.Store(math.MaxInt64 - int64(10*time.Second))
+	w := New[int](Options{Clock: c})
+	h := w.AddAfter(time.Duration(math.MaxInt64), 1)
+	n := 0
+	w.Poll(math.MaxInt64, func(b *Batch[int]) {
+		for _, it := range b.Items {
+			if it.Due != math.MaxInt64 || it.Handle != h {
+				t.Fatalf("got %+v", it)
+			}
+			n++
+		}
+		b.Release()
+	})
+	if n != 1 {
+		t.Fatalf("clamped entry fired %d times", n)
+	}
+}
+
+func TestAddCancelZeroAlloc(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates: allocations are counted without -race")
+	}
+	w := New[uint64](Options{Clock: &fakeClock{}})
+	// Steady state: the slab already holds enough entries.
+	hs := make([]Handle, 1000)
+	for i := range hs {
+		hs[i] = w.Add(int64(i)*int64(time.Second), uint64(i))
+	}
+	i := 0
+	allocs := testing.AllocsPerRun(10000, func() {
+		h := w.Add(int64(i%5000)*int64(time.Minute), uint64(i))
+		if !w.Cancel(h) {
+			t.Fatal("Cancel = false")
+		}
+		i++
+	})
+	if allocs != 0 {
+		t.Fatalf("Add+Cancel: %v allocs/op, want 0", allocs)
+	}
+	vals := make([]uint64, 100)
+	bhs := make([]Handle, 100)
+	allocs = testing.AllocsPerRun(1000, func() {
+		w.AddBatch(int64(i%5000)*int64(time.Minute), vals, bhs)
+		for _, h := range bhs {
+			if !w.Cancel(h) {
+				t.Fatal("Cancel after AddBatch = false")
+			}
+		}
+		i++
+	})
+	if allocs != 0 {
+		t.Fatalf("AddBatch+Cancel: %v allocs/op, want 0", allocs)
+	}
+	// Expiry with recycled batches does not allocate per entry either.
+	c := w.clock.(*fakeClock)
+	now := int64(0)
+	allocs = testing.AllocsPerRun(1000, func() {
+		for j := range 10 {
+			w.Add(now+int64(j)*int64(time.Millisecond), 1)
+		}
+		now += int64(10 * time.Millisecond)
+		c.ns.Store(now)
+		w.Poll(now, releaseBatch)
+	})
+	if allocs > 1 {
+		t.Fatalf("Add+Poll: %v allocs per 10 entries", allocs)
+	}
+}
+
+func releaseBatch(b *Batch[uint64]) { b.Release() }

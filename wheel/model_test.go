@@ -6,15 +6,9 @@ import (
 	"math"
 	"math/big"
 	"math/rand/v2"
-	"sync/atomic"
 	"testing"
 	"time"
 )
-
-// fakeClock is an injectable clock for tests.
-type fakeClock struct{ ns atomic.Int64 }
-
-func (c *fakeClock) Now() int64 { return c.ns.Load() }
 
 // refEntry is the reference model's view of one Add.
 type refEntry struct {
@@ -453,124 +447,5 @@ func TestLevels(t *testing.T) {
 			h.advance(f)
 			h.checkLen()
 		}
-	}
-}
-
-func TestCancelStale(t *testing.T) {
-	c := &fakeClock{}
-	w := New[int](Options{Clock: c})
-	if w.Cancel(0) {
-		t.Fatal("Cancel(0) = true")
-	}
-	h := w.Add(int64(time.Second), 1)
-	if !w.Cancel(h) {
-		t.Fatal("Cancel of a pending entry = false")
-	}
-	if w.Cancel(h) {
-		t.Fatal("second Cancel = true")
-	}
-	h2 := w.Add(int64(time.Second), 2) // reuses the slot with a new generation
-	if uint32(h2) != uint32(h) || h2 == h {
-		t.Fatalf("expected slot reuse with a new generation: %#x vs %#x", h2, h)
-	}
-	if w.Cancel(h) {
-		t.Fatal("stale handle cancelled a newer entry")
-	}
-	var got []Item[int]
-	w.Poll(int64(time.Second), func(b *Batch[int]) { got = append(got, b.Items...); b.Release() })
-	if len(got) != 1 || got[0].Handle != h2 || got[0].Value != 2 {
-		t.Fatalf("got %+v", got)
-	}
-	if w.Cancel(h2) {
-		t.Fatal("Cancel after firing = true")
-	}
-	if w.Cancel(Handle(1<<40 | 12345)) {
-		t.Fatal("Cancel of an index never used = true")
-	}
-}
-
-func TestAddAfterClamps(t *testing.T) {
-	c := &fakeClock{}
-	c.ns.Store(math.MaxInt64 - int64(10*time.Second))
-	w := New[int](Options{Clock: c})
-	h := w.AddAfter(time.Duration(math.MaxInt64), 1)
-	n := 0
-	w.Poll(math.MaxInt64, func(b *Batch[int]) {
-		for _, it := range b.Items {
-			if it.Due != math.MaxInt64 || it.Handle != h {
-				t.Fatalf("got %+v", it)
-			}
-			n++
-		}
-		b.Release()
-	})
-	if n != 1 {
-		t.Fatalf("clamped entry fired %d times", n)
-	}
-}
-
-func TestPanicsOnTinyTick(t *testing.T) {
-	defer func() {
-		if recover() == nil {
-			t.Fatal("no panic")
-		}
-	}()
-	New[int](Options{Tick: time.Nanosecond})
-}
-
-func TestDivTick(t *testing.T) {
-	r := rand.New(rand.NewPCG(1, 2))
-	for _, tick := range []uint64{1000, 1001, 7000, 1e6, 1e9, 1<<40 + 3, 1 << 62, math.MaxInt64} {
-		w := &Wheel[int]{tick: tick, tickInv: math.MaxUint64 / tick}
-		check := func(d uint64) {
-			q, rem := w.divTick(d)
-			if q != d/tick || rem != d%tick {
-				t.Fatalf("divTick(%d) by %d = %d, %d; want %d, %d", d, tick, q, rem, d/tick, d%tick)
-			}
-		}
-		for _, d := range []uint64{0, 1, tick - 1, tick, tick + 1, math.MaxUint64, math.MaxUint64 - 1, math.MaxInt64, math.MaxUint64 / tick * tick, math.MaxUint64/tick*tick - 1} {
-			check(d)
-		}
-		for range 100_000 {
-			d := r.Uint64() >> (r.Uint64() % 64)
-			check(d)
-			check(d / tick * tick)
-			check(d/tick*tick - 1)
-		}
-	}
-}
-
-// TestFarSlotsReused checks that entries beyond 32 bits of ticks (kept at
-// the top level with their full tick on the side) give their side slot back
-// when they are cancelled, cascade down, or fire.
-func TestFarSlotsReused(t *testing.T) {
-	c := &fakeClock{}
-	w := New[int](Options{Tick: time.Microsecond, Clock: c})
-	far := int64(100 * 24 * time.Hour) // 2^36 µs is 19 h: top level
-	var hs []Handle
-	for i := range 100 {
-		hs = append(hs, w.Add(far+int64(i), i))
-	}
-	if len(w.far) != 100 {
-		t.Fatalf("%d side slots for 100 top-level entries", len(w.far))
-	}
-	for _, h := range hs[:50] {
-		if !w.Cancel(h) {
-			t.Fatal("Cancel of a top-level entry = false")
-		}
-	}
-	for i := range 50 {
-		w.Add(far+int64(i), i)
-	}
-	if len(w.far) != 100 || len(w.farFree) != 0 {
-		t.Fatalf("cancelled side slots not reused: %d slots, %d free", len(w.far), len(w.farFree))
-	}
-	n := 0
-	w.Poll(far+1000, func(b *Batch[int]) { n += len(b.Items); b.Release() })
-	if n != 100 || w.Len() != 0 {
-		t.Fatalf("fired %d of 100, %d left", n, w.Len())
-	}
-	if len(w.farFree) != len(w.far) {
-		t.Fatalf("%d of %d side slots free after everything fired", len(w.farFree), len(w.far))
 	}
 }
