@@ -135,7 +135,7 @@ func (c *Channel) CrashNote() string {
 
 func (c *Channel) External() []int { return nil }
 
-func (c *Channel) Memory() (int64, string) { return SelfRSS(), "RSS self" }
+func (c *Channel) Memory() (int64, string) { return SelfRSS(), selfRSSNote }
 
 var _ Crasher = (*Channel)(nil)
 

@@ -255,11 +255,14 @@ func (d *Deferd) External() []int {
 	return []int{d.cmd.Process.Pid}
 }
 
+// Memory is the deferd process's RSS (VmRSS in /proc/PID/status). Its GC
+// cannot be forced from here, so the number includes garbage that process
+// has not yet collected.
 func (d *Deferd) Memory() (int64, string) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	n, _ := PIDRSS(d.cmd.Process.Pid)
-	return n, "RSS deferd"
+	return n, "RSS of the deferd process (/proc VmRSS; its GC not forced)"
 }
 
 var _ Crasher = (*Deferd)(nil)

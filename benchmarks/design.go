@@ -46,8 +46,12 @@ type Design interface {
 	// design's work (nil when it runs entirely in-process); their CPU is
 	// counted from /proc.
 	External() []int
-	// Memory reports the bytes the design holds now and where that number
-	// comes from (for example "RSS self" or "redis used_memory").
+	// Memory reports the bytes the design holds now and how that number is
+	// measured (for Result.MemNote). The harness takes it once after Start
+	// as the baseline and once with the messages pending, and divides the
+	// difference by their count, so both readings must be taken the same
+	// way: in-process designs after the same GC (SelfRSS), external ones by
+	// the same counter of the same process.
 	Memory() (int64, string)
 }
 

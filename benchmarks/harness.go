@@ -71,7 +71,10 @@ type Result struct {
 	// the design's external processes); CPUExt is the external part.
 	CPUTotal, CPUExt float64
 	HasExt           bool
-	// MemPerMsg is bytes per pending message (Hold only).
+	// MemPerMsg is bytes per pending message (Hold only): Design.Memory
+	// with the messages pending minus its baseline after Start, divided by
+	// Accepted. It is negative when more was freed meanwhile than the
+	// messages hold (WriteTable shows that as 0 and flags it).
 	MemPerMsg float64
 	MemNote   string
 	// Span is last receive minus due (burst) and IngestTime the time to

@@ -84,4 +84,4 @@ func (n *NSQDefer) Stop() error {
 
 func (n *NSQDefer) External() []int { return nil }
 
-func (n *NSQDefer) Memory() (int64, string) { return SelfRSS(), "RSS self (nsqd in-process)" }
+func (n *NSQDefer) Memory() (int64, string) { return SelfRSS(), selfRSSNote + " (nsqd in-process)" }

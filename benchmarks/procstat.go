@@ -68,8 +68,13 @@ func PIDRSS(pid int) (int64, error) {
 	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
 }
 
+// selfRSSNote says how SelfRSS measures, for Result.MemNote.
+const selfRSSNote = "RSS self after runtime.GC + debug.FreeOSMemory"
+
 // SelfRSS returns this process's RSS after a GC that returns freed memory
-// to the OS, so deltas measure live data rather than garbage.
+// to the OS (runtime.GC, then debug.FreeOSMemory, which collects again), so
+// that two readings, each taken after the same GC, differ by live data
+// rather than by garbage.
 func SelfRSS() int64 {
 	runtime.GC()
 	debug.FreeOSMemory()

@@ -110,4 +110,4 @@ func (d *WheelDesign) CrashNote() string {
 
 func (d *WheelDesign) External() []int { return nil }
 
-func (d *WheelDesign) Memory() (int64, string) { return SelfRSS(), "RSS self" }
+func (d *WheelDesign) Memory() (int64, string) { return SelfRSS(), selfRSSNote }

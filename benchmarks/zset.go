@@ -270,13 +270,15 @@ func (z *ZSet) CrashNote() string {
 
 func (z *ZSet) External() []int { return []int{z.srv.PID()} }
 
-// Memory is redis's INFO used_memory.
+// Memory is redis's INFO used_memory: the bytes its allocator has handed
+// out, not its RSS.
 func (z *ZSet) Memory() (int64, string) {
+	const note = "redis INFO used_memory (allocated, not RSS)"
 	s, err := z.rdb.Info(context.Background(), "memory").Result()
 	if err != nil {
-		return 0, "redis used_memory"
+		return 0, note
 	}
-	return parseInfoInt(s, "used_memory"), "redis used_memory"
+	return parseInfoInt(s, "used_memory"), note
 }
 
 func parseInfoInt(info, key string) int64 {

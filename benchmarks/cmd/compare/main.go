@@ -12,9 +12,11 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -315,7 +317,14 @@ func (rep report) write(out string, results []benchmarks.Result) error {
 		return err
 	}
 	png := filepath.Join(out, "comparison.png")
-	if err := benchmarks.Chart(png, results, rep.NSQDTake); err != nil {
+	if err := os.Remove(png); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err // a previous run's chart would pass for this one's
+	}
+	switch err := benchmarks.Chart(png, results, rep.NSQDTake); {
+	case errors.Is(err, benchmarks.ErrNoChartData):
+		logf("wrote %s; no chart: %v", mdPath, err)
+		return nil
+	case err != nil:
 		return err
 	}
 	logf("wrote %s and %s", mdPath, png)
