@@ -106,50 +106,16 @@ func (j *Journal) Append(msgs []Message, pos []Pos) error {
 	// waits for room while it holds a reservation (the flusher would wait
 	// for it in turn).
 	for i := 0; i < len(msgs); {
-		j.mu.Lock()
-		n := msgFrameLen(&msgs[i], false)
-		g, r, err := j.roomLocked(n)
+		g, end, err := j.appendChunk(msgs, pos, i)
 		if err != nil {
-			j.mu.Unlock()
 			j.waitGroups(gs) // earlier messages may be in flight; let them land
 			return err
 		}
-		first, off := i, j.reserveLocked(g, n)
-		for {
-			s := r.seg
-			pos[i] = Pos{Seg: s.id, Ord: s.nextOrd, Off: uint32(s.end), Len: uint32(n)}
-			r.end = len(g.buf)
-			r.nmsg++
-			r.msgBytes += int64(n)
-			s.end += int64(n)
-			s.nextOrd++
-			i++
-			if i == len(msgs) {
-				break
-			}
-			n = msgFrameLen(&msgs[i], false)
-			if len(g.buf)+n > j.opts.GroupBytes {
-				break
-			}
-			g, r = j.placeLocked(n) // same group; maybe a new segment
-			j.reserveLocked(g, n)
-		}
-		g.writers.Add(1)
-		buf := g.buf[off:len(g.buf)]
-		j.mu.Unlock()
-
-		for k := first; k < i; k++ {
-			l := int(pos[k].Len)
-			if f := appendMsgFrame(buf[:0:l], pos[k].Ord, nil, &msgs[k]); len(f) != l {
-				panic("journal: frame size changed while encoding")
-			}
-			buf = buf[l:]
-		}
-		g.writers.Done()
 		if len(gs) == 0 || gs[len(gs)-1] != g {
 			gs = append(gs, g)
 		}
-		cs = append(cs, chunk{first, i, g})
+		cs = append(cs, chunk{i, end, g})
+		i = end
 	}
 	j.kickFlusher()
 	err := j.waitGroups(gs)
@@ -157,6 +123,53 @@ func (j *Journal) Append(msgs []Message, pos []Pos) error {
 		j.cancelWritten(cs, pos)
 	}
 	return err
+}
+
+// appendChunk places msgs[i:] into the current group, as many as it takes
+// (at least one, waiting for room for it), encodes them there with j.mu
+// released, and returns the group and the index past the last one placed.
+// It sets pos for those messages.
+func (j *Journal) appendChunk(msgs []Message, pos []Pos, i int) (*group, int, error) {
+	j.mu.Lock()
+	n := msgFrameLen(&msgs[i], false)
+	g, r, err := j.roomLocked(n)
+	if err != nil {
+		j.mu.Unlock()
+		return nil, i, err
+	}
+	first, off := i, j.reserveLocked(g, n)
+	for {
+		s := r.seg
+		pos[i] = Pos{Seg: s.id, Ord: s.nextOrd, Off: uint32(s.end), Len: uint32(n)}
+		r.end = len(g.buf)
+		r.nmsg++
+		r.msgBytes += int64(n)
+		s.end += int64(n)
+		s.nextOrd++
+		i++
+		if i == len(msgs) {
+			break
+		}
+		n = msgFrameLen(&msgs[i], false)
+		if len(g.buf)+n > j.opts.GroupBytes {
+			break
+		}
+		g, r = j.placeLocked(n) // same group; maybe a new segment
+		j.reserveLocked(g, n)
+	}
+	g.writers.Add(1)
+	buf := g.buf[off:len(g.buf)]
+	j.mu.Unlock()
+
+	for k := first; k < i; k++ {
+		l := int(pos[k].Len)
+		if f := appendMsgFrame(buf[:0:l], pos[k].Ord, nil, &msgs[k]); len(f) != l {
+			panic("journal: frame size changed while encoding")
+		}
+		buf = buf[l:]
+	}
+	g.writers.Done()
+	return g, i, nil
 }
 
 // chunk is msgs[first:end] of one Append, encoded into group g.
