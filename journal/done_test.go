@@ -9,6 +9,106 @@ import (
 	"time"
 )
 
+func TestDoneCancelledMoved(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir, SegmentBytes: 4096}
+	j, _, _ := openJ(t, opts)
+	recs := appendN(t, j, 0, 60, 100)
+	var pub, cancel []Key
+	for i, r := range recs {
+		switch i % 4 {
+		case 1:
+			pub = append(pub, r.p.Key())
+		case 2:
+			cancel = append(cancel, r.p.Key())
+		}
+	}
+	if err := j.Done(Published, pub); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Done(Cancelled, cancel); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Done(Published, pub[:3]); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	if err := j.Done(Published, []Key{{Seg: 999, Ord: 1}, {Seg: 1, Ord: 99999}}); err != nil { // unknown: ignored
+		t.Fatal(err)
+	}
+	// Move every 4th+3 message.
+	var want []rec
+	moved := map[int]rec{}
+	for i, r := range recs {
+		if i%4 == 3 {
+			m := r.m
+			m.Due += 1000
+			p, err := j.AppendMoved(r.p.Key(), &m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			moved[i] = rec{p, m}
+		}
+	}
+	if _, err := j.AppendMoved(recs[1].p.Key(), &recs[1].m); !errors.Is(err, ErrNotLive) {
+		t.Fatalf("AppendMoved of a dead key: %v", err)
+	}
+	for i, r := range recs {
+		if i%4 == 0 {
+			want = append(want, r)
+		}
+	}
+	for i := 3; i < len(recs); i += 4 {
+		want = append(want, moved[i])
+	}
+	if st := j.Stats(); st.Live != int64(len(want)) {
+		t.Fatalf("Stats.Live %d want %d", st.Live, len(want))
+	}
+	j.Close()
+	j, got, _ := openJ(t, opts)
+	checkSame(t, got, want)
+	if st := j.Stats(); st.Live != int64(len(want)) {
+		t.Fatalf("Stats.Live after recovery %d want %d", st.Live, len(want))
+	}
+	j.Close()
+}
+
+// DoneWait returns only once its Done record was written to the OS (Done
+// returns at once): what Cancel needs to answer 200.
+func TestDoneWaitReturnsAfterWrite(t *testing.T) {
+	j, _, _ := openJ(t, Options{Dir: t.TempDir()})
+	defer j.Close()
+	rs := appendN(t, j, 0, 2, 50)
+	gate := make(chan struct{})
+	j.writeAt = func(f *os.File, b []byte, off int64) (int, error) {
+		<-gate
+		return f.WriteAt(b, off)
+	}
+	seg := j.table.Load().get(rs[0].p.Seg)
+	size := func() int64 { fi, _ := seg.f.Stat(); return fi.Size() }
+	before := size()
+	// Done: queued, not written, yet it returns.
+	if err := j.Done(Cancelled, []Key{rs[0].p.Key()}); err != nil {
+		t.Fatal(err)
+	}
+	if size() != before {
+		t.Fatal("the write gate did not hold")
+	}
+	done := make(chan error, 1)
+	go func() { done <- j.DoneWait(Cancelled, []Key{rs[1].p.Key()}) }()
+	select {
+	case err := <-done:
+		t.Fatalf("DoneWait returned (%v) before its record was written", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got, want := size(), before+2*(headerLen+2+8); got != want {
+		t.Fatalf("after DoneWait the segment is %d bytes, want %d (both Done records written)", got, want)
+	}
+}
+
 // TestDoneWaitFailedGroupThenClose: a DoneWait whose group fails gets
 // the error (no hang); a DoneWait waiting while Close runs returns once
 // Close's final flush wrote (or failed) its group.
