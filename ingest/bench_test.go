@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"testing"
 
 	"github.com/valyala/fasthttp"
@@ -15,6 +16,7 @@ func (nopBackend) Publish(*PubRequest) error { return nil }
 func (nopBackend) Cancel(string) error       { return nil }
 func (nopBackend) Info() any                 { return nil }
 func (nopBackend) Stats() any                { return nil }
+func (nopBackend) WriteMetrics(io.Writer)    {}
 
 // benchHTTP posts body to target over loopback keep-alive connections from
 // 8 goroutines per P and reports msgs/request as msg/s.

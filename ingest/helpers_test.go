@@ -56,6 +56,9 @@ func (r *recorder) Cancel(id string) error {
 func (r *recorder) Info() any  { return map[string]any{"version": "test"} }
 func (r *recorder) Stats() any { return map[string]any{"pending": 7} }
 
+// WriteMetrics writes one line, so /metrics tests see the backend's part.
+func (r *recorder) WriteMetrics(w io.Writer) { io.WriteString(w, "test_backend_metric 1\n") }
+
 // take returns and forgets what was published.
 func (r *recorder) take() []PubRequest {
 	r.mu.Lock()

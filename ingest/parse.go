@@ -206,3 +206,11 @@ func splitBinary(dst [][]byte, body []byte, maxMsg, maxBody int64, truncated boo
 	}
 	return dst, nil
 }
+
+// ValidTopic reports whether name is a valid nsqd topic name, by nsqd's
+// rules (as /pub checks it). O(len(name)); no allocation.
+func ValidTopic(name string) bool { return validTopic([]byte(name)) }
+
+// ValidID reports whether id is a valid client id (1..MaxIDLen bytes of
+// printable ASCII from '!' to '~'). O(len(id)); no allocation.
+func ValidID(id string) bool { return validID([]byte(id)) }

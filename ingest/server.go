@@ -59,6 +59,9 @@ type Backend interface {
 	Cancel(id string) error // nil → 200 OK; ErrNotFound → 404
 	Info() any              // JSON-encoded for /info
 	Stats() any             // JSON-encoded for /stats
+	// WriteMetrics writes the backend's metrics in Prometheus text format
+	// for /metrics; the Server appends its own.
+	WriteMetrics(w io.Writer)
 }
 
 // Error is an HTTP error: the status Code and the Text sent as
@@ -122,6 +125,7 @@ type Server struct {
 	maxBody    int64
 	maxDeferMs int64
 	topics     topicCache
+	m          serverMetrics
 
 	mu       sync.Mutex
 	state    int // stateNew, stateServing, stateShut
@@ -181,11 +185,12 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 		maxMsg:     opts.MaxMsgSize,
 		maxBody:    opts.MaxBodySize,
 		maxDeferMs: opts.MaxDefer.Milliseconds(),
+		m:          newServerMetrics(),
 	}
 	s.srv = &fasthttp.Server{
 		Handler:               s.handle,
 		NoDefaultServerHeader: true, // nsqd sends none
-		ErrorHandler:          errorHandler,
+		ErrorHandler:          s.errorHandler,
 		ReadBufferSize:        readBufferSize,
 		CloseOnShutdown:       true,
 		// Bodies are read by the handler through the stream, with nsqd's
@@ -205,9 +210,9 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 // INTERNAL_ERROR, publishing nothing. (fasthttp has reset the request by
 // now, so the route is unknown: a cut-off body on a route that does not
 // read it, which nsqd would answer as usual, gets the same 500.)
-func errorHandler(ctx *fasthttp.RequestCtx, err error) {
+func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
 	if err == io.ErrUnexpectedEOF {
-		writeError(ctx, errInternal)
+		s.writeError(ctx, errInternal)
 		return
 	}
 	var small *fasthttp.ErrSmallBuffer
@@ -301,19 +306,36 @@ var (
 	methodOptions = []byte(fasthttp.MethodOptions)
 )
 
-// Metrics in the VictoriaMetrics default set.
-var (
-	metricPubRequests  = metrics.NewCounter(`deferd_ingest_requests_total{path="/pub"}`)
-	metricMpubRequests = metrics.NewCounter(`deferd_ingest_requests_total{path="/mpub"}`)
-	metricCancels      = metrics.NewCounter(`deferd_ingest_requests_total{path="/cancel"}`)
-	metricMessages     = metrics.NewCounter(`deferd_ingest_messages_total`)
-	metricBytes        = metrics.NewCounter(`deferd_ingest_message_bytes_total`)
-)
+// serverMetrics are a Server's own counters, in its own metrics.Set, so
+// two Servers in one process do not share them.
+type serverMetrics struct {
+	set                    *metrics.Set
+	pub, mpub, cancel      *metrics.Counter // requests
+	messages, messageBytes *metrics.Counter
+}
 
-func countError(e *Error) {
-	metrics.GetOrCreateCounter(`deferd_ingest_errors_total{code="` + strconv.Itoa(e.Code) +
+func newServerMetrics() serverMetrics {
+	set := metrics.NewSet()
+	return serverMetrics{
+		set:          set,
+		pub:          set.NewCounter(`deferd_ingest_requests_total{path="/pub"}`),
+		mpub:         set.NewCounter(`deferd_ingest_requests_total{path="/mpub"}`),
+		cancel:       set.NewCounter(`deferd_ingest_requests_total{path="/cancel"}`),
+		messages:     set.NewCounter(`deferd_ingest_messages_total`),
+		messageBytes: set.NewCounter(`deferd_ingest_message_bytes_total`),
+	}
+}
+
+// countError counts an error answer by status and message: one series per
+// distinct answer (a fixed set: ingest's own errors and the backend's).
+func (s *Server) countError(e *Error) {
+	s.m.set.GetOrCreateCounter(`deferd_ingest_errors_total{code="` + strconv.Itoa(e.Code) +
 		`",message=` + strconv.Quote(e.Text) + `}`).Inc()
 }
+
+// Metrics is the Server's own metrics.Set (requests, messages, errors).
+// /metrics writes it after the Backend's metrics.
+func (s *Server) Metrics() *metrics.Set { return s.m.set }
 
 // route is one of deferd's HTTP endpoints.
 type route struct {
@@ -361,7 +383,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		if p := recover(); p != nil {
 			s.logf("ingest: panic in HTTP handler: %v", p)
 			ctx.Response.Reset()
-			writeError(ctx, errInternal)
+			s.writeError(ctx, errInternal)
 		}
 	}()
 	if !ctx.Request.Header.IsHTTP11() {
@@ -399,13 +421,13 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	switch {
 	case r == nil:
-		writeError(ctx, errNotFound)
+		s.writeError(ctx, errNotFound)
 	case bytes.Equal(ctx.Method(), methodOptions):
 		ctx.Response.Header.SetBytesKV(hdrAllow, allowOf(r))
 		ctx.Response.Header.SetNoDefaultContentType(true)
 	default:
 		ctx.Response.Header.SetBytesKV(hdrAllow, allowOf(r))
-		writeError(ctx, errMethodNotAllowed)
+		s.writeError(ctx, errMethodNotAllowed)
 	}
 }
 
@@ -511,8 +533,8 @@ func writeOK(ctx *fasthttp.RequestCtx) {
 
 // writeError sends e as nsqd does: its status, {"message":Text}, JSON
 // content type.
-func writeError(ctx *fasthttp.RequestCtx, e *Error) {
-	countError(e)
+func (s *Server) writeError(ctx *fasthttp.RequestCtx, e *Error) {
+	s.countError(e)
 	ctx.Response.Header.SetContentTypeBytes(ctJSON)
 	ctx.Response.Header.SetBytesKV(hdrNSQCT, valNSQCT)
 	ctx.SetStatusCode(e.Code)
@@ -544,7 +566,7 @@ func (s *Server) writeJSON(ctx *fasthttp.RequestCtx, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		s.logf("ingest: %s: %v", ctx.Path(), err)
-		writeError(ctx, errInternal)
+		s.writeError(ctx, errInternal)
 		return
 	}
 	ctx.Response.Header.SetContentTypeBytes(ctJSON)
@@ -784,46 +806,46 @@ func (s *Server) topic(args *fasthttp.Args) (string, *Error) {
 // pub is POST /pub, in nsqd's order: body size, empty body, query, topic,
 // defer; then deferd's at= and id=.
 func (s *Server) pub(ctx *fasthttp.RequestCtx) {
-	metricPubRequests.Inc()
+	s.m.pub.Inc()
 	st := getState()
 	defer s.finish(ctx, st)
 	if int64(ctx.Request.Header.ContentLength()) > s.maxMsg {
-		writeError(ctx, errMsgTooBig)
+		s.writeError(ctx, errMsgTooBig)
 		return
 	}
 	readMax := s.maxMsg + 1
 	body, err := st.readBody(ctx, readMax)
 	if err != nil {
-		writeError(ctx, errInternal)
+		s.writeError(ctx, errInternal)
 		return
 	}
 	if int64(len(body)) == readMax {
-		writeError(ctx, errMsgTooBig)
+		s.writeError(ctx, errMsgTooBig)
 		return
 	}
 	if len(body) == 0 {
-		writeError(ctx, errMsgEmpty)
+		s.writeError(ctx, errMsgEmpty)
 		return
 	}
 	if e := st.parseQuery(ctx); e != nil {
-		writeError(ctx, e)
+		s.writeError(ctx, e)
 		return
 	}
 	topic, e := s.topic(&st.args)
 	if e != nil {
-		writeError(ctx, e)
+		s.writeError(ctx, e)
 		return
 	}
 	due, e := s.due(&st.args)
 	if e != nil {
-		writeError(ctx, e)
+		s.writeError(ctx, e)
 		return
 	}
 	var id string
 	if st.args.Has("id") {
 		v := st.args.Peek("id")
 		if !validID(v) {
-			writeError(ctx, errInvalidID)
+			s.writeError(ctx, errInvalidID)
 			return
 		}
 		id = string(v)
@@ -835,20 +857,20 @@ func (s *Server) pub(ctx *fasthttp.RequestCtx) {
 // mpub is POST /mpub, in nsqd's order: Content-Length, query, topic,
 // binary; then deferd's defer=/at= and id=; then the body.
 func (s *Server) mpub(ctx *fasthttp.RequestCtx) {
-	metricMpubRequests.Inc()
+	s.m.mpub.Inc()
 	st := getState()
 	defer s.finish(ctx, st)
 	if int64(ctx.Request.Header.ContentLength()) > s.maxBody {
-		writeError(ctx, errBodyTooBig)
+		s.writeError(ctx, errBodyTooBig)
 		return
 	}
 	if e := st.parseQuery(ctx); e != nil {
-		writeError(ctx, e)
+		s.writeError(ctx, e)
 		return
 	}
 	topic, e := s.topic(&st.args)
 	if e != nil {
-		writeError(ctx, e)
+		s.writeError(ctx, e)
 		return
 	}
 	binaryMode := false
@@ -861,11 +883,11 @@ func (s *Server) mpub(ctx *fasthttp.RequestCtx) {
 	}
 	due, e := s.due(&st.args)
 	if e != nil {
-		writeError(ctx, e)
+		s.writeError(ctx, e)
 		return
 	}
 	if st.args.Has("id") {
-		writeError(ctx, errInvalidID)
+		s.writeError(ctx, errInvalidID)
 		return
 	}
 	readMax := s.maxBody + 1
@@ -885,7 +907,7 @@ func (s *Server) mpub(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	if e != nil {
-		writeError(ctx, e)
+		s.writeError(ctx, e)
 		return
 	}
 	if len(st.bodies) == 0 {
@@ -906,36 +928,36 @@ func (s *Server) publish(ctx *fasthttp.RequestCtx, st *reqState, topic string, d
 	for _, b := range st.bodies {
 		n += len(b)
 	}
-	metricMessages.Add(len(st.bodies))
-	metricBytes.Add(n)
+	s.m.messages.Add(len(st.bodies))
+	s.m.messageBytes.Add(n)
 	writeOK(ctx)
 }
 
 func (s *Server) writeBackendError(ctx *fasthttp.RequestCtx, op string, err error) {
 	if e := errorOf(err); e != nil {
-		writeError(ctx, e)
+		s.writeError(ctx, e)
 		return
 	}
 	s.logf("ingest: %s: %v", op, err)
-	writeError(ctx, errInternal)
+	s.writeError(ctx, errInternal)
 }
 
 // cancel is POST /cancel?id=ID.
 func (s *Server) cancel(ctx *fasthttp.RequestCtx) {
-	metricCancels.Inc()
+	s.m.cancel.Inc()
 	st := getState()
 	defer s.finish(ctx, st)
 	if e := st.parseQuery(ctx); e != nil {
-		writeError(ctx, e)
+		s.writeError(ctx, e)
 		return
 	}
 	if !st.args.Has("id") {
-		writeError(ctx, errMissingID)
+		s.writeError(ctx, errMissingID)
 		return
 	}
 	v := st.args.Peek("id")
 	if !validID(v) {
-		writeError(ctx, errInvalidID)
+		s.writeError(ctx, errInvalidID)
 		return
 	}
 	if err := s.b.Cancel(string(v)); err != nil {
@@ -953,7 +975,8 @@ func (s *Server) stats(ctx *fasthttp.RequestCtx) { s.writeJSON(ctx, s.b.Stats())
 
 func (s *Server) metrics(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.SetContentTypeBytes(ctPrometheus)
-	metrics.WritePrometheus(ctx, true)
+	s.b.WriteMetrics(ctx)
+	s.m.set.WritePrometheus(ctx)
 }
 
 // topicCache interns topic names so that a request for a known topic does

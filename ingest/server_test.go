@@ -65,8 +65,27 @@ func TestPingInfoStatsMetrics(t *testing.T) {
 	do(t, "POST", srv.Addr(), "/pub?topic=t", []byte("x"), false)
 	got := do(t, "GET", srv.Addr(), "/metrics", nil, false)
 	if got.code != 200 || !strings.Contains(got.body, `deferd_ingest_requests_total{path="/pub"}`) ||
-		!strings.Contains(got.body, "go_goroutines") || !strings.Contains(got.body, "deferd_ingest_messages_total") {
+		!strings.Contains(got.body, "test_backend_metric 1\n") || !strings.Contains(got.body, "deferd_ingest_messages_total") {
 		t.Errorf("metrics: %d %.300s", got.code, got.body)
+	}
+}
+
+// Two Servers in one process count their own requests: no package-level
+// counters.
+func TestMetricsPerServer(t *testing.T) {
+	a := startServer(t, Options{}, &recorder{})
+	b := startServer(t, Options{}, &recorder{})
+	for range 3 {
+		do(t, "POST", a.Addr(), "/pub?topic=t", []byte("x"), false)
+	}
+	do(t, "POST", b.Addr(), "/pub?topic=t", []byte("x"), false)
+	for _, c := range []struct {
+		srv  *Server
+		want string
+	}{{a, `deferd_ingest_requests_total{path="/pub"} 3`}, {b, `deferd_ingest_requests_total{path="/pub"} 1`}} {
+		if got := do(t, "GET", c.srv.Addr(), "/metrics", nil, false); !strings.Contains(got.body, c.want+"\n") {
+			t.Errorf("want %q in:\n%s", c.want, got.body)
+		}
 	}
 }
 

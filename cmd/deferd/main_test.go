@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
 	"io"
 	"log"
 	"net"
@@ -14,8 +15,6 @@ import (
 	"time"
 
 	"github.com/nsqio/go-nsq"
-
-	"github.com/deferd/deferd/internal/nsqdnode"
 )
 
 // --help lists every flag with its default, in nsq's style.
@@ -179,7 +178,8 @@ func TestShutdownWithStalledClients(t *testing.T) {
 
 // Flag values deferd cannot honour are refused at start with the flag's
 // name, not replaced by a default or left to fail deep inside; the flag
-// --embedded-nsqd-mem-queue-size=0 reaches nsqd as 0.
+// --embedded-nsqd-mem-queue-size=0 is accepted (deferd's TestOptionsValidate
+// checks it reaches nsqd as 0).
 func TestFlagValidation(t *testing.T) {
 	for _, c := range []struct {
 		args []string
@@ -210,8 +210,17 @@ func TestFlagValidation(t *testing.T) {
 			t.Errorf("%v: %v, want an error naming %s", c.args, err, c.want)
 		}
 	}
-	if memQueue(0) != nsqdnode.MemQueueNone || memQueue(7) != 7 {
-		t.Fatal("--embedded-nsqd-mem-queue-size is not passed through as given")
+}
+
+// Every flag-tagged field of deferd.Options is a flag with usage text, and
+// every usage text names a flag: bindOptions panics otherwise.
+func TestFlagsCoverOptions(t *testing.T) {
+	var c config
+	fs := newFlagSet(&c)
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n != len(usage)+1 { // + --version
+		t.Fatalf("%d flags, %d usage texts: a usage text names no Options field", n, len(usage))
 	}
 }
 

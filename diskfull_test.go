@@ -1,4 +1,4 @@
-package engine
+package deferd
 
 import (
 	"bytes"
@@ -39,7 +39,7 @@ func TestUnwritableDataPathFailsAtStart(t *testing.T) {
 	o := testOptions(filepath.Join(file, "journal"), node.TCPAddr)
 	o.Logf = t.Logf
 	if e, err := New(o); err == nil {
-		e.Stop(time.Second)
+		e.Close(time.Second)
 		t.Fatal("New on a data path under a regular file succeeded")
 	} else {
 		t.Logf("start error: %v", err)
@@ -53,8 +53,8 @@ func TestUnwritableDataPathFailsAtStart(t *testing.T) {
 func TestDiskFullRefusesNewKeepsPending(t *testing.T) {
 	dir := mountTiny(t, "3m")
 	node := nsqdnodetest.Start(t, nsqdnode.Config{})
-	o := testOptions(filepath.Join(dir, "journal"), node.TCPAddr)
-	o.Journal.SegmentBytes = 256 << 10
+	o := testOptions(dir, node.TCPAddr)
+	o.SegmentSize = 256 << 10
 	h := startHarness(t, o)
 	col := consume(t, node.TCPAddr, "full")
 
@@ -120,14 +120,14 @@ func TestCorruptRecordReported(t *testing.T) {
 	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	dir := t.TempDir()
 	o := testOptions(dir, node.TCPAddr)
-	o.Journal.SegmentBytes = 16 << 10
+	o.SegmentSize = 16 << 10
 	h := startHarness(t, o)
 	for i := 0; i < 100; i++ {
 		h.mustPost(fmt.Sprintf("/pub?topic=dmg&defer=1500&id=m%03d", i), bytes.Repeat([]byte{byte('a' + i%26)}, 400))
 	}
 	h.stop()
 
-	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	segs, _ := filepath.Glob(filepath.Join(dir, "journal", "*.seg"))
 	if len(segs) < 3 {
 		t.Fatalf("want several segments, have %v", segs)
 	}
@@ -198,8 +198,8 @@ func grepLines(s, sub string) string {
 // client held a 200 for a message stored nowhere.
 func TestSameIDWhileTheFirstWriteFails(t *testing.T) {
 	dir := mountTiny(t, "2m")
-	o := testOptions(filepath.Join(dir, "journal"), nsqdnodetest.ClosedAddr(t))
-	o.Journal.SegmentBytes = 256 << 10
+	o := testOptions(dir, nsqdnodetest.ClosedAddr(t))
+	o.SegmentSize = 256 << 10
 	o.Logf = func(string, ...any) {}
 	h := startHarness(t, o)
 	line := bytes.Repeat([]byte("f"), 1000)

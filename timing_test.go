@@ -1,4 +1,4 @@
-package engine
+package deferd
 
 import (
 	"bytes"
@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deferd/deferd/ingest"
 	"github.com/deferd/deferd/internal/nsqdnode"
 	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
@@ -20,8 +19,8 @@ import (
 func TestCompactionKeepsParkBackoff(t *testing.T) {
 	node := nsqdnodetest.Start(t, nsqdnode.Config{MaxMsgSize: 1000})
 	o := testOptions(t.TempDir(), node.TCPAddr)
-	o.Journal.SegmentBytes = 64 << 10
-	o.CompactEvery = 20 * time.Millisecond
+	o.SegmentSize = 64 << 10
+	o.CompactInterval = 20 * time.Millisecond
 	o.DirectPublish = false
 	o.ParkBackoff = time.Hour
 	h := startHarness(t, o)
@@ -60,18 +59,8 @@ func TestCompactionKeepsParkBackoff(t *testing.T) {
 func TestMaxDeferOverflowStaysPending(t *testing.T) {
 	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	o := testOptions(t.TempDir(), node.TCPAddr)
-	e, err := New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Stop(time.Second)
-	srv, err := ingest.NewServer(ingest.Options{Addr: "127.0.0.1:0", Logf: t.Logf, MaxDefer: time.Duration(math.MaxInt64)}, e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve()
-	defer srv.Shutdown()
-	h := &harness{t: t, e: e, srv: srv, base: "http://" + srv.Addr()}
+	o.MaxDefer = time.Duration(math.MaxInt64)
+	h := startHarness(t, o)
 	col := consume(t, node.TCPAddr, "far")
 	maxMs := time.Duration(math.MaxInt64).Milliseconds()
 	for i := 0; i < 40; i++ {
@@ -94,7 +83,7 @@ func TestDirectPublishNotBehindFullPool(t *testing.T) {
 	o := testOptions(t.TempDir(), hung)
 	o.PoolSize = 2
 	o.TaskSize = 1
-	o.Egress.Backoff = 50 * time.Millisecond
+	o.PublishBackoff = 50 * time.Millisecond
 	o.Logf = func(string, ...any) {}
 	h := startHarness(t, o)
 	// 20 messages due in 200ms, in 20 tasks: more than the pool holds.

@@ -1,4 +1,4 @@
-package engine
+package deferd
 
 import (
 	"bytes"
@@ -18,7 +18,6 @@ import (
 
 	"github.com/deferd/deferd/internal/nsqdnode"
 	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
-	"github.com/deferd/deferd/journal"
 )
 
 // Service benchmarks (issue 3). Each reports msg/s with b.ReportMetric;
@@ -44,10 +43,10 @@ func benchHarness(b *testing.B, o Options) *harness {
 		o.PoolSize = n
 	}
 	if n, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_BATCH")); n > 0 {
-		o.Egress.MaxBatchMsgs = n
+		o.BatchSize = n
 	}
 	if n, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_CONNS")); n > 0 {
-		o.Egress.ConnsPerAddr = n
+		o.ConnsPerNSQD = n
 	}
 	h := startHarness(b, o)
 	h.e.logf = func(string, ...any) {}
@@ -91,20 +90,15 @@ func hammer(b *testing.B, addr, path string, body []byte, perReq, total, conc in
 }
 
 // BenchmarkServiceIngest measures deferred messages going in: /mpub of 100
-// x 500 B and single /pub, due an hour ahead, per fsync mode and with
-// the journal switched off (the same path without the append), side by side.
+// x 500 B and single /pub, due an hour ahead, per fsync mode, side by side.
 func BenchmarkServiceIngest(b *testing.B) {
 	node := nsqdnodetest.Start(b, nsqdnode.Config{})
-	for _, mode := range []string{"off", "interval", "always", "never"} {
+	for _, mode := range []string{"interval", "always", "never"} {
 		for _, kind := range []string{"mpub", "pub"} {
 			b.Run(kind+"/journal="+mode, func(b *testing.B) {
 				o := testOptions(b.TempDir(), node.TCPAddr)
-				o.Journal.SegmentBytes = 64 << 20
-				if mode == "off" {
-					o.journalOff = true
-				} else {
-					o.Journal.Fsync, _ = parseFsync(mode)
-				}
+				o.SegmentSize = 64 << 20
+				o.Fsync = mode
 				h := benchHarness(b, o)
 				addr := h.srv.Addr()
 				b.ResetTimer()
@@ -235,9 +229,9 @@ func dueNowName(base string, direct bool) string {
 // deployed pool and connections per nsqd, DirectPublish as given.
 func dueNowHarness(b *testing.B, node *nsqdnode.Node, direct bool) *harness {
 	o := testOptions(b.TempDir(), node.TCPAddr)
-	o.Journal.SegmentBytes = 64 << 20
-	o.Egress.ConnsPerAddr = 4
-	o.PoolSize = NewOptions("", nil).PoolSize
+	o.SegmentSize = 64 << 20
+	o.ConnsPerNSQD = 4
+	o.PoolSize = NewOptions().PoolSize
 	o.DirectPublish = direct
 	return benchHarness(b, o)
 }
@@ -285,10 +279,10 @@ func BenchmarkServiceLateness(b *testing.B) {
 			// nsqd's huge channel buffers.
 			node := nsqdnodetest.Start(b, nsqdnode.Config{})
 			o := testOptions(b.TempDir(), node.TCPAddr)
-			o.Journal.SegmentBytes = 64 << 20
-			o.Egress.ConnsPerAddr = 4
+			o.SegmentSize = 64 << 20
+			o.ConnsPerNSQD = 4
 			if m := os.Getenv("DEFERD_BENCH_FSYNC"); m != "" {
-				o.Journal.Fsync, _ = parseFsync(m)
+				o.Fsync = m
 			}
 			h := benchHarness(b, o)
 			c := &fasthttp.HostClient{Addr: h.srv.Addr(), MaxConns: 64}
@@ -362,7 +356,7 @@ func BenchmarkServiceLateness(b *testing.B) {
 				time.Sleep(10 * time.Millisecond)
 			}
 			b.StopTimer()
-			s := h.e.Snapshot()
+			s := h.e.Stats()
 			latMu.Lock()
 			sort.Slice(lats, func(i, j int) bool { return lats[i] < lats[j] })
 			q := func(f float64) float64 {
@@ -387,7 +381,6 @@ func BenchmarkServiceLateness(b *testing.B) {
 	}
 }
 
-func parseFsync(s string) (journal.FsyncMode, error) { return journal.ParseFsyncMode(s) }
 
 // BenchmarkServiceBurst: N messages (-benchtime Nx) all due at the same
 // instant, 3 s after the first is sent; reports how long after the due
@@ -396,8 +389,8 @@ func parseFsync(s string) (journal.FsyncMode, error) { return journal.ParseFsync
 func BenchmarkServiceBurst(b *testing.B) {
 	node := nsqdnodetest.Start(b, nsqdnode.Config{MemQueueSize: int64(max(2*b.N, 100_000))})
 	o := testOptions(b.TempDir(), node.TCPAddr)
-	o.Journal.SegmentBytes = 64 << 20
-	o.Egress.ConnsPerAddr = 4
+	o.SegmentSize = 64 << 20
+	o.ConnsPerNSQD = 4
 	h := benchHarness(b, o)
 	due := time.Now().Add(3 * time.Second).UnixMilli()
 	b.ResetTimer()

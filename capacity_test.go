@@ -1,4 +1,4 @@
-package engine
+package deferd
 
 import (
 	"bytes"
@@ -31,7 +31,8 @@ func BenchmarkPendingMemory(b *testing.B) {
 	}
 	node := nsqdnodetest.Start(b, nsqdnode.Config{})
 	dir := b.TempDir()
-	o := NewOptions(dir, []string{node.TCPAddr})
+	o := NewOptions()
+	o.DataPath, o.NSQDTCPAddresses = dir, []string{node.TCPAddr}
 	o.Logf = b.Logf
 	e, err := New(o)
 	if err != nil {
@@ -57,7 +58,7 @@ func BenchmarkPendingMemory(b *testing.B) {
 			}
 			req := &ingest.PubRequest{Topic: "ref", Bodies: bodies, Due: due}
 			for i := w * perReq; i < n; i += workers * perReq {
-				if err := e.Publish(req); err != nil {
+				if err := pubReq(e, req); err != nil {
 					b.Error(err)
 					return
 				}
@@ -82,7 +83,7 @@ func BenchmarkPendingMemory(b *testing.B) {
 	b.ReportMetric(pmax*1e3, "gc-pause-max-ms")
 	b.ReportMetric(float64(after.NumGC-before.NumGC), "gcs")
 
-	if err := e.Stop(10 * time.Second); err != nil {
+	if err := e.Close(10 * time.Second); err != nil {
 		b.Fatal(err)
 	}
 	e = nil
@@ -98,7 +99,7 @@ func BenchmarkPendingMemory(b *testing.B) {
 	if int64(r.Live) != pending {
 		b.Errorf("recovered %d live, want %d", r.Live, pending)
 	}
-	e2.Stop(10 * time.Second)
+	e2.Close(10 * time.Second)
 }
 
 // gcPauses reads the runtime's stop-the-world GC pause histogram.

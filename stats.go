@@ -1,4 +1,4 @@
-package engine
+package deferd
 
 import (
 	"time"
@@ -59,60 +59,65 @@ type PoolStats struct {
 	Waiting int `json:"waiting"`
 }
 
-// Stats implements ingest.Backend. It is safe for concurrent use and
-// costs O(topics + histogram buckets).
-func (e *Engine) Stats() any { return e.Snapshot() }
-
-// Snapshot returns the engine's statistics.
-func (e *Engine) Snapshot() Stats {
-	e.mu.Lock()
-	topics := make(map[string]int64, len(e.topics))
-	for k, v := range e.topics {
-		topics[k] = v
-	}
-	e.mu.Unlock()
-	p := e.Percentiles(0.5, 0.9, 0.99, 0.999, 1)
-	ms := func(s float64) float64 { return s * 1000 }
+// Stats returns the Scheduler's statistics, the body of GET /stats. Safe
+// for concurrent use; it costs O(topics + histogram buckets + segments).
+func (s *Scheduler) Stats() Stats {
+	topics := s.ix.topicCounts()
+	p := s.Percentiles(0.5, 0.9, 0.99, 0.999, 1)
+	ms := func(sec float64) float64 { return sec * 1000 }
 	return Stats{
-		UptimeSeconds:   time.Since(e.startAt).Seconds(),
-		Pending:         e.pending.Load(),
-		PendingBytes:    e.pendingBytes.Load(),
+		UptimeSeconds:   time.Since(s.startAt).Seconds(),
+		Pending:         s.pending.Load(),
+		PendingBytes:    s.pendingBytes.Load(),
 		PendingByTopic:  topics,
-		WheelEntries:    e.w.Len(),
-		Accepted:        e.accepted.Load(),
-		Published:       e.published.Load(),
-		PublishedDirect: e.direct.Load(),
-		DirectJournaled: e.directMissed.Load(),
-		Cancelled:       e.cancelled.Load(),
-		Retried:         e.retried.Load(),
-		Failed:          e.failed.Load(),
-		ReadErrors:      e.readErrors.Load(),
-		Moved:           e.moved.Load(),
-		Early:           e.early.Load(),
+		WheelEntries:    s.w.Len(),
+		Accepted:        s.accepted.Load(),
+		Published:       s.published.Load(),
+		PublishedDirect: s.direct.Load(),
+		DirectJournaled: s.directMissed.Load(),
+		Cancelled:       s.cancelled.Load(),
+		Retried:         s.retried.Load(),
+		Failed:          s.failed.Load(),
+		ReadErrors:      s.readErrors.Load(),
+		Moved:           s.moved.Load(),
+		Early:           s.early.Load(),
 		Lateness:        Lateness{P50: ms(p[0]), P90: ms(p[1]), P99: ms(p[2]), P999: ms(p[3]), Max: ms(p[4])},
-		Pool:            PoolStats{Size: e.pool.Cap(), Running: e.pool.Running(), Waiting: e.pool.Waiting()},
-		Egress:          e.pub.Stats(),
-		Journal:         e.j.Stats(),
-		Recovery:        e.recovery,
+		Pool:            PoolStats{Size: s.pool.Cap(), Running: s.pool.Running(), Waiting: s.pool.Waiting()},
+		Egress:          s.egressStats(),
+		Journal:         s.j.Stats(),
+		Recovery:        s.recovery,
 	}
 }
 
-// Info implements ingest.Backend; the daemon wraps it with its addresses
-// and version.
-func (e *Engine) Info() any {
-	o := e.opts
+func (s *Scheduler) egressStats() []egress.NodeStats {
+	if s.eg == nil {
+		return nil
+	}
+	return s.eg.Stats()
+}
+
+// Info describes the Scheduler's configuration, the body of GET /info
+// (with the listeners' addresses, which ListenHTTP adds). Safe for
+// concurrent use.
+func (s *Scheduler) Info() map[string]any {
+	o := s.opts
 	return map[string]any{
+		"version":            Version,
+		"data_path":          o.DataPath,
+		"max_msg_size":       o.MaxMsgSize,
+		"max_body_size":      o.MaxBodySize,
+		"max_defer":          o.MaxDefer.String(),
 		"tick":               o.Tick.String(),
 		"pool_size":          o.PoolSize,
 		"task_size":          o.TaskSize,
 		"max_pending":        o.MaxPending,
 		"max_pending_bytes":  o.MaxPendingBytes,
-		"nsqd_tcp_addresses": o.Egress.Addrs,
-		"conns_per_nsqd":     o.Egress.ConnsPerAddr,
-		"batch_size":         o.Egress.MaxBatchMsgs,
-		"fsync":              o.Journal.Fsync.String(),
-		"fsync_interval":     o.Journal.FsyncInterval.String(),
-		"segment_size":       o.Journal.SegmentBytes,
+		"nsqd_tcp_addresses": s.NSQDTCPAddresses(),
+		"conns_per_nsqd":     o.ConnsPerNSQD,
+		"batch_size":         o.BatchSize,
+		"fsync":              o.Fsync,
+		"fsync_interval":     o.FsyncInterval.String(),
+		"segment_size":       o.SegmentSize,
 		"direct_publish":     o.DirectPublish,
 	}
 }

@@ -1,4 +1,4 @@
-package engine
+package deferd
 
 import (
 	"errors"
@@ -28,7 +28,7 @@ func TestCancelRacingStop(t *testing.T) {
 		const n = 2000
 		due := time.Now().Add(time.Hour).UnixMilli()
 		for i := range n {
-			if err := e.Publish(&ingest.PubRequest{Topic: "r", Bodies: [][]byte{[]byte("x")}, Due: due, ID: fmt.Sprint("id-", i)}); err != nil {
+			if err := pubReq(e, &ingest.PubRequest{Topic: "r", Bodies: [][]byte{[]byte("x")}, Due: due, ID: fmt.Sprint("id-", i)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -39,7 +39,7 @@ func TestCancelRacingStop(t *testing.T) {
 			go func() { defer wg.Done(); res[i] = e.Cancel(fmt.Sprint("id-", i)) }()
 		}
 		stopped := make(chan error, 1)
-		go func() { time.Sleep(time.Millisecond); stopped <- e.Stop(grace) }()
+		go func() { time.Sleep(time.Millisecond); stopped <- e.Close(grace) }()
 		all := make(chan struct{})
 		go func() { wg.Wait(); close(all) }()
 		select {
@@ -57,7 +57,7 @@ func TestCancelRacingStop(t *testing.T) {
 			switch {
 			case err == nil:
 				ok++
-			case errors.Is(err, ingest.ErrExiting), errors.Is(err, ingest.ErrUnavailable):
+			case errors.Is(err, ErrClosed), errors.Is(err, ErrJournalUnavailable):
 			default:
 				t.Fatalf("Cancel %d: %v", i, err)
 			}
@@ -67,15 +67,15 @@ func TestCancelRacingStop(t *testing.T) {
 			t.Fatal(err)
 		}
 		pending := e2.Pending()
-		e2.mu.Lock()
+		e2.ix.mu.Lock()
 		back := 0
 		for i, err := range res {
-			if _, in := e2.ids[fmt.Sprint("id-", i)]; in && err == nil {
+			if _, in := e2.ix.ids[fmt.Sprint("id-", i)]; in && err == nil {
 				back++
 			}
 		}
-		e2.mu.Unlock()
-		e2.Stop(time.Second)
+		e2.ix.mu.Unlock()
+		e2.Close(time.Second)
 		t.Logf("grace %v: %d of %d cancels answered OK; %d pending after restart", grace, ok, n, pending)
 		if back > 0 {
 			t.Fatalf("%d messages whose Cancel returned nil are pending again after a restart", back)

@@ -1,10 +1,12 @@
-package engine
+package deferd
 
 import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"github.com/deferd/deferd/egress"
+	"github.com/deferd/deferd/wheel"
 	"io"
 	"math/rand"
 	"net/http"
@@ -26,21 +28,26 @@ import (
 // harness is one deferd (engine + HTTP server) publishing to a real nsqd.
 type harness struct {
 	t    testing.TB
-	e    *Engine
+	e    *Scheduler
 	srv  *ingest.Server
 	base string
 	dir  string
 	opts Options
 }
 
+// testOptions are small, quick options for tests: data under dir,
+// publishing to addrs, the HTTP API on a free port.
 func testOptions(dir string, addrs ...string) Options {
-	o := NewOptions(dir, addrs)
-	o.Journal.SegmentBytes = 1 << 20
+	o := NewOptions()
+	o.DataPath = dir
+	o.NSQDTCPAddresses = addrs
+	o.HTTPAddress = "127.0.0.1:0"
+	o.SegmentSize = 1 << 20
 	o.PoolSize = 8
 	o.RetryBackoff = 200 * time.Millisecond
-	o.Egress.Backoff = 20 * time.Millisecond
-	o.Egress.ConnsPerAddr = 2
-	o.CompactEvery = 0
+	o.PublishBackoff = 20 * time.Millisecond
+	o.ConnsPerNSQD = 2
+	o.CompactInterval = 0
 	return o
 }
 
@@ -51,22 +58,22 @@ func startHarness(t testing.TB, opts Options) *harness {
 	}
 	e, err := New(opts)
 	if err != nil {
-		t.Fatalf("engine.New: %v", err)
+		t.Fatalf("New: %v", err)
 	}
-	srv, err := ingest.NewServer(ingest.Options{Addr: "127.0.0.1:0", Logf: t.Logf}, e)
+	srv, err := e.ListenHTTP()
 	if err != nil {
-		e.Stop(time.Second)
-		t.Fatalf("ingest.NewServer: %v", err)
+		e.Close(time.Second)
+		t.Fatalf("ListenHTTP: %v", err)
 	}
 	go srv.Serve()
-	h := &harness{t: t, e: e, srv: srv, base: "http://" + srv.Addr(), dir: opts.Journal.Dir, opts: opts}
+	h := &harness{t: t, e: e, srv: srv, base: "http://" + srv.Addr(), dir: opts.DataPath, opts: opts}
 	t.Cleanup(h.stop)
 	return h
 }
 
 func (h *harness) stop() {
 	h.srv.Shutdown()
-	h.e.Stop(5 * time.Second)
+	h.e.Close(5 * time.Second)
 }
 
 // post sends a POST and returns status and body.
@@ -563,8 +570,8 @@ func TestCompactionBoundsDisk(t *testing.T) {
 	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	dir := t.TempDir()
 	o := testOptions(dir, node.TCPAddr)
-	o.Journal.SegmentBytes = 64 << 10
-	o.CompactEvery = 20 * time.Millisecond
+	o.SegmentSize = 64 << 10
+	o.CompactInterval = 20 * time.Millisecond
 	o.DirectPublish = false // the churn must pass through the journal
 	h := startHarness(t, o)
 	for i := 0; i < 10; i++ {
@@ -583,7 +590,7 @@ func TestCompactionBoundsDisk(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		js := h.e.j.Stats()
-		if js.Segments <= 3 && js.DiskBytes <= 2*js.LiveBytes+2*o.Journal.SegmentBytes {
+		if js.Segments <= 3 && js.DiskBytes <= 2*js.LiveBytes+2*o.SegmentSize {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -655,7 +662,7 @@ func TestStopKeepsGraceWithNSQDDown(t *testing.T) {
 	dir := t.TempDir()
 	o := testOptions(dir, nsqdnodetest.ClosedAddr(t))
 	o.PoolSize, o.TaskSize, o.DirectPublish = 1, 1, false
-	o.Egress.Backoff = 100 * time.Millisecond // each task retries for >= 0.3 s
+	o.PublishBackoff = 100 * time.Millisecond // each task retries for >= 0.3 s
 	h := startHarness(t, o)
 	var lines []string
 	for i := range 60 {
@@ -677,7 +684,7 @@ func stopWithinThenDeliver(t *testing.T, h *harness, dir string, grace, limit ti
 	t.Helper()
 	h.srv.Shutdown()
 	start := time.Now()
-	h.e.Stop(grace)
+	h.e.Close(grace)
 	if d := time.Since(start); d > limit {
 		t.Fatalf("Stop(%v) took %v with nsqd unavailable", grace, d)
 	} else {
@@ -724,7 +731,7 @@ func TestReadErrorRetries(t *testing.T) {
 	h.mustPost("/pub?topic=rd&defer=200&id=X", []byte("body-of-x"))
 	h.mustPost("/pub?topic=rd&defer=200&id=Y", []byte("body-of-y"))
 
-	segs, err := filepath.Glob(filepath.Join(dir, "*.seg"))
+	segs, err := filepath.Glob(filepath.Join(dir, "journal", "*.seg"))
 	if err != nil || len(segs) != 1 {
 		t.Fatalf("segments %v, %v", segs, err)
 	}
@@ -797,12 +804,19 @@ func TestPanickingTaskLosesNothing(t *testing.T) {
 	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	o := testOptions(t.TempDir(), node.TCPAddr)
 	o.DirectPublish = false
+	eg, err := egress.New(o.egressOptions(o.NSQDTCPAddresses))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eg.Stop()
 	var panicked sync.Once
-	o.beforePublish = func(topic string) {
+	o.NSQDTCPAddresses = nil
+	o.Sink = SinkFunc(func(topic string, bodies [][]byte) (int, error) {
 		if topic == "boom" {
 			panicked.Do(func() { panic("injected") })
 		}
-	}
+		return nsqdSink{eg}.Publish(topic, bodies)
+	})
 	h := startHarness(t, o)
 	boom, ok := consume(t, node.TCPAddr, "boom"), consume(t, node.TCPAddr, "ok")
 	at := time.Now().Add(100 * time.Millisecond).UnixMilli()
@@ -845,7 +859,7 @@ func TestStopKeepsRequestsWhole(t *testing.T) {
 			defer wg.Done()
 			for i := 0; ; i++ { // until Stop refuses
 				topic := fmt.Sprintf("r%d_%d", g, i)
-				err := e.Publish(&ingest.PubRequest{Topic: topic, Due: time.Now().Add(time.Hour).UnixMilli(), Bodies: bodies})
+				err := pubReq(e, &ingest.PubRequest{Topic: topic, Due: time.Now().Add(time.Hour).UnixMilli(), Bodies: bodies})
 				mu.Lock()
 				results[topic] = err
 				mu.Unlock()
@@ -856,15 +870,15 @@ func TestStopKeepsRequestsWhole(t *testing.T) {
 		}()
 	}
 	time.Sleep(50 * time.Millisecond)
-	e.Stop(10 * time.Second)
+	e.Close(10 * time.Second)
 	wg.Wait()
 
 	e, err = New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Stop(time.Second)
-	got := e.Snapshot().PendingByTopic
+	defer e.Close(time.Second)
+	got := e.Stats().PendingByTopic
 	for topic, err := range results {
 		want := int64(len(bodies))
 		if err != nil {
@@ -882,7 +896,7 @@ func TestStopKeepsRequestsWhole(t *testing.T) {
 // NOT_FOUND for a message that was then delivered.)
 func TestCancelInFlight(t *testing.T) {
 	o := testOptions(t.TempDir(), nsqdnodetest.ClosedAddr(t))
-	o.Egress.Backoff = 100 * time.Millisecond // each attempt lasts a while
+	o.PublishBackoff = 100 * time.Millisecond // each attempt lasts a while
 	h := startHarness(t, o)
 	sawInFlight := false
 	for k := 0; k < 5 && !sawInFlight; k++ {
@@ -910,35 +924,34 @@ func TestCancelInFlight(t *testing.T) {
 	}
 }
 
-// A Publish that panics (a bug) after reserving its id gives the id up: a
-// retry with the same id is written and answered, instead of waiting
-// forever for the first write to end.
+// A publish that panics (a bug) after reserving its id gives the id up
+// (journalAndSchedule defers release right after reserve): a retry with
+// the same id is reserved at once, instead of waiting forever for the
+// first write to end.
 func TestPanickingPublishGivesItsIDUp(t *testing.T) {
-	node := nsqdnodetest.Start(t, nsqdnode.Config{})
-	o := testOptions(t.TempDir(), node.TCPAddr)
-	var panicked sync.Once
-	o.beforeAppend = func(req *ingest.PubRequest) {
-		panicked.Do(func() { panic("injected") })
-	}
-	h := startHarness(t, o)
-	if code, _ := h.post("/pub?topic=p&defer=60000&id=X", []byte("first")); code != 500 {
-		t.Fatalf("the panicking publish: %d, want 500", code)
-	}
-	done := make(chan int, 1)
+	x := newIndex(wheel.New[ref](wheel.Options{}))
+	noLimit := func() error { return nil }
+	func() {
+		defer func() { recover() }()
+		ch, err := x.reserve("X", noLimit)
+		if err != nil || ch == nil {
+			t.Fatalf("first reserve: %v %v", ch, err)
+		}
+		defer x.release("X", ch)
+		panic("injected")
+	}()
+	done := make(chan chan struct{}, 1)
 	go func() {
-		code, _ := h.post("/pub?topic=p&defer=60000&id=X", []byte("retry"))
-		done <- code
+		ch, _ := x.reserve("X", noLimit)
+		done <- ch
 	}()
 	select {
-	case code := <-done:
-		if code != 200 {
-			t.Fatalf("retry: %d", code)
+	case ch := <-done:
+		if ch == nil {
+			t.Fatal("retry: the id still counts as pending")
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the retry with the same id still waits for the panicked write")
-	}
-	if s := h.stats(); s.Pending != 1 {
-		t.Fatalf("pending %d, want 1", s.Pending)
 	}
 }
 
@@ -975,4 +988,10 @@ func TestMetricsMirrorStats(t *testing.T) {
 			t.Errorf("/metrics lacks %q:\n%s", want, grepLines(string(mb), "deferd_"))
 		}
 	}
+}
+
+// pubReq publishes req as ingest hands it over (validated, due in unix
+// ms), through the path HTTP requests take.
+func pubReq(s *Scheduler, req *ingest.PubRequest) error {
+	return s.publish(req.Topic, req.Bodies, req.Due, req.ID)
 }

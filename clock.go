@@ -1,0 +1,39 @@
+package deferd
+
+import (
+	"math"
+	"time"
+
+	"github.com/deferd/deferd/internal/sat"
+)
+
+// Due times are wall-clock unix milliseconds (as at= gives them and the
+// journal keeps them); the wheel runs on its own monotonic clock. These
+// convert one to the other when a message enters the wheel.
+
+// wheelDue converts a due time in unix milliseconds to the wheel's clock.
+// It reads the wall clock before the wheel's: a pause between the two reads
+// then makes the message that much late, never early.
+func (s *Scheduler) wheelDue(dueMs int64) int64 {
+	wall := time.Now().UnixNano()
+	return wheelTime(s.w.Now(), wall, dueMs)
+}
+
+// wheelTime is dueMs (unix ms) on the wheel clock, given a reading mono of
+// the wheel clock and one wall (unix ns) of the wall clock, saturated to
+// the int64 range: a due time beyond it (292 years after the wheel's zero)
+// stays pending instead of wrapping into the past.
+func wheelTime(mono, wall, dueMs int64) int64 {
+	const maxMs = math.MaxInt64 / int64(time.Millisecond)
+	const minMs = math.MinInt64 / int64(time.Millisecond)
+	if dueMs > maxMs {
+		return math.MaxInt64
+	}
+	if dueMs < minMs {
+		return math.MinInt64
+	}
+	return sat.Add(mono, sat.Add(dueMs*int64(time.Millisecond), -wall))
+}
+
+// ceilMs is ns rounded up to whole milliseconds: never early.
+func ceilMs(ns int64) int64 { return (ns + 999_999) / 1_000_000 }

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/deferd/deferd"
+)
+
+// usage is each flag's help text, by the flag tag of its deferd.Options
+// field. Defaults come from deferd.NewOptions, never from here.
+var usage = map[string]string{
+	"data-path":                    "directory for the journal (and the embedded nsqd's data)",
+	"nsqd-tcp-address":             "nsqd TCP address to publish to (may be given multiple times); when given, no embedded nsqd is started",
+	"embedded-nsqd-tcp-address":    "TCP address of the embedded nsqd",
+	"embedded-nsqd-http-address":   "HTTP address of the embedded nsqd",
+	"embedded-nsqd-mem-queue-size": "the embedded nsqd's --mem-queue-size (messages kept in memory per topic and channel; 0: all on its disk queue, none lost with the process)",
+	"embedded-nsqd-log-level":      "the embedded nsqd's log level (debug, info, warn, error, fatal)",
+	"http-address":                 "<addr>:<port> to listen on for HTTP clients (binding beyond loopback is your explicit choice)",
+	"max-msg-size":                 "maximum size of a single message in bytes (as nsqd's)",
+	"max-body-size":                "maximum size of a single request body in bytes (as nsqd's)",
+	"max-defer":                    "maximum delay of a message (defer= or at=)",
+	"tick":                         "timing wheel resolution: messages go out at most about one tick after their due time",
+	"pool-size":                    "ants workers publishing due messages",
+	"task-size":                    "largest number of due messages one publish task takes",
+	"batch-size":                   "messages per MPUB to nsqd",
+	"conns-per-nsqd":               "TCP connections (go-nsq producers) per nsqd",
+	"max-pending":                  "most messages held; past it publishes get 503 OVER_CAPACITY",
+	"max-pending-bytes":            "most journal bytes of pending messages; past it publishes get 503 OVER_CAPACITY",
+	"retry-backoff":                "wait before a failed publish is tried again (messages are never dropped)",
+	"park-backoff":                 "wait before a message nsqd refused, or whose journal record failed to read, is tried again",
+	"fsync":                        "when the journal reaches the disk: always (before each reply), interval (every --fsync-interval), never (OS decides); every reply waits for the write to the OS",
+	"fsync-interval":               "fsync period with --fsync=interval",
+	"segment-size":                 "journal segment size in bytes",
+	"compact-interval":             "how often to look for journal segments to compact (0 disables)",
+	"direct-publish":               "send messages already due (no delay, no id) to nsqd before replying, skipping the journal; the 200 then means nsqd acknowledged them. What nsqd does not take at once is journaled as usual",
+	"shutdown-grace":               "on SIGTERM, how long in-flight requests, then running publishes, may take to finish",
+}
+
+// stringList is a repeatable string flag bound to a []string.
+type stringList struct{ v *[]string }
+
+func (s stringList) String() string {
+	if s.v == nil {
+		return ""
+	}
+	return strings.Join(*s.v, ",")
+}
+func (s stringList) Set(v string) error { *s.v = append(*s.v, v); return nil }
+
+// bindOptions defines on fs one flag per `flag`-tagged field of o, bound
+// to that field, with the field's current value as its default. It panics
+// on a tagged field of a kind it does not know or without usage text:
+// TestFlagsCoverOptions catches both.
+func bindOptions(fs *flag.FlagSet, o *deferd.Options) {
+	v := reflect.ValueOf(o).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		name := t.Field(i).Tag.Get("flag")
+		if name == "" {
+			continue
+		}
+		help, ok := usage[name]
+		if !ok {
+			panic(fmt.Sprintf("BUG: flag --%s has no usage text", name))
+		}
+		switch p := v.Field(i).Addr().Interface().(type) {
+		case *string:
+			fs.StringVar(p, name, *p, help)
+		case *bool:
+			fs.BoolVar(p, name, *p, help)
+		case *int:
+			fs.IntVar(p, name, *p, help)
+		case *int64:
+			fs.Int64Var(p, name, *p, help)
+		case *time.Duration:
+			fs.DurationVar(p, name, *p, help)
+		case *[]string:
+			fs.Var(stringList{p}, name, help)
+		default:
+			panic(fmt.Sprintf("BUG: flag --%s: field type %T", name, p))
+		}
+	}
+}

@@ -1,0 +1,153 @@
+package deferd
+
+import (
+	"errors"
+	"time"
+
+	"github.com/deferd/deferd/journal"
+	"github.com/deferd/deferd/wheel"
+)
+
+// maxTaskBytes bounds the journal record bytes of one publish task, and so
+// the bodies it holds on the heap: PoolSize x maxTaskBytes in all.
+const maxTaskBytes = 8 << 20
+
+// dispatch hands due buckets to the pool, split into tasks of at most
+// TaskSize messages and maxTaskBytes of records (but at least one). It
+// returns when the Scheduler stops.
+func (s *Scheduler) dispatch(out <-chan *wheel.Batch[ref]) {
+	for {
+		var b *wheel.Batch[ref]
+		select {
+		case b = <-out:
+		case <-s.stop:
+			return
+		}
+		items := b.Items
+		for len(items) > 0 {
+			k, size := 0, int64(0)
+			for k < len(items) && k < s.opts.TaskSize {
+				l := int64(items[k].Value.Len)
+				if k > 0 && size+l > maxTaskBytes {
+					break
+				}
+				size += l
+				k++
+			}
+			t := getTask()
+			t.items = append(t.items[:0], items[:k]...)
+			items = items[k:]
+			if err := s.pool.Submit(func() { s.publishTask(t) }); err != nil {
+				// The pool is closed: deferd is stopping. The messages stay
+				// live in the journal and go out after restart.
+				putTask(t)
+			}
+		}
+		b.Release()
+	}
+}
+
+// publishTask reads a bucket's bodies from the journal, hands them to the
+// sink per topic and marks what it took as published.
+func (s *Scheduler) publishTask(t *task) {
+	defer putTask(t)
+	defer func() {
+		if v := recover(); v != nil {
+			// A bug; but the messages it held must not be lost until a
+			// restart.
+			t.requeue = s.ix.unhandled(t.items, t.requeue[:0])
+			s.reschedule(t, t.requeue, s.opts.RetryBackoff)
+			s.logf("BUG: publish task panicked: %v; its %d messages not yet published or rescheduled go back into the wheel", v, len(t.requeue))
+		}
+	}()
+	s.readTask(t)
+	for _, g := range t.groups {
+		t.bodies = t.bodies[:0]
+		for _, r := range g.msgs {
+			t.bodies = append(t.bodies, t.arena[r.start:r.end])
+		}
+		s.deliverGroup(t, g)
+	}
+}
+
+// readTask reads t's records into t.arena, grouped by topic. A message
+// whose record could not be read stays pending and goes back into the
+// wheel after ParkBackoff: the error may pass (an I/O error), and until
+// then it is still counted, cancellable and keeps its segment alive.
+func (s *Scheduler) readTask(t *task) {
+	t.reset()
+	t.ps = t.ps[:0]
+	for i := range t.items {
+		t.ps = append(t.ps, t.items[i].Value)
+	}
+	t.requeue = t.requeue[:0]
+	s.j.ReadBatch(&t.reader, t.ps, func(i int, m journal.Message, err error) {
+		if err != nil {
+			s.readErrors.Add(1)
+			s.logf("journal: read %v: %v (retrying in %v)", t.ps[i].Key(), err, s.opts.ParkBackoff)
+			t.requeue = append(t.requeue, msgRef{item: i}) // an id names it by position, which stays
+			return
+		}
+		start := len(t.arena)
+		t.arena = append(t.arena, m.Body...)
+		t.add(m.Topic, msgRef{item: i, id: m.ID, due: m.Due, start: start, end: len(t.arena)})
+	})
+	if len(t.requeue) > 0 {
+		s.reschedule(t, t.requeue, s.opts.ParkBackoff)
+	}
+}
+
+// deliverGroup hands one topic's bodies (t.bodies) to the sink until it
+// took them all, refused one (parked; the others go on) or failed (the
+// rest waits in the wheel for RetryBackoff; never dropped).
+func (s *Scheduler) deliverGroup(t *task, g *group) {
+	for sent := 0; sent < len(g.msgs); {
+		taken, err := s.sink.Publish(g.topic, t.bodies[sent:])
+		taken = min(max(taken, 0), len(g.msgs)-sent)
+		s.markPublished(t, g.topic, g.msgs[sent:sent+taken])
+		sent += taken
+		if sent == len(g.msgs) {
+			return
+		}
+		if errors.Is(err, ErrRejected) {
+			s.failed.Add(1)
+			s.logf("sink: refused a message for topic %q: %v; retrying it in %v", g.topic, err, s.opts.ParkBackoff)
+			s.reschedule(t, g.msgs[sent:sent+1], s.opts.ParkBackoff)
+			sent++
+			continue
+		}
+		s.reschedule(t, g.msgs[sent:], s.opts.RetryBackoff)
+		return
+	}
+}
+
+// markPublished records msgs, which the sink took, as published: the
+// journal's Done mark, the index, the counters and their lateness.
+func (s *Scheduler) markPublished(t *task, topic string, msgs []msgRef) {
+	if len(msgs) == 0 {
+		return
+	}
+	now := time.Now()
+	nowMs := now.UnixMilli()
+	var bytes int64
+	t.keys, bytes = s.ix.published(topic, t.items, msgs, t.keys[:0])
+	if err := s.j.Done(journal.Published, t.keys); err != nil {
+		s.logf("journal: published marks: %v (these may be published again after restart)", err)
+	}
+	for _, r := range msgs {
+		if nowMs < r.due {
+			s.early.Add(1)
+		}
+		s.lateness.Update(max(now.Sub(time.UnixMilli(r.due)), 0).Seconds())
+	}
+	s.pending.Add(-int64(len(msgs)))
+	s.pendingBytes.Add(-bytes)
+	s.published.Add(uint64(len(msgs)))
+}
+
+// reschedule puts msgs back into the wheel, due after backoff, with the
+// same journal position, which their ids name.
+func (s *Scheduler) reschedule(t *task, msgs []msgRef, backoff time.Duration) {
+	s.retried.Add(uint64(len(msgs)))
+	s.ix.requeue(s.w.Now()+int64(backoff), t.items, msgs)
+}

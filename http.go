@@ -1,0 +1,68 @@
+package deferd
+
+import (
+	"io"
+	"maps"
+	"sync"
+
+	"github.com/deferd/deferd/ingest"
+)
+
+// Version is deferd's version, reported by /info and cmd/deferd --version.
+const Version = "0.2.0"
+
+// ListenHTTP binds deferd's nsqd-compatible HTTP API (ingest.Server) at
+// Options.HTTPAddress ("127.0.0.1:0" picks a free port): /pub, /mpub,
+// /cancel, /ping, /info, /stats and /metrics. The caller runs Serve on the
+// result and shuts it down before Close; requests arriving after Close
+// answer 503 EXITING. Its metrics join WritePrometheus. It may be called
+// more than once (one server each); safe for concurrent use.
+func (s *Scheduler) ListenHTTP() (*ingest.Server, error) {
+	b := &httpBackend{s: s}
+	srv, err := ingest.NewServer(ingest.Options{
+		Addr:        s.opts.HTTPAddress,
+		MaxMsgSize:  s.opts.MaxMsgSize,
+		MaxBodySize: s.opts.MaxBodySize,
+		MaxDefer:    s.opts.MaxDefer,
+		Logf:        s.logf,
+	}, b)
+	if err != nil {
+		return nil, err
+	}
+	b.addr = srv.Addr()
+	s.AddMetrics(srv.Metrics())
+	s.listenersMu.Lock()
+	s.listeners["http_address"] = srv.Addr()
+	s.listenersMu.Unlock()
+	return srv, nil
+}
+
+// httpBackend is the Scheduler as ingest sees it: requests already parsed
+// and validated by nsqd's rules go to the unexported publish path, and the
+// sentinel errors come back for ingest to map to nsqd's answers.
+type httpBackend struct {
+	s    *Scheduler
+	addr string
+}
+
+func (b *httpBackend) Publish(req *ingest.PubRequest) error {
+	return b.s.publish(req.Topic, req.Bodies, req.Due, req.ID)
+}
+
+func (b *httpBackend) Cancel(id string) error   { return b.s.Cancel(id) }
+func (b *httpBackend) Stats() any               { return b.s.Stats() }
+func (b *httpBackend) WriteMetrics(w io.Writer) { b.s.WritePrometheus(w) }
+
+func (b *httpBackend) Info() any {
+	m := b.s.Info()
+	b.s.listenersMu.Lock()
+	maps.Copy(m, b.s.listeners)
+	b.s.listenersMu.Unlock()
+	return m
+}
+
+// listenerSet is the listeners' addresses for /info.
+type listenerSet struct {
+	listenersMu sync.Mutex
+	listeners   map[string]any
+}

@@ -1,0 +1,344 @@
+package deferd
+
+import (
+	"sync"
+
+	"github.com/deferd/deferd/journal"
+	"github.com/deferd/deferd/wheel"
+)
+
+// ref is what the wheel holds per pending message: where its record lives.
+type ref = journal.Pos
+
+// index is the pending set: the timing wheel and what deferd knows of each
+// pending message, kept consistent behind its methods (as nsqd keeps a
+// channel's in-flight map and priority queue behind push, pop and remove).
+// Its invariants, all under mu:
+//   - a message is pending iff segs holds a handle for its position, or a
+//     publish task holds it (taken out of the wheel by the tick);
+//   - an id in ids is pending, being written (reserved) or being moved; an
+//     idRef that is not ready has a channel in waits, closed when it ends;
+//   - topics counts pending messages per topic.
+//
+// Every method is safe for concurrent use and costs O(1) per message
+// (amortised, map and slab operations) unless it says otherwise. mu is
+// never held across I/O. The zero index is not usable: see newIndex.
+type index struct {
+	w *wheel.Wheel[ref]
+
+	mu sync.Mutex
+	// ids maps a client id to its pending message.
+	ids map[string]idRef
+	// waits holds, for each id being written or moved, a channel closed
+	// when that ends.
+	waits map[string]chan struct{}
+	// segs maps a journal segment to the wheel handles of its messages by
+	// ordinal, so compaction can find and move pending ones.
+	segs map[uint32]*segTable
+	// topics counts pending messages per topic.
+	topics map[string]int64
+	// backoffDue holds, for messages put back into the wheel after a
+	// failed publish or read, the wheel time they wait for, so that
+	// compaction moves them without cutting their backoff short.
+	backoffDue map[journal.Key]int64
+}
+
+// idRef is where the pending message of a client id is: its journal
+// position (its handle in segs, to cancel it, and its key, to mark it
+// cancelled) and its topic (for the topic counters).
+type idRef struct {
+	p     journal.Pos
+	topic string
+	ready bool // false while the message is being written or moved
+}
+
+// segTable holds the wheel handles of one segment's messages by ordinal (0
+// for messages not in the wheel) and how many are set.
+type segTable struct {
+	h       []wheel.Handle
+	pending int
+}
+
+func newIndex(w *wheel.Wheel[ref]) *index {
+	return &index{
+		w:          w,
+		ids:        make(map[string]idRef),
+		waits:      make(map[string]chan struct{}),
+		segs:       make(map[uint32]*segTable),
+		topics:     make(map[string]int64),
+		backoffDue: make(map[journal.Key]int64),
+	}
+}
+
+// get returns the handle of ordinal ord, 0 if none; st may be nil.
+func (st *segTable) get(ord uint32) wheel.Handle {
+	if st == nil || uint32(len(st.h)) <= ord {
+		return 0
+	}
+	return st.h[ord]
+}
+
+// set records h as the handle of ordinal ord.
+func (st *segTable) set(ord uint32, h wheel.Handle) {
+	for uint32(len(st.h)) <= ord {
+		st.h = append(st.h, 0)
+	}
+	if st.h[ord] == 0 {
+		st.pending++
+	}
+	st.h[ord] = h
+}
+
+// segTableLocked returns seg's handle table, creating it.
+func (x *index) segTableLocked(seg uint32) *segTable {
+	st := x.segs[seg]
+	if st == nil {
+		st = &segTable{}
+		x.segs[seg] = st
+	}
+	return st
+}
+
+// handleLocked is the wheel handle of the message at p, 0 if it is not in
+// the wheel.
+func (x *index) handleLocked(p journal.Pos) wheel.Handle { return x.segs[p.Seg].get(p.Ord) }
+
+// untrackLocked forgets the handle of a message that left the wheel for
+// good (published, cancelled) or for a move.
+func (x *index) untrackLocked(p journal.Pos) {
+	if len(x.backoffDue) > 0 {
+		delete(x.backoffDue, p.Key())
+	}
+	st := x.segs[p.Seg]
+	if st.get(p.Ord) == 0 {
+		return
+	}
+	st.h[p.Ord] = 0
+	st.pending--
+	if st.pending == 0 {
+		delete(x.segs, p.Seg)
+	}
+}
+
+// idAtLocked reports whether id names the ready message at p (not a newer
+// message with the same id, nor one being written or moved). Messages are
+// matched by position, which a retry keeps, not by wheel handle, which it
+// changes.
+func (x *index) idAtLocked(id string, p journal.Pos) bool {
+	r, ok := x.ids[id]
+	return ok && r.ready && r.p == p
+}
+
+func (x *index) decTopicLocked(topic string, n int64) {
+	if v := x.topics[topic] - n; v > 0 {
+		x.topics[topic] = v
+	} else {
+		delete(x.topics, topic)
+	}
+}
+
+// reserve takes id for a message about to be written. It returns
+// (nil, false) if id is pending already (the caller answers OK and
+// schedules nothing), waiting first for another write or move of id to end;
+// else the reservation, to hand to add or release. full, called under the
+// lock, refuses a new reservation with its error (capacity).
+func (x *index) reserve(id string, full func() error) (chan struct{}, error) {
+	for {
+		x.mu.Lock()
+		if _, ok := x.ids[id]; ok {
+			ch := x.waits[id]
+			x.mu.Unlock()
+			if ch == nil {
+				return nil, nil // pending
+			}
+			<-ch // being written or moved: see how that ends
+			continue
+		}
+		if err := full(); err != nil {
+			x.mu.Unlock()
+			return nil, err
+		}
+		ch := make(chan struct{})
+		x.ids[id] = idRef{}
+		x.waits[id] = ch
+		x.mu.Unlock()
+		return ch, nil
+	}
+}
+
+// release gives up reservation ch of id if add did not take it, so that
+// callers waiting on it go on. Idempotent; a no-op after add.
+func (x *index) release(id string, ch chan struct{}) {
+	x.mu.Lock()
+	if x.waits[id] == ch {
+		delete(x.waits, id)
+		delete(x.ids, id)
+		close(ch)
+	}
+	x.mu.Unlock()
+}
+
+// add puts the messages at ps, all of topic and due at wheel time due, into
+// the wheel and the index in one critical section (a message due now could
+// otherwise be published, and untracked, before it is tracked). hs is
+// scratch of len(ps). With id set, the (single) message gets it and
+// reservation ch ends. It returns the record bytes added.
+func (x *index) add(due int64, ps []journal.Pos, hs []wheel.Handle, topic, id string, ch chan struct{}) (bytes int64) {
+	x.mu.Lock()
+	x.w.AddBatch(due, ps, hs)
+	var st *segTable // of the segment of the message before, usually the same
+	for i, p := range ps {
+		if st == nil || p.Seg != ps[i-1].Seg {
+			st = x.segTableLocked(p.Seg)
+		}
+		st.set(p.Ord, hs[i])
+		bytes += int64(p.Len)
+		if id != "" {
+			x.ids[id] = idRef{p, topic, true}
+		}
+	}
+	if ch != nil {
+		delete(x.waits, id)
+		close(ch)
+	}
+	x.topics[topic] += int64(len(ps))
+	x.mu.Unlock()
+	return bytes
+}
+
+// remove takes the pending message of id out of the wheel and the index,
+// for a cancel. It waits for a write or move of id to end. It returns
+// ErrNotFound if id names no pending message, ErrInFlight if a publish
+// task holds it right now (it comes back if the sink does not take it).
+func (x *index) remove(id string) (idRef, error) {
+	for {
+		x.mu.Lock()
+		r, ok := x.ids[id]
+		if !ok {
+			x.mu.Unlock()
+			return idRef{}, ErrNotFound
+		}
+		if !r.ready {
+			ch := x.waits[id]
+			x.mu.Unlock()
+			<-ch // lasts one group commit
+			continue
+		}
+		if !x.w.Cancel(x.handleLocked(r.p)) {
+			// Known and not published (that deletes the id), but out of
+			// the wheel: a publish task holds it.
+			x.mu.Unlock()
+			return idRef{}, ErrInFlight
+		}
+		delete(x.ids, id)
+		x.untrackLocked(r.p)
+		x.decTopicLocked(r.topic, 1)
+		x.mu.Unlock()
+		return r, nil
+	}
+}
+
+// published forgets msgs of topic, which the sink took: positions, ids
+// (where they still name these messages) and the topic count. keys gets
+// their journal keys appended; it returns it and their record bytes.
+func (x *index) published(topic string, items []wheel.Item[ref], msgs []msgRef, keys []journal.Key) ([]journal.Key, int64) {
+	var bytes int64
+	x.mu.Lock()
+	for _, r := range msgs {
+		p := items[r.item].Value
+		keys = append(keys, p.Key())
+		bytes += int64(p.Len)
+		x.untrackLocked(p)
+		if r.id != "" && x.idAtLocked(r.id, p) {
+			delete(x.ids, r.id)
+		}
+	}
+	x.decTopicLocked(topic, int64(len(msgs)))
+	x.mu.Unlock()
+	return keys, bytes
+}
+
+// requeue puts msgs back into the wheel at wheel time due, at the same
+// journal positions, which their ids name, and remembers the backoff for
+// compaction.
+func (x *index) requeue(due int64, items []wheel.Item[ref], msgs []msgRef) {
+	x.mu.Lock()
+	for _, r := range msgs {
+		p := items[r.item].Value
+		x.segTableLocked(p.Seg).set(p.Ord, x.w.Add(due, p))
+		x.backoffDue[p.Key()] = due
+	}
+	x.mu.Unlock()
+}
+
+// unhandled appends to dst the items that are neither published nor
+// requeued: those whose message is still tracked under the handle the
+// wheel handed out. Cost O(len(items)).
+func (x *index) unhandled(items []wheel.Item[ref], dst []msgRef) []msgRef {
+	x.mu.Lock()
+	for i := range items {
+		if x.handleLocked(items[i].Value) == items[i].Handle {
+			dst = append(dst, msgRef{item: i})
+		}
+	}
+	x.mu.Unlock()
+	return dst
+}
+
+// move is a pending message taken out of the wheel by moveOut, to be put
+// back by moveIn at its new position.
+type move struct {
+	backoff    int64
+	backingOff bool
+	ch         chan struct{} // the id's wait, if it has one
+}
+
+// moveOut takes the message at p (with id, "" if none) out of the wheel for
+// compaction. ok is false if it is not in the wheel, or a publish task
+// holds it: then it stays where it is. Its id waits for moveIn meanwhile.
+func (x *index) moveOut(p journal.Pos, id string) (mv move, ok bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	h := x.handleLocked(p)
+	if h == 0 || !x.w.Cancel(h) {
+		return move{}, false
+	}
+	mv.backoff, mv.backingOff = x.backoffDue[p.Key()]
+	x.untrackLocked(p)
+	if id != "" && x.idAtLocked(id, p) {
+		mv.ch = make(chan struct{})
+		x.ids[id] = idRef{} // moving: Cancel and Publish wait for moveIn
+		x.waits[id] = mv.ch
+	}
+	return mv, true
+}
+
+// moveIn puts back at np, due at wheel time due (or its backoff, if later),
+// a message moveOut took out.
+func (x *index) moveIn(mv move, np journal.Pos, due int64, topic, id string) {
+	if mv.backingOff {
+		due = max(due, mv.backoff) // waiting out a retry or park: keep waiting
+	}
+	x.mu.Lock()
+	x.segTableLocked(np.Seg).set(np.Ord, x.w.Add(due, np))
+	if mv.backingOff {
+		x.backoffDue[np.Key()] = mv.backoff
+	}
+	if mv.ch != nil && x.waits[id] == mv.ch {
+		x.ids[id] = idRef{np, topic, true}
+		delete(x.waits, id)
+		close(mv.ch)
+	}
+	x.mu.Unlock()
+}
+
+// topicCounts returns a copy of the pending count per topic. O(topics).
+func (x *index) topicCounts() map[string]int64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	m := make(map[string]int64, len(x.topics))
+	for k, v := range x.topics {
+		m[k] = v
+	}
+	return m
+}

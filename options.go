@@ -1,0 +1,237 @@
+package deferd
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/deferd/deferd/egress"
+	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/journal"
+)
+
+// Options configures a Scheduler. NewOptions is the one place defaults
+// live: start from it and change what you need. The zero Options is not
+// valid (New names the first bad field), so an explicit 0 is never
+// mistaken for "unset": where 0 means something (CompactInterval: off,
+// EmbeddedNSQDMemQueueSize: nothing in memory) it means that.
+//
+// A field with a `flag` tag is also a command-line flag of cmd/deferd,
+// which builds its flag set from NewOptions, so the daemon and embedders
+// share every default.
+type Options struct {
+	// DataPath holds the journal (DataPath/journal) and the embedded
+	// nsqd's data (DataPath/nsqd).
+	DataPath string `flag:"data-path"`
+	// Sink receives due messages. nil: egress to NSQDTCPAddresses (or to
+	// the embedded nsqd), deferd's default sink.
+	Sink Sink
+	// NSQDTCPAddresses are the nsqd the default sink publishes to.
+	NSQDTCPAddresses []string `flag:"nsqd-tcp-address"`
+	// EmbeddedNSQD starts a real nsqd in this process (New starts it,
+	// Close persists and stops it) and publishes to it. It needs Sink nil
+	// and NSQDTCPAddresses empty. Default false.
+	EmbeddedNSQD             bool
+	EmbeddedNSQDTCPAddress   string `flag:"embedded-nsqd-tcp-address"`
+	EmbeddedNSQDHTTPAddress  string `flag:"embedded-nsqd-http-address"`
+	EmbeddedNSQDMemQueueSize int64  `flag:"embedded-nsqd-mem-queue-size"` // 0: every message on its disk queue
+	EmbeddedNSQDLogLevel     string `flag:"embedded-nsqd-log-level"`
+
+	// HTTPAddress is where ListenHTTP binds the nsqd-compatible HTTP API.
+	// New does not listen; the API is a part an embedder turns on.
+	HTTPAddress string `flag:"http-address"`
+	// MaxMsgSize and MaxBodySize are nsqd's limits for one message and
+	// one request (HTTP and Publish); MaxDefer is the longest delay.
+	MaxMsgSize  int64         `flag:"max-msg-size"`
+	MaxBodySize int64         `flag:"max-body-size"`
+	MaxDefer    time.Duration `flag:"max-defer"`
+
+	// Tick is the timing wheel's resolution: a message is published at
+	// most about one tick after its due time.
+	Tick time.Duration `flag:"tick"`
+	// PoolSize is the number of ants workers publishing due buckets.
+	PoolSize int `flag:"pool-size"`
+	// TaskSize splits a large due bucket into tasks of at most this many
+	// messages, so a burst is published on several connections at once.
+	TaskSize int `flag:"task-size"`
+	// BatchSize is the most messages per MPUB; ConnsPerNSQD the go-nsq
+	// producers per nsqd (the default sink).
+	BatchSize    int `flag:"batch-size"`
+	ConnsPerNSQD int `flag:"conns-per-nsqd"`
+	// PublishBackoff is the first wait between the default sink's tries
+	// of one batch (it doubles, with jitter).
+	PublishBackoff time.Duration
+	// MaxPending and MaxPendingBytes bound what deferd holds; past them
+	// Publish returns ErrOverCapacity. Bytes count journal record bytes.
+	MaxPending      int64 `flag:"max-pending"`
+	MaxPendingBytes int64 `flag:"max-pending-bytes"`
+	// RetryBackoff is how long a message waits after its sink did not take
+	// it before it is tried again; ParkBackoff the wait after the sink
+	// refused the message itself (ErrRejected) or its record failed to
+	// read.
+	RetryBackoff time.Duration `flag:"retry-backoff"`
+	ParkBackoff  time.Duration `flag:"park-backoff"`
+
+	// Fsync says when the journal reaches the disk: "always", "interval"
+	// (every FsyncInterval) or "never" (the OS decides). Every Publish
+	// waits for the write to the OS.
+	Fsync         string        `flag:"fsync"`
+	FsyncInterval time.Duration `flag:"fsync-interval"`
+	// SegmentSize is the journal segment size in bytes.
+	SegmentSize int64 `flag:"segment-size"`
+	// CompactInterval is how often the journal is checked for a segment
+	// worth compacting. 0 disables compaction.
+	CompactInterval time.Duration `flag:"compact-interval"`
+	// DirectPublish sends messages that are already due and carry no id
+	// straight to the sink before Publish returns, instead of through the
+	// journal and the wheel: success then means the sink took them.
+	// Concurrent requests for a topic share batches (see directQ). What
+	// the sink does not take at once is journaled and scheduled as usual.
+	DirectPublish bool `flag:"direct-publish"`
+	// ShutdownGrace bounds each step of Close run by cmd/deferd: requests
+	// in flight, then running publishes.
+	ShutdownGrace time.Duration `flag:"shutdown-grace"`
+
+	// Logf logs; nil means log.Printf.
+	Logf func(format string, args ...any)
+}
+
+// NewOptions returns Options with every default set: an embedded-nsqd-free
+// scheduler journaling under ./deferd-data, publishing to no nsqd yet (set
+// Sink, NSQDTCPAddresses or EmbeddedNSQD). It allocates; safe to call from
+// any goroutine.
+func NewOptions() Options {
+	return Options{
+		DataPath:                 "deferd-data",
+		EmbeddedNSQDTCPAddress:   "127.0.0.1:4150",
+		EmbeddedNSQDHTTPAddress:  "127.0.0.1:4151",
+		EmbeddedNSQDMemQueueSize: nsqdnode.DefaultMemQueueSize,
+		EmbeddedNSQDLogLevel:     "warn",
+		HTTPAddress:              "127.0.0.1:4180",
+		MaxMsgSize:               1 << 20,
+		MaxBodySize:              5 << 20,
+		MaxDefer:                 365 * 24 * time.Hour,
+		Tick:                     time.Millisecond,
+		PoolSize:                 16,
+		TaskSize:                 1000,
+		BatchSize:                egress.DefaultMaxBatchMsgs,
+		ConnsPerNSQD:             egress.DefaultConnsPerAddr,
+		PublishBackoff:           egress.DefaultBackoff,
+		MaxPending:               20_000_000,
+		MaxPendingBytes:          32 << 30,
+		RetryBackoff:             time.Second,
+		ParkBackoff:              time.Minute,
+		Fsync:                    journal.FsyncInterval.String(),
+		FsyncInterval:            100 * time.Millisecond,
+		SegmentSize:              64 << 20,
+		CompactInterval:          10 * time.Second,
+		DirectPublish:            true,
+		ShutdownGrace:            10 * time.Second,
+	}
+}
+
+// mpubHeadroom is how much of MaxBodySize the default sink leaves unused
+// in its MPUBs to nsqd.
+const mpubHeadroom = 4096
+
+// Validate reports the first option that New would refuse, by its field
+// and flag name. It is the only validation: cmd/deferd calls it too.
+func (o *Options) Validate() error {
+	bad := func(field, flag, rule string, v any) error {
+		if flag == "" {
+			return fmt.Errorf("Options.%s %s, got %v", field, rule, v)
+		}
+		return fmt.Errorf("--%s (Options.%s) %s, got %v", flag, field, rule, v)
+	}
+	if o.DataPath == "" {
+		return bad("DataPath", "data-path", "must be set", `""`)
+	}
+	if _, err := journal.ParseFsyncMode(o.Fsync); err != nil {
+		return bad("Fsync", "fsync", "must be always, interval or never", o.Fsync)
+	}
+	for _, d := range []struct {
+		field, flag string
+		v           time.Duration
+	}{
+		{"MaxDefer", "max-defer", o.MaxDefer}, {"Tick", "tick", o.Tick},
+		{"RetryBackoff", "retry-backoff", o.RetryBackoff}, {"ParkBackoff", "park-backoff", o.ParkBackoff},
+		{"FsyncInterval", "fsync-interval", o.FsyncInterval}, {"ShutdownGrace", "shutdown-grace", o.ShutdownGrace},
+		{"PublishBackoff", "", o.PublishBackoff},
+	} {
+		if d.v <= 0 {
+			return bad(d.field, d.flag, "must be > 0", d.v)
+		}
+	}
+	if o.CompactInterval < 0 {
+		return bad("CompactInterval", "compact-interval", "must be >= 0 (0: off)", o.CompactInterval)
+	}
+	for _, n := range []struct {
+		field, flag string
+		v           int64
+	}{
+		{"MaxMsgSize", "max-msg-size", o.MaxMsgSize}, {"MaxBodySize", "max-body-size", o.MaxBodySize},
+		{"PoolSize", "pool-size", int64(o.PoolSize)}, {"TaskSize", "task-size", int64(o.TaskSize)},
+		{"BatchSize", "batch-size", int64(o.BatchSize)}, {"ConnsPerNSQD", "conns-per-nsqd", int64(o.ConnsPerNSQD)},
+		{"MaxPending", "max-pending", o.MaxPending}, {"MaxPendingBytes", "max-pending-bytes", o.MaxPendingBytes},
+		{"SegmentSize", "segment-size", o.SegmentSize},
+	} {
+		if n.v <= 0 {
+			return bad(n.field, n.flag, "must be > 0", n.v)
+		}
+	}
+	if o.EmbeddedNSQDMemQueueSize < 0 {
+		return bad("EmbeddedNSQDMemQueueSize", "embedded-nsqd-mem-queue-size", "must be >= 0", o.EmbeddedNSQDMemQueueSize)
+	}
+	// An MPUB to nsqd carries the message with 8 bytes of framing, within
+	// MaxBodySize less the headroom.
+	if o.MaxBodySize-mpubHeadroom < o.MaxMsgSize+8 {
+		return fmt.Errorf("--max-body-size (Options.MaxBodySize, %d) must be at least --max-msg-size + %d (%d): a message of the largest size must fit in an MPUB to nsqd",
+			o.MaxBodySize, mpubHeadroom+8, o.MaxMsgSize+mpubHeadroom+8)
+	}
+	sinks := 0
+	for _, set := range []bool{o.Sink != nil, len(o.NSQDTCPAddresses) > 0, o.EmbeddedNSQD} {
+		if set {
+			sinks++
+		}
+	}
+	if sinks != 1 {
+		return errors.New("Options: exactly one of Sink, NSQDTCPAddresses (--nsqd-tcp-address) and EmbeddedNSQD must be set")
+	}
+	return nil
+}
+
+// nsqdMemQueue maps EmbeddedNSQDMemQueueSize to nsqdnode's Config, where
+// 0 means "the default": Options' 0 is nsqd's 0 (nothing in memory).
+func nsqdMemQueue(n int64) int64 {
+	if n == 0 {
+		return nsqdnode.MemQueueNone
+	}
+	return n
+}
+
+// journalOptions is the journal's part of o.
+func (o *Options) journalOptions() journal.Options {
+	mode, _ := journal.ParseFsyncMode(o.Fsync) // Validate checked it
+	return journal.Options{
+		Dir:           filepath.Join(o.DataPath, "journal"),
+		SegmentBytes:  o.SegmentSize,
+		Fsync:         mode,
+		FsyncInterval: o.FsyncInterval,
+		Logf:          o.Logf,
+	}
+}
+
+// egressOptions is the default sink's part of o, publishing to addrs.
+func (o *Options) egressOptions(addrs []string) egress.Options {
+	return egress.Options{
+		Addrs:         addrs,
+		ConnsPerAddr:  o.ConnsPerNSQD,
+		MaxBatchMsgs:  o.BatchSize,
+		MaxBatchBytes: int(o.MaxBodySize) - mpubHeadroom,
+		MaxMsgSize:    int(o.MaxMsgSize),
+		Attempts:      egress.DefaultAttempts,
+		Backoff:       o.PublishBackoff,
+		Logf:          o.Logf,
+	}
+}
