@@ -381,7 +381,6 @@ func BenchmarkServiceLateness(b *testing.B) {
 	}
 }
 
-
 // BenchmarkServiceBurst: N messages (-benchtime Nx) all due at the same
 // instant, 3 s after the first is sent; reports how long after the due
 // time nsqd has counted all of them, next to how long nsqd itself needs
