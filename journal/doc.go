@@ -1,6 +1,17 @@
 // Package journal is deferd's durable, segmented, group-committed
 // append-only log of accepted, published and cancelled messages.
 //
+// # Scope
+//
+// The package owns the segment files and their directory lock, the record
+// frames and their encoding (record.go), group commit and fsync (append.go,
+// done.go, flusher.go), reading records back (read.go), recovery
+// (recover.go, scanning segments in scan.go) and the compaction scan
+// (compact.go); when to compact, what a message means and where it goes
+// belong to its caller. It imports the standard library and, of deferd's
+// packages, only internal/intern, so it can be built, tested and fuzzed on
+// its own.
+//
 // # Contract
 //
 // When Append returns nil the messages are written to the OS (write(2)
