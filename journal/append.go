@@ -232,6 +232,7 @@ func (j *Journal) waitGroups(gs []*group) error {
 // marks old dead (compaction). It returns once written, like Append; old is
 // marked dead in memory only after the write succeeded. It returns
 // ErrNotLive if old is not live (the caller must not Done old concurrently).
+// Safe for concurrent use otherwise. Cost: as Append for one message.
 func (j *Journal) AppendMoved(old Key, m *Message) (Pos, error) {
 	n := msgFrameLen(m, true)
 	if n > MaxRecordBytes {

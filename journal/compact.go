@@ -7,7 +7,7 @@ import (
 // Compactable returns a sealed segment worth compacting: the oldest sealed
 // segment with live messages, provided total segment bytes exceed twice the
 // (estimated) live bytes plus one segment of slack. ok is false when none.
-// Cost: O(segments) under j.mu.
+// Safe for concurrent use. Cost: O(segments) under j.mu.
 func (j *Journal) Compactable() (seg uint32, ok bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -35,7 +35,9 @@ func (j *Journal) Compactable() (seg uint32, ok bool) {
 // ScanLive calls fn for each still-live message of sealed segment seg, in
 // order. fn's Message is valid only during the call (Body aliases a scan
 // buffer); fn may call AppendMoved and Done. Corrupt regions are skipped
-// and reported (Logf, Stats.Corrupt). Cost: reads the whole segment.
+// and reported (Logf, Stats.Corrupt). Safe for concurrent use with the
+// other methods. Cost: reads the whole segment into a new buffer of its
+// size, one CRC pass, and takes j.mu once per message record.
 func (j *Journal) ScanLive(seg uint32, fn func(p Pos, m *Message) error) error {
 	j.mu.Lock()
 	s := j.table.Load().get(seg)

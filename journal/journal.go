@@ -29,7 +29,8 @@ type Pos struct{ Seg, Ord, Off, Len uint32 }
 // Key returns the message's key.
 func (p Pos) Key() Key { return Key{p.Seg, p.Ord} }
 
-// Message is one delayed message as journaled.
+// Message is one delayed message as journaled, a plain value (the zero
+// Message has no ID, an empty topic, due 0 and no body).
 type Message struct {
 	ID    string // client id, may be ""
 	Topic string
@@ -293,7 +294,9 @@ func probeWritable(dir string) error {
 
 // Close flushes pending records, fsyncs, closes the files and releases the
 // LOCK. Idempotent and safe for concurrent use; Append, AppendMoved and
-// Done after Close return ErrClosed, Read returns ErrClosed.
+// Done after Close return ErrClosed, Read returns ErrClosed. Cost: writing
+// what is pending and fsyncing what is not yet on disk; it waits for the
+// flusher to stop.
 func (j *Journal) Close() error {
 	j.closeMu.Lock()
 	defer j.closeMu.Unlock()
