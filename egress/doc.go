@@ -38,9 +38,15 @@
 // makes waiting Publish calls return ErrStopped at once, except one blocked
 // in such a connect.
 //
-// Metrics (Publisher.Metrics, register with metrics.RegisterSet):
+// Metrics (Publisher.Metrics, a Set of the Publisher's own, which the
+// scheduler writes in its WritePrometheus):
 // deferd_egress_published_total, _batches_total, _errors_total,
 // _batch_duration_seconds, _inflight_batches and _up, each with
 // {nsqd="host:port"}; deferd_egress_retries_total,
 // deferd_egress_permanent_errors_total and deferd_egress_gave_up_total.
+//
+// egress owns the connections to nsqd and the batching, retry and failover
+// of one publish; what to do with what nsqd did not take (reschedule,
+// park) is its caller's. It imports go-nsq and metrics, nothing of
+// deferd's: the root package wraps it as deferd's default Sink.
 package egress
