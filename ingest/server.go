@@ -13,13 +13,13 @@ import (
 	gopath "path"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/valyala/fasthttp"
 
 	"github.com/deferd/deferd/internal/errs"
+	"github.com/deferd/deferd/internal/intern"
 )
 
 // Options configure a Server. The zero value of every field means its
@@ -124,7 +124,7 @@ type Server struct {
 	maxMsg     int64
 	maxBody    int64
 	maxDeferMs int64
-	topics     topicCache
+	topics     intern.Table // topic names: a known one costs no allocation
 	m          serverMetrics
 
 	mu       sync.Mutex
@@ -800,7 +800,7 @@ func (s *Server) topic(args *fasthttp.Args) (string, *Error) {
 	if !validTopic(name) {
 		return "", errInvalidTopic
 	}
-	return s.topics.get(name), nil
+	return s.topics.Get(name), nil
 }
 
 // pub is POST /pub, in nsqd's order: body size, empty body, query, topic,
@@ -977,46 +977,4 @@ func (s *Server) metrics(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.SetContentTypeBytes(ctPrometheus)
 	s.b.WriteMetrics(ctx)
 	s.m.set.WritePrometheus(ctx)
-}
-
-// topicCache interns topic names so that a request for a known topic does
-// not allocate its name. Reads are lock-free; adding a topic copies the map
-// (O(n)), and past maxCachedTopics names are no longer cached.
-type topicCache struct {
-	mu sync.Mutex
-	m  atomic.Pointer[map[string]string]
-}
-
-const maxCachedTopics = 4096
-
-func (c *topicCache) get(name []byte) string {
-	// Fast path. The majority of calls must go here.
-	if m := c.m.Load(); m != nil {
-		if s, ok := (*m)[string(name)]; ok {
-			return s
-		}
-	}
-	s := string(name)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	old := c.m.Load()
-	if old != nil && len(*old) >= maxCachedTopics {
-		return s
-	}
-	m := make(map[string]string, 1+lenMap(old))
-	if old != nil {
-		for k, v := range *old {
-			m[k] = v
-		}
-	}
-	m[s] = s
-	c.m.Store(&m)
-	return s
-}
-
-func lenMap(m *map[string]string) int {
-	if m == nil {
-		return 0
-	}
-	return len(*m)
 }
