@@ -138,7 +138,9 @@ type Stats struct {
 	WriteErrors  uint64 `json:"write_errors"`
 	Corrupt      uint64 `json:"corrupt"` // corrupt regions found (recovery, ScanLive, Read)
 	Deleted      uint64 `json:"deleted"` // segments deleted
-	LastRecovery Report `json:"last_recovery"`
+	// LastRecovery is Recover's report. It is left out of JSON: the
+	// scheduler's /stats carries it once, as "recovery".
+	LastRecovery Report `json:"-"`
 }
 
 // rng is a run of a group's buffer that goes to one segment.
