@@ -127,17 +127,17 @@ type Report struct {
 
 // Stats is a snapshot of counters, a plain value. See Journal.Stats.
 type Stats struct {
-	Segments     int    `json:"segments"`
-	DiskBytes    int64  `json:"disk_bytes"`   // bytes written to segment files still present
-	Live         int64  `json:"live"`         // live messages
-	LiveBytes    int64  `json:"live_bytes"`   // estimated bytes of live message records
-	Appends      uint64 `json:"appends"`      // message records written (Accept+Moved)
-	DoneRecords  uint64 `json:"done_records"` // Done records written
-	Groups       uint64 `json:"groups"`       // write groups (one write(2) per segment touched)
-	Fsyncs       uint64 `json:"fsyncs"`
-	WriteErrors  uint64 `json:"write_errors"`
-	Corrupt      uint64 `json:"corrupt"` // corrupt regions found (recovery, ScanLive, Read)
-	Deleted      uint64 `json:"deleted"` // segments deleted
+	Segments    int    `json:"segments"`
+	DiskBytes   int64  `json:"disk_bytes"`   // bytes written to segment files still present
+	Live        int64  `json:"live"`         // live messages
+	LiveBytes   int64  `json:"live_bytes"`   // estimated bytes of live message records
+	Appends     uint64 `json:"appends"`      // message records written (Accept+Moved)
+	DoneRecords uint64 `json:"done_records"` // Done records written
+	Groups      uint64 `json:"groups"`       // write groups (one write(2) per segment touched)
+	Fsyncs      uint64 `json:"fsyncs"`
+	WriteErrors uint64 `json:"write_errors"`
+	Corrupt     uint64 `json:"corrupt"` // corrupt regions found (recovery, ScanLive, Read)
+	Deleted     uint64 `json:"deleted"` // segments deleted
 	// LastRecovery is Recover's report. It is left out of JSON: the
 	// scheduler's /stats carries it once, as "recovery".
 	LastRecovery Report `json:"-"`
