@@ -26,7 +26,7 @@ import (
 // Service benchmarks (issue 3). Each reports msg/s with b.ReportMetric;
 // compare the ones measured side by side in one run. Run:
 //
-//	go test -run XXX -bench 'Service' -benchtime 200000x ./internal/engine/
+//	go test -run XXX -bench 'Service' -benchtime 200000x .
 
 const benchBody = 500
 
@@ -443,7 +443,7 @@ func waitTopic(b *testing.B, node *nsqdnode.Node, topic string, n int) {
 // restart. It needs ~7 GB of disk for 12M, so it runs only with
 // DEFERD_BENCH_PENDING=N set:
 //
-//	DEFERD_BENCH_PENDING=12000000 go test -run XXX -bench PendingMemory -benchtime 1x -timeout 30m ./internal/engine/
+//	DEFERD_BENCH_PENDING=12000000 go test -run XXX -bench PendingMemory -benchtime 1x -timeout 30m .
 func BenchmarkPendingMemory(b *testing.B) {
 	n, _ := strconv.Atoi(os.Getenv("DEFERD_BENCH_PENDING"))
 	if n <= 0 {
