@@ -80,4 +80,55 @@
 //     INVALID_DEFER if malformed, or given together with defer), and id (400
 //     INVALID_ID if empty, malformed, or on /mpub). A producer that sends
 //     these to nsqd today gets them ignored there and honoured here.
+//
+// # The TCP protocol (TCPServer)
+//
+// TCPServer speaks nsqd 1.3.0's TCP protocol (V2) to producers, by default
+// on 127.0.0.1:4190 (beside the HTTP API's 4180, as nsqd's 4150 sits beside
+// its 4151), so nsqd's client libraries publish to it unchanged (go-nsq's
+// Producer is tested against it; testdata/nsqjs has a script for nsqjs). The
+// same bytes get the same frames and the same close as from nsqd: the "  V2"
+// magic (any other: E_BAD_PROTOCOL, closed); command lines split on single
+// spaces, a trailing \r dropped; IDENTIFY with nsqd's checks and reply
+// (every key, with nsqd's values; "version" is "1.3.0"), answered as often
+// as it is sent, heartbeats at its negotiated interval and a read deadline
+// of two intervals; AUTH is E_AUTH_DISABLED; PUB, MPUB (atomic: all
+// messages read and checked, then one Backend.Publish) and DPUB with nsqd's
+// error frames, every one fatal as in nsqd; NOP without an answer; one OK
+// per publish, in order. A backend error is E_PUB_FAILED, E_MPUB_FAILED or
+// E_DPUB_FAILED with the answer's text ("PUB failed OVER_CAPACITY",
+// JOURNAL_UNAVAILABLE, EXITING, INTERNAL_ERROR), and the connection is
+// closed, as nsqd closes on a failed put, so a client reconnects. Its
+// differences from nsqd:
+//
+//   - DPUB takes 0 to TCPOptions.MaxDefer ms (nsqd: --max-req-timeout, 1h);
+//     a value that overflows is refused (nsqd's wraps, maybe into range).
+//   - MPUB <topic> <defer_ms>: deferd's deferred MPUB, checked as DPUB's
+//     delay is ("E_INVALID MPUB could not parse timeout x", "... out of
+//     range ..."). nsqd ignores words after MPUB's topic and publishes at
+//     once: a producer that sends one to nsqd today gets it ignored there
+//     and honoured here (go-nsq's MultiPublish sends the topic alone).
+//   - MPUB's messages may take at most MaxBodySize bytes (count and sizes
+//     included), whatever the declared body size: past it, "E_BAD_BODY
+//     MPUB body too big N > MAX". nsqd checks only the declared size and
+//     reads the messages without a total limit.
+//   - deferd is no consumer endpoint: SUB is "E_INVALID cannot SUB in
+//     current state (deferd accepts publishers only)", closed. RDY, FIN,
+//     REQ, TOUCH and CLS get nsqd's own answer on a connection that has not
+//     subscribed ("E_INVALID cannot RDY in current state"), closed.
+//   - TLS, snappy and deflate are never negotiated: IDENTIFY answers
+//     tls_v1, snappy and deflate false, where nsqd may upgrade (or refuse
+//     snappy with deflate, E_IDENTIFY_FAILED).
+//   - Deadlines nsqd does not have: the magic must come within two default
+//     heartbeat intervals; with heartbeats off (heartbeat_interval -1) a
+//     command, once begun, must arrive within two MaxHeartbeatIntervals; a
+//     frame write waits at most one heartbeat interval (MaxHeartbeatInterval
+//     with heartbeats off). TCPOptions.MaxConns bounds the connections; one
+//     past it is closed at once.
+//   - After a fatal error deferd half-closes the connection and drains what
+//     the client still sends (at most 1 s), so the error frame is read
+//     rather than lost to a reset; nsqd closes at once.
+//   - Output buffering is not done: each frame is written at once;
+//     output_buffer_size, output_buffer_timeout, msg_timeout and sample_rate
+//     are checked and echoed as nsqd does, and otherwise unused.
 package ingest
