@@ -41,6 +41,9 @@ type Options struct {
 	// HTTPAddress is where ListenHTTP binds the nsqd-compatible HTTP API.
 	// New does not listen; the API is a part an embedder turns on.
 	HTTPAddress string `flag:"http-address"`
+	// TCPAddress is where ListenTCP binds nsqd's TCP protocol for
+	// producers; "" in cmd/deferd: none.
+	TCPAddress string `flag:"tcp-address"`
 	// MaxMsgSize and MaxBodySize are nsqd's limits for one message and
 	// one request (HTTP and Publish); MaxDefer is the longest delay.
 	MaxMsgSize  int64         `flag:"max-msg-size"`
@@ -109,6 +112,7 @@ func NewOptions() Options {
 		EmbeddedNSQDMemQueueSize: nsqdnode.DefaultMemQueueSize,
 		EmbeddedNSQDLogLevel:     "warn",
 		HTTPAddress:              "127.0.0.1:4180",
+		TCPAddress:               "127.0.0.1:4190",
 		MaxMsgSize:               1 << 20,
 		MaxBodySize:              5 << 20,
 		MaxDefer:                 365 * 24 * time.Hour,

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -112,8 +113,13 @@ func (p *proc) terminate(t *testing.T) {
 	}
 }
 
+// startDeferd starts bin with args and, unless they name one, a free TCP
+// protocol port (tests run side by side; the default 4190 is one port).
 func startDeferd(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
+	if !slices.Contains(args, "--tcp-address") {
+		args = append(args, "--tcp-address", "127.0.0.1:0")
+	}
 	return startProc(t, "", bin, args...)
 }
 

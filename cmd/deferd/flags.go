@@ -20,6 +20,7 @@ var usage = map[string]string{
 	"embedded-nsqd-mem-queue-size": "the embedded nsqd's --mem-queue-size (messages kept in memory per topic and channel; 0: all on its disk queue, none lost with the process)",
 	"embedded-nsqd-log-level":      "the embedded nsqd's log level (debug, info, warn, error, fatal)",
 	"http-address":                 "<addr>:<port> to listen on for HTTP clients (binding beyond loopback is your explicit choice)",
+	"tcp-address":                  "<addr>:<port> to listen on for nsqd TCP protocol producers (PUB, MPUB, DPUB); empty: none",
 	"max-msg-size":                 "maximum size of a single message in bytes (as nsqd's)",
 	"max-body-size":                "maximum size of a single request body in bytes (as nsqd's)",
 	"max-defer":                    "maximum delay of a message (defer= or at=)",

@@ -14,9 +14,11 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/deferd/deferd"
+	"github.com/deferd/deferd/ingest"
 )
 
 // config is deferd's command line: the library's Options (one flag per
@@ -84,19 +86,31 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 		s.Close(c.ShutdownGrace)
 		return err
 	}
+	var tsrv *ingest.TCPServer
+	if c.TCPAddress != "" {
+		if tsrv, err = s.ListenTCP(); err != nil {
+			srv.Shutdown()
+			s.Close(c.ShutdownGrace)
+			return err
+		}
+	}
 	if a := s.EmbeddedNSQDHTTPAddress(); a != "" {
 		logger.Printf("embedded nsqd: TCP %s, HTTP %s", s.NSQDTCPAddresses()[0], a)
 	}
 	logger.Printf("deferd %s: HTTP %s, data %s (fsync %s), publishing to %s",
 		deferd.Version, srv.Addr(), c.DataPath, c.Fsync, strings.Join(s.NSQDTCPAddresses(), ","))
 
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve() }()
+	if tsrv != nil {
+		logger.Printf("TCP (nsqd protocol for producers) %s", tsrv.Addr())
+		go func() { serveErr <- tsrv.Serve() }()
+	}
 	select {
 	case sg := <-sig:
 		logger.Printf("%v: shutting down (a second signal exits at once)", sg)
 	case err = <-serveErr:
-		logger.Printf("HTTP server: %v", err)
+		logger.Printf("listener: %v", err)
 	}
 	stopped := make(chan struct{})
 	defer close(stopped)
@@ -112,9 +126,15 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 	}()
 	// Requests get up to the grace (a client stalled mid-request would
 	// hold an unbounded wait forever), then Close gives publishes as long.
+	var tcpDone sync.WaitGroup
+	if tsrv != nil { // alongside HTTP's: the grace bounds both
+		tcpDone.Add(1)
+		go func() { defer tcpDone.Done(); tsrv.ShutdownWithin(c.ShutdownGrace) }()
+	}
 	if serr := srv.ShutdownWithin(c.ShutdownGrace); serr != nil {
 		logger.Printf("HTTP shutdown: %v (requests still in flight get 503 EXITING)", serr)
 	}
+	tcpDone.Wait()
 	pending := s.Pending()
 	if serr := s.Close(c.ShutdownGrace); serr != nil {
 		logger.Printf("journal close: %v", serr)

@@ -55,8 +55,8 @@ func TestDefaultsRunEmbeddedNSQD(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	if !portsFree("127.0.0.1:4180", "127.0.0.1:4150", "127.0.0.1:4151") {
-		t.Skip("default ports 4180/4150/4151 are taken on this machine")
+	if !portsFree("127.0.0.1:4180", "127.0.0.1:4190", "127.0.0.1:4150", "127.0.0.1:4151") {
+		t.Skip("default ports 4180/4190/4150/4151 are taken on this machine")
 	}
 	bin := buildDeferd(t)
 	dir := t.TempDir()
@@ -136,7 +136,7 @@ func TestShutdownWithStalledClients(t *testing.T) {
 	httpAddr := freeAddr(t)
 	if err := newFlagSet(&c).Parse([]string{"--http-address", httpAddr, "--data-path", t.TempDir(),
 		"--embedded-nsqd-tcp-address", freeAddr(t), "--embedded-nsqd-http-address", freeAddr(t),
-		"--shutdown-grace", "300ms"}); err != nil {
+		"--tcp-address", "127.0.0.1:0", "--shutdown-grace", "300ms"}); err != nil {
 		t.Fatal(err)
 	}
 	sig := make(chan os.Signal, 1)

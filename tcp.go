@@ -1,0 +1,28 @@
+package deferd
+
+import "github.com/deferd/deferd/ingest"
+
+// ListenTCP binds nsqd's V2 TCP protocol for producers (ingest.TCPServer)
+// at Options.TCPAddress ("127.0.0.1:0" picks a free port): PUB, MPUB and
+// DPUB from go-nsq, pynsq, nsqjs or any nsqd producer, unchanged, into the
+// same journal, wheel and sink as HTTP (and the same direct path for
+// messages due now). The caller runs Serve on the result and shuts it
+// down before Close. Its metrics join WritePrometheus. Safe for concurrent
+// use.
+func (s *Scheduler) ListenTCP() (*ingest.TCPServer, error) {
+	srv, err := ingest.NewTCPServer(ingest.TCPOptions{
+		Addr:        s.opts.TCPAddress,
+		MaxMsgSize:  s.opts.MaxMsgSize,
+		MaxBodySize: s.opts.MaxBodySize,
+		MaxDefer:    s.opts.MaxDefer,
+		Logf:        s.logf,
+	}, &httpBackend{s: s})
+	if err != nil {
+		return nil, err
+	}
+	s.AddMetrics(srv.Metrics())
+	s.listenersMu.Lock()
+	s.listeners["tcp_address"] = srv.Addr()
+	s.listenersMu.Unlock()
+	return srv, nil
+}
