@@ -49,7 +49,7 @@ type Scheduler struct {
 	early        atomic.Uint64
 
 	set      *metrics.Set
-	lateness *metrics.Histogram
+	lateness *latency
 	extraMu  sync.Mutex
 	extra    []*metrics.Set // AddMetrics
 	listenerSet

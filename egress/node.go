@@ -40,7 +40,7 @@ type node struct {
 	published *metrics.Counter
 	batches   *metrics.Counter
 	errors    *metrics.Counter
-	batchDur  *metrics.Histogram
+	batchDur  durations
 }
 
 // conn is one go-nsq Producer: one TCP connection, calls serialised.
@@ -81,7 +81,10 @@ func newNode(addr string, set *metrics.Set) *node {
 	n.published = set.NewCounter("deferd_egress_published_total" + label)
 	n.batches = set.NewCounter("deferd_egress_batches_total" + label)
 	n.errors = set.NewCounter("deferd_egress_errors_total" + label)
-	n.batchDur = set.NewHistogram("deferd_egress_batch_duration_seconds" + label)
+	n.batchDur = durations{
+		vm:   set.NewHistogram("deferd_egress_batch_duration_seconds" + label),
+		prom: set.NewPrometheusHistogramExt("deferd_egress_batch_duration_le_seconds"+label, durationBuckets),
+	}
 	set.NewGauge("deferd_egress_inflight_batches"+label, func() float64 { return float64(n.inFlight.Load()) })
 	set.NewGauge("deferd_egress_up"+label, func() float64 {
 		if n.downUntil.Load() == 0 {
@@ -90,6 +93,26 @@ func newNode(addr string, set *metrics.Set) *node {
 		return 0
 	})
 	return n
+}
+
+// durationBuckets are the le bounds, in seconds, of
+// deferd_egress_batch_duration_le_seconds: 0.5 ms to 60 s.
+var durationBuckets = []float64{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60}
+
+// durations is a batch duration histogram kept twice, updated together:
+// VictoriaMetrics' vmrange buckets (deferd_egress_batch_duration_seconds)
+// and Prometheus le buckets (deferd_egress_batch_duration_le_seconds, for
+// histogram_quantile). Safe for concurrent use.
+type durations struct {
+	vm   *metrics.Histogram
+	prom *metrics.PrometheusHistogram
+}
+
+// UpdateDuration records the time since start in both histograms.
+func (d durations) UpdateDuration(start time.Time) {
+	v := time.Since(start).Seconds()
+	d.vm.Update(v)
+	d.prom.Update(v)
 }
 
 // failed records a failed try and, if down, keeps the node out of picks for
