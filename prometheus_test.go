@@ -2,8 +2,17 @@ package deferd
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
+	"math"
+	"net"
 	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -297,4 +306,149 @@ x_plain 5
 		t.Errorf("got:\n%s\nwant:\n%s", out.String(), want)
 	}
 	promCheck(t, out.Bytes())
+}
+
+// promQuery asks the Prometheus at base for the instant value of the PromQL
+// expression q; ok is false while the answer has no series (yet).
+func promQuery(t testing.TB, base, q string) (v float64, ok bool) {
+	t.Helper()
+	resp, err := http.Get(base + "/api/v1/query?query=" + url.QueryEscape(q))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+		Data   struct {
+			Result []struct {
+				Value [2]any `json:"value"`
+			} `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || r.Status != "success" {
+		t.Fatalf("query %s: %s %v %s", q, r.Status, err, r.Error)
+	}
+	if len(r.Data.Result) != 1 {
+		return 0, false
+	}
+	s, _ := r.Data.Result[0].Value[1].(string)
+	v, err = strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(v) {
+		return 0, false
+	}
+	return v, true
+}
+
+// promWait polls the expression q at the Prometheus at base until cond
+// holds for its value, failing t after d.
+func promWait(t testing.TB, base, q string, d time.Duration, cond func(float64) bool) float64 {
+	t.Helper()
+	var v float64
+	var ok bool
+	for deadline := time.Now().Add(d); ; time.Sleep(200 * time.Millisecond) {
+		if v, ok = promQuery(t, base, q); ok && cond(v) {
+			return v
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v (has value: %v) after %v", q, v, ok, d)
+		}
+	}
+}
+
+// The real prometheus (on PATH; .ci/install-prometheus.sh installs it)
+// scrapes a running Scheduler every second, and its PromQL answers agree
+// with /stats: the published count exactly, the lateness p99 from the le
+// histogram within a bucket of the vmrange one's.
+func TestPrometheusScrape(t *testing.T) {
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("prometheus is not on PATH (.ci/install-prometheus.sh installs it)")
+		}
+		t.Skip("SKIP: prometheus is not on PATH; run .ci/install-prometheus.sh")
+	}
+	s, base, got := promScheduler(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	promAddr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	cfg := "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n" +
+		"scrape_configs:\n  - job_name: deferd\n    static_configs:\n      - targets: [\"" +
+		strings.TrimPrefix(base, "http://") + "\"]\n"
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+promAddr, "--log.level=warn")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() || testing.Verbose() {
+			t.Logf("prometheus log:\n%s", logs.String())
+		}
+	})
+	pbase := "http://" + promAddr
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get(pbase + "/-/ready"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prometheus on %s not ready after 15 s", promAddr)
+		}
+	}
+	promWait(t, pbase, `up{job="deferd"}`, 15*time.Second, func(v float64) bool { return v == 1 })
+
+	// Publish after the first scrape, so the rate windows see every message.
+	const rounds, now, later = 10, 5, 5
+	for range rounds {
+		promPublish(t, s, got, now, later)
+		got.Store(0)
+		time.Sleep(100 * time.Millisecond)
+	}
+	st := s.Stats()
+	if st.Published != rounds*(now+later) {
+		t.Fatalf("/stats published %d, want %d", st.Published, rounds*(now+later))
+	}
+	n := float64(st.Published)
+	promWait(t, pbase, `deferd_published_total`, 10*time.Second, func(v float64) bool { return v == n })
+	rate := promWait(t, pbase, `rate(deferd_published_total[30s])`, 5*time.Second, func(float64) bool { return true })
+	if rate <= 0 || rate > n {
+		t.Errorf("rate(deferd_published_total[30s]) = %v for %v messages", rate, n)
+	}
+	count := promWait(t, pbase, `sum(deferd_delivery_lateness_le_seconds_count)`, 5*time.Second, func(float64) bool { return true })
+	if count != n {
+		t.Errorf("deferd_delivery_lateness_le_seconds_count %v, want %v", count, n)
+	}
+
+	// The le bucket holding /stats' p99 (the upper bound of a vmrange
+	// bucket, so it may lie one le bucket above the true p99): PromQL's
+	// p99, interpolated within its le bucket, must fall in that bucket or
+	// the one below.
+	p99 := promWait(t, pbase, `histogram_quantile(0.99, sum(rate(deferd_delivery_lateness_le_seconds_bucket[30s])) by (le))`,
+		5*time.Second, func(float64) bool { return true })
+	want := st.Lateness.P99 / 1000
+	i := sort.SearchFloat64s(latenessBuckets, want) // latenessBuckets[i-1] < want <= latenessBuckets[i]
+	lo, hi := 0.0, math.Inf(1)
+	if i >= 2 {
+		lo = latenessBuckets[i-2]
+	}
+	if i < len(latenessBuckets) {
+		hi = latenessBuckets[i]
+	}
+	if p99 < lo || p99 > hi {
+		t.Errorf("PromQL lateness p99 %v s, /stats p99 %v s: want PromQL's in [%v, %v]", p99, want, lo, hi)
+	}
+	t.Logf("published %v, rate %.2f/s, lateness p99: PromQL %.4f s, /stats %.4f s", n, rate, p99, want)
 }
