@@ -53,6 +53,11 @@ func (b *httpBackend) Cancel(id string) error   { return b.s.Cancel(id) }
 func (b *httpBackend) Stats() any               { return b.s.Stats() }
 func (b *httpBackend) WriteMetrics(w io.Writer) { b.s.WritePrometheus(w) }
 
+// WritesServerMetrics tells ingest that WriteMetrics already writes the
+// Server's own set: ListenHTTP adds it with AddMetrics, so the families it
+// shares with the TCP listener's set are written once, merged.
+func (b *httpBackend) WritesServerMetrics() bool { return true }
+
 func (b *httpBackend) Info() any {
 	m := b.s.Info()
 	b.s.listenersMu.Lock()

@@ -976,5 +976,9 @@ func (s *Server) stats(ctx *fasthttp.RequestCtx) { s.writeJSON(ctx, s.b.Stats())
 func (s *Server) metrics(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.SetContentTypeBytes(ctPrometheus)
 	s.b.WriteMetrics(ctx)
-	s.m.set.WritePrometheus(ctx)
+	// A backend that writes this Server's set itself (with the others, so
+	// each family comes once) says so; else the Server writes it.
+	if w, ok := s.b.(interface{ WritesServerMetrics() bool }); !ok || !w.WritesServerMetrics() {
+		s.m.set.WritePrometheus(ctx)
+	}
 }
