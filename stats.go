@@ -101,7 +101,7 @@ func (s *Scheduler) egressStats() []egress.NodeStats {
 // concurrent use.
 func (s *Scheduler) Info() map[string]any {
 	o := s.opts
-	return map[string]any{
+	m := map[string]any{
 		"version":            Version,
 		"data_path":          o.DataPath,
 		"max_msg_size":       o.MaxMsgSize,
@@ -120,4 +120,8 @@ func (s *Scheduler) Info() map[string]any {
 		"segment_size":       o.SegmentSize,
 		"direct_publish":     o.DirectPublish,
 	}
+	if s.node != nil {
+		m["embedded_nsqd"] = map[string]any{"tcp_address": s.node.TCPAddr, "http_address": s.node.HTTPAddr, "mem_queue_size": o.EmbeddedNSQDMemQueueSize}
+	}
+	return m
 }
