@@ -5,16 +5,19 @@
 //
 // Usage: node publish.js HOST:PORT TOPIC
 //
-// nsqjs is not installed in the repository: install it elsewhere and point
-// NODE_PATH at it, e.g.
+// nsqjs is pinned in package.json and package-lock.json beside this script
+// and installed into node_modules here (git-ignored), where node finds it:
 //
-//   npm install --prefix /tmp/nsqjs nsqjs@0.13.0
-//   NODE_PATH=/tmp/nsqjs/node_modules node publish.js 127.0.0.1:4190 t
+//   .ci/install-nsqjs.sh          # npm ci in ingest/testdata/nsqjs
+//   node ingest/testdata/nsqjs/publish.js 127.0.0.1:4190 t
+//
+// nsqjs_test.go (module root) runs it against a Scheduler's TCP listener.
 //
 // Output, one line each, in order:
 //   ready
 //   publish ok | publish error <message>            PUB "hello"
 //   mpublish ok | mpublish error <message>          MPUB ["a", "b"]
+//   defer at <unix ms>                              Date.now() just before the DPUB is written
 //   defer ok | defer error <message>                DPUB 1500 ms "later"
 //   defer2h ok | defer2h error <message>            DPUB 2 h "much later" (nsqd refuses; deferd accepts)
 //   closed
@@ -77,6 +80,7 @@ async function main () {
   w.on('error', () => {}) // step callbacks report errors
   await step('publish', (cb) => w.publish(topic, 'hello', cb))
   await step('mpublish', (cb) => w.publish(topic, ['a', 'b'], cb))
+  console.log(`defer at ${Date.now()}`)
   await step('defer', (cb) => w.deferPublish(topic, ['later'], 1500, cb))
   await step('defer2h', (cb) => w.deferPublish(topic, ['much later'], 2 * 3600 * 1000, cb))
   w.close()
