@@ -4,12 +4,14 @@
 package nsqdnode
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"log"
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nsqio/nsq/nsqd"
@@ -32,7 +34,10 @@ type Config struct {
 	// --max-body-size; 0 keeps nsqd's defaults (1 MiB and 5 MiB).
 	MaxMsgSize  int64
 	MaxBodySize int64
-	// Logger receives nsqd's log lines; nil discards them.
+	// Logger receives nsqd's log lines; nil discards them. The one ERROR
+	// nsqd logs for every connected client when Exit closes the connection
+	// under it ("failed to read command - ...: use of closed network
+	// connection") is expected then, and dropped from the start of Exit on.
 	Logger io.Writer
 	// LogLevel is nsqd's log level ("debug", "info", "warn", "error",
 	// "fatal"); "" means "warn".
@@ -59,6 +64,7 @@ type Node struct {
 	once    sync.Once
 	done    chan struct{}
 	mainErr error
+	log     *exitQuietWriter
 }
 
 // Start binds and starts an nsqd with cfg. It returns once nsqd answers
@@ -94,7 +100,8 @@ func Start(cfg Config) (*Node, error) {
 	if w == nil {
 		w = io.Discard
 	}
-	o.Logger = log.New(w, "[nsqd] ", log.Ldate|log.Ltime|log.Lmicroseconds)
+	lw := &exitQuietWriter{w: w}
+	o.Logger = log.New(lw, "[nsqd] ", log.Ldate|log.Ltime|log.Lmicroseconds)
 	if err := o.LogLevel.Set(orDefault(cfg.LogLevel, "warn")); err != nil {
 		return nil, fmt.Errorf("nsqdnode: %w", err)
 	}
@@ -107,6 +114,7 @@ func Start(cfg Config) (*Node, error) {
 		TCPAddr:  n.RealTCPAddr().String(),
 		HTTPAddr: n.RealHTTPAddr().String(),
 		done:     make(chan struct{}),
+		log:      lw,
 	}
 	go func() {
 		node.mainErr = n.Main()
@@ -162,6 +170,7 @@ func (n *Node) WaitProducersGone(d time.Duration) {
 // and metadata to DataPath, as nsqd does on SIGTERM. It is idempotent.
 func (n *Node) Exit() {
 	n.once.Do(func() {
+		n.log.exiting.Store(true)
 		n.NSQD.Exit()
 		select {
 		case <-n.done:
@@ -172,6 +181,37 @@ func (n *Node) Exit() {
 
 // Done is closed when nsqd's Main has returned.
 func (n *Node) Done() <-chan struct{} { return n.done }
+
+// exitQuietWriter is the writer under nsqd's log.Logger, which hands it
+// one whole line per Write. Once exiting is set it drops the ERROR nsqd
+// v1.3.0 logs for each client connection that its Exit closes (tcpServer.Close
+// closes them under their IOLoop, whose read then fails):
+//
+//	ERROR: client(127.0.0.1:53412) - failed to read command - read tcp 127.0.0.1:4150->127.0.0.1:53412: use of closed network connection
+//
+// Every other line, and that one outside Exit, passes unchanged.
+type exitQuietWriter struct {
+	w       io.Writer
+	exiting atomic.Bool
+}
+
+func (q *exitQuietWriter) Write(p []byte) (int, error) {
+	if q.exiting.Load() && isExitCloseLine(p) {
+		return len(p), nil
+	}
+	return q.w.Write(p)
+}
+
+// isExitCloseLine reports whether p is nsqd's log line for a client
+// connection closed under its reader.
+func isExitCloseLine(p []byte) bool {
+	p = bytes.TrimSuffix(p, []byte("\n"))
+	i := bytes.Index(p, []byte("ERROR: client("))
+	if i < 0 || !bytes.HasSuffix(p, []byte(": use of closed network connection")) {
+		return false
+	}
+	return bytes.Contains(p[i:], []byte(") - failed to read command - read tcp "))
+}
 
 func orDefault(s, def string) string {
 	if s == "" {
