@@ -15,8 +15,9 @@ const Version = "0.2.0"
 // Options.HTTPAddress ("127.0.0.1:0" picks a free port): /pub, /mpub,
 // /cancel, /ping, /info, /stats and /metrics. The caller runs Serve on the
 // result and shuts it down before Close; requests arriving after Close
-// answer 503 EXITING. Its metrics join WritePrometheus. It may be called
-// more than once (one server each); safe for concurrent use.
+// answer 503 EXITING. Its metrics join WritePrometheus, its counts Stats
+// (Ingest["http"]). It may be called more than once (one server each);
+// safe for concurrent use.
 func (s *Scheduler) ListenHTTP() (*ingest.Server, error) {
 	b := &httpBackend{s: s}
 	srv, err := ingest.NewServer(ingest.Options{
@@ -33,6 +34,7 @@ func (s *Scheduler) ListenHTTP() (*ingest.Server, error) {
 	s.AddMetrics(srv.Metrics())
 	s.listenersMu.Lock()
 	s.listeners["http_address"] = srv.Addr()
+	s.ingest = append(s.ingest, ingestSource{"http", srv.Stats})
 	s.listenersMu.Unlock()
 	return srv, nil
 }
@@ -66,8 +68,32 @@ func (b *httpBackend) Info() any {
 	return m
 }
 
-// listenerSet is the listeners' addresses for /info.
+// listenerSet is the listeners' addresses for /info, and their counts for
+// /stats.
 type listenerSet struct {
 	listenersMu sync.Mutex
 	listeners   map[string]any
+	ingest      []ingestSource // every listener made, in order; under listenersMu
+}
+
+// ingestSource is one listener's counts, by protocol ("http", "tcp").
+type ingestSource struct {
+	protocol string
+	stats    func() ingest.IngestStats
+}
+
+// ingestStats returns the listeners' counts by protocol, those of several
+// listeners of one protocol summed; nil if there are none.
+func (s *Scheduler) ingestStats() map[string]ingest.IngestStats {
+	s.listenersMu.Lock()
+	src := s.ingest
+	s.listenersMu.Unlock()
+	if len(src) == 0 {
+		return nil
+	}
+	m := make(map[string]ingest.IngestStats, 2)
+	for _, l := range src {
+		m[l.protocol] = m[l.protocol].Add(l.stats())
+	}
+	return m
 }

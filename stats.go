@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/deferd/deferd/egress"
+	"github.com/deferd/deferd/ingest"
 	"github.com/deferd/deferd/journal"
 )
 
@@ -41,6 +42,10 @@ type Stats struct {
 	// Recovery is the journal replay at start; Recovery.Corrupt lists
 	// every corrupt region found (never skipped silently).
 	Recovery journal.Report `json:"recovery"`
+	// Ingest is the counts of the listeners ListenHTTP and ListenTCP made,
+	// by protocol ("http", "tcp"; several of one protocol summed), since
+	// each was made; absent without listeners.
+	Ingest map[string]ingest.IngestStats `json:"ingest,omitempty"`
 }
 
 // Lateness holds delivery lateness percentiles in milliseconds.
@@ -86,6 +91,7 @@ func (s *Scheduler) Stats() Stats {
 		Egress:          s.egressStats(),
 		Journal:         s.j.Stats(),
 		Recovery:        s.recovery,
+		Ingest:          s.ingestStats(),
 	}
 }
 

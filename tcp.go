@@ -7,8 +7,8 @@ import "github.com/deferd/deferd/ingest"
 // DPUB from go-nsq, pynsq, nsqjs or any nsqd producer, unchanged, into the
 // same journal, wheel and sink as HTTP (and the same direct path for
 // messages due now). The caller runs Serve on the result and shuts it
-// down before Close. Its metrics join WritePrometheus. Safe for concurrent
-// use.
+// down before Close. Its metrics join WritePrometheus, its counts Stats
+// (Ingest["tcp"]). Safe for concurrent use.
 func (s *Scheduler) ListenTCP() (*ingest.TCPServer, error) {
 	srv, err := ingest.NewTCPServer(ingest.TCPOptions{
 		Addr:        s.opts.TCPAddress,
@@ -23,6 +23,7 @@ func (s *Scheduler) ListenTCP() (*ingest.TCPServer, error) {
 	s.AddMetrics(srv.Metrics())
 	s.listenersMu.Lock()
 	s.listeners["tcp_address"] = srv.Addr()
+	s.ingest = append(s.ingest, ingestSource{"tcp", srv.Stats})
 	s.listenersMu.Unlock()
 	return srv, nil
 }
