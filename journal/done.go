@@ -11,8 +11,13 @@ import (
 // Idempotent per key: keys already dead, unknown, or in deleted segments
 // are ignored. Safe for concurrent use. Cost: O(len(keys)) under j.mu; it
 // waits only if the current group is full.
+//
+// While the journal is not Writable, Done queues no record and never
+// waits: it keeps the marks in memory (up to MaxHeldMarks, then they are
+// dropped and counted) and returns nil; they are written once a write
+// succeeds again. A restart before that delivers their messages again.
 func (j *Journal) Done(kind DoneKind, keys []Key) error {
-	_, err := j.done(kind, keys)
+	_, err := j.done(kind, keys, true)
 	return err
 }
 
@@ -21,18 +26,22 @@ func (j *Journal) Done(kind DoneKind, keys []Key) error {
 // return means the marks of the keys it marked survive kill -9. Keys that
 // were already dead are skipped as by Done, and DoneWait does not wait for
 // another caller's record of them. A write error of their group is returned
-// (the marks stay applied in memory and are re-queued into the next group,
-// which a Close under way does not write).
+// (the marks stay applied in memory and are held to be written when a
+// write succeeds again, as Done's while the journal is not Writable; a
+// Close under way tries them once more). While the journal is not
+// Writable DoneWait still queues its records and tries, as Append does.
 func (j *Journal) DoneWait(kind DoneKind, keys []Key) error {
-	gs, err := j.done(kind, keys)
+	gs, err := j.done(kind, keys, false)
 	if werr := j.waitGroups(gs); err == nil {
 		err = werr
 	}
 	return err
 }
 
-// done implements Done and returns the groups its records went into.
-func (j *Journal) done(kind DoneKind, keys []Key) (gs []*group, _ error) {
+// done implements Done and returns the groups its records went into. With
+// hold, while the journal is read-only, the marks are held in memory
+// instead (no group).
+func (j *Journal) done(kind DoneKind, keys []Key, hold bool) (gs []*group, _ error) {
 	if kind != Published && kind != Cancelled {
 		return nil, fmt.Errorf("journal: bad DoneKind %d", kind)
 	}
@@ -45,6 +54,14 @@ func (j *Journal) done(kind DoneKind, keys []Key) (gs []*group, _ error) {
 		return nil, ErrNotRecovered
 	}
 	t := j.table.Load()
+	if hold && j.ro.cause != nil {
+		for _, k := range keys {
+			if s := t.get(k.Seg); s != nil && s.kill(k.Ord) {
+				j.holdLocked(kind, k)
+			}
+		}
+		return nil, nil
+	}
 	var batch []Key
 	flush := func() error {
 		if len(batch) == 0 {

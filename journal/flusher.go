@@ -9,10 +9,18 @@ import (
 
 // run is the flusher goroutine: it swaps the current group out, writes it
 // (one write(2) per segment touched), fsyncs per mode, updates liveness,
-// releases the group's waiters and deletes dead segments oldest-first. It
-// is started by Recover and stopped by Close.
+// releases the group's waiters and deletes dead segments oldest-first.
+// While the journal is read-only it also runs probe every ProbeInterval
+// (its ticker exists only then). It is started by Recover and stopped by
+// Close.
 func (j *Journal) run() {
 	defer close(j.stopped)
+	var probeT *time.Ticker // non-nil while read-only
+	defer func() {
+		if probeT != nil {
+			probeT.Stop()
+		}
+	}()
 	var tick <-chan time.Time
 	if j.opts.Fsync == FsyncInterval {
 		t := time.NewTicker(j.opts.FsyncInterval)
@@ -26,19 +34,42 @@ func (j *Journal) run() {
 		defer func() { <-syncerDone }()
 	}
 	for {
+		// The state changes only on this goroutine (fail, probe, a write)
+		// or before it starts (Open), so checking here is enough.
+		var probeC <-chan time.Time
+		if ro := !j.Writable(); ro && probeT == nil {
+			probeT = time.NewTicker(j.opts.ProbeInterval)
+		} else if !ro && probeT != nil {
+			probeT.Stop()
+			probeT = nil
+		}
+		if probeT != nil {
+			probeC = probeT.C
+		}
 		select {
 		case <-j.kick:
 			j.flush()
 		case <-tick:
-			j.flush() // re-queued Done records after a write error
+			j.flush()
+		case <-probeC:
+			j.probe()
 		case <-j.stop:
-			// Flush what is pending; give up after one failed group (its
-			// waiters and the group behind it get the error) rather than
-			// retrying re-queued Done records forever on a full disk.
+			// Flush what is pending, held marks included (one more try
+			// on a full disk); give up after one failed group (its
+			// waiters and the group behind it get the error).
 			var err error
 			for wrote := true; wrote && err == nil; {
+				j.mu.Lock()
+				j.queueHeldLocked()
+				j.mu.Unlock()
 				wrote, err = j.flush()
 			}
+			j.mu.Lock()
+			if n := j.ro.nheld; n > 0 || j.ro.dropped.Load() > 0 {
+				j.logf("journal: closing with %d published/cancelled marks not written (%d more not kept): "+
+					"their messages will be delivered again after a restart", n, j.ro.dropped.Load())
+			}
+			j.mu.Unlock()
 			if j.opts.Fsync == FsyncInterval {
 				j.syncOwed()
 			}
@@ -99,11 +130,16 @@ func (j *Journal) flush() (bool, error) {
 			s.kill(k.Ord)
 		}
 	}
+	j.ro.queued -= g.held
+	more := j.afterWriteLocked() // the rest of the held marks go next
 	dels := j.collectDeletableLocked()
 	if cap(g.buf) <= 2*j.opts.GroupBytes {
 		j.spare = g.buf[:0]
 	}
 	j.mu.Unlock()
+	if more {
+		j.kickFlusher()
+	}
 	j.stats.appends.Add(nmsg)
 	j.stats.doneRecs.Add(ndone)
 	j.stats.groups.Add(1)
@@ -231,16 +267,16 @@ func syncDir(dir string) {
 	}
 }
 
-// fail handles a failed group write: it truncates the partial write away,
-// rewinds the writer to the group's start, fails the group being filled
-// behind it (its positions assumed g's bytes), re-queues the Done records
-// of both, and releases both groups' waiters with err. Flusher only.
+// fail handles a failed group write: it makes the journal read-only (see
+// Writable; logged once per episode, every failure is counted), truncates
+// the partial write away, rewinds the writer to the group's start, fails
+// the group being filled behind it (its positions assumed g's bytes),
+// holds the marks of the Done records of both in memory, and releases both
+// groups' waiters with err. Flusher only.
 func (j *Journal) fail(g *group, err error) {
-	if n := j.stats.writeErrs.Add(1); time.Since(j.lastErrLog) >= time.Second {
-		j.logf("journal: %v (group of %d bytes failed, %d write errors so far; journal stays open)", err, len(g.buf), n)
-		j.lastErrLog = time.Now()
-	}
+	j.stats.writeErrs.Add(1)
 	j.mu.Lock()
+	j.enterReadOnlyLocked(err)
 	next := j.cur // the group being filled behind g
 	r0 := g.ranges[0]
 	rs := r0.seg
@@ -275,19 +311,12 @@ func (j *Journal) fail(g *group, err error) {
 	}
 	j.wseg, j.dirty = rs, true
 
-	// Re-queue Done records: their marks are already applied in memory.
+	// Hold the Done records' marks (already applied in memory): they are
+	// written once a write succeeds, not retried at every group.
 	j.newGroupLocked()
-	for _, src := range []*group{g, next} {
-		for _, d := range src.dones {
-			frame := src.buf[d[0]:d[1]]
-			ng, r := j.placeLocked(len(frame))
-			st := len(ng.buf)
-			ng.buf = append(ng.buf, frame...)
-			r.end = len(ng.buf)
-			r.ndone++
-			r.seg.end += int64(len(frame))
-			ng.dones = append(ng.dones, [2]int{st, len(ng.buf)})
-		}
+	j.holdFramesLocked(g)
+	if next != g {
+		j.holdFramesLocked(next)
 	}
 	j.cond.Broadcast()
 	j.mu.Unlock()
@@ -298,8 +327,8 @@ func (j *Journal) fail(g *group, err error) {
 		next.err = err
 		close(next.done)
 	}
-	// Re-queued Done records go out with the next group (the next Append,
-	// Done or Close); kicking now would spin on a full disk.
+	// Held marks go out after the next successful write (an Append, a
+	// DoneWait, the probe or Close); kicking now would spin on a full disk.
 }
 
 // collectDeletableLocked removes from the table the oldest segments that are

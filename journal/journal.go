@@ -100,6 +100,10 @@ type Options struct {
 	// GroupBytes caps one write group's buffer; appenders wait while the
 	// group is full. Default 4 MiB. Memory use is about twice this.
 	GroupBytes int
+
+	// ProbeInterval is how often a journal that cannot write (the disk is
+	// full) tries again by itself; default 1s. See Journal.Writable.
+	ProbeInterval time.Duration
 }
 
 // Errors returned by the journal. Write errors are returned wrapped (use
@@ -138,6 +142,16 @@ type Stats struct {
 	WriteErrors uint64 `json:"write_errors"`
 	Corrupt     uint64 `json:"corrupt"` // corrupt regions found (recovery, ScanLive, Read)
 	Deleted     uint64 `json:"deleted"` // segments deleted
+	// Writable is false while the journal cannot write (see
+	// Journal.Writable); ReadOnlySince is when that began (nil while
+	// writable). HeldMarks are the published and cancelled marks kept in
+	// memory meanwhile, to be written when writing works again;
+	// HeldMarksDropped counts those not kept past MaxHeldMarks (their
+	// messages are delivered again after a restart).
+	Writable         bool       `json:"writable"`
+	ReadOnlySince    *time.Time `json:"read_only_since,omitempty"`
+	HeldMarks        int        `json:"held_marks"`
+	HeldMarksDropped uint64     `json:"held_marks_dropped"`
 	// LastRecovery is Recover's report. It is left out of JSON: the
 	// scheduler's /stats carries it once, as "recovery".
 	LastRecovery Report `json:"-"`
@@ -164,6 +178,7 @@ type group struct {
 	ranges  []rng
 	dones   [][2]int // Done frames in buf, re-queued if the group fails
 	moved   []Key    // old keys to mark dead once written
+	held    int      // keys of its Done frames taken from held marks
 	done    chan struct{}
 	err     error
 }
@@ -204,8 +219,8 @@ type Journal struct {
 	sealed   []*segment
 	// syncMu serialises syncOwed, so a call waits for fsyncs of owed
 	// segments that a concurrent call has taken but not finished.
-	syncMu     sync.Mutex
-	lastErrLog time.Time
+	syncMu sync.Mutex
+	ro     roState // not writable: since when, why, the marks held meanwhile
 
 	// writeAt is the file write used by the flusher; tests inject errors.
 	writeAt func(f *os.File, b []byte, off int64) (int, error)
@@ -222,6 +237,13 @@ type Journal struct {
 // Open creates Dir if needed, takes an exclusive flock on Dir/LOCK so that
 // two processes cannot share it, and checks that Dir is writable. It does
 // not read segments: call Recover next. Cost: a few syscalls.
+//
+// A Dir on a full disk (the check fails with ENOSPC or EDQUOT) is not an
+// error: the journal opens read-only (Writable false), so that Recover can
+// replay it and what is pending can be delivered; Append fails, Done keeps
+// its marks in memory, and the journal tries again every ProbeInterval
+// and becomes writable by itself when space returns. Any other failure
+// of the check (permissions, a read-only filesystem) is returned.
 func Open(opts Options) (*Journal, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("journal: Options.Dir is required")
@@ -255,9 +277,13 @@ func Open(opts Options) (*Journal, error) {
 		}
 		return nil, fmt.Errorf("journal: lock %s: %w", opts.Dir, err)
 	}
-	if err := probeWritable(opts.Dir); err != nil {
+	if opts.ProbeInterval <= 0 {
+		opts.ProbeInterval = time.Second
+	}
+	probeErr := probeWritable(opts.Dir)
+	if probeErr != nil && !isNoSpace(probeErr) {
 		lf.Close()
-		return nil, fmt.Errorf("journal: dir %s not writable: %w", opts.Dir, err)
+		return nil, fmt.Errorf("journal: dir %s not writable: %w", opts.Dir, probeErr)
 	}
 	j := &Journal{
 		opts:    opts,
@@ -273,6 +299,9 @@ func Open(opts Options) (*Journal, error) {
 	}
 	j.cond = sync.NewCond(&j.mu)
 	j.table.Store(&segTable{})
+	if probeErr != nil {
+		j.enterReadOnlyLocked(fmt.Errorf("journal: dir %s not writable: %w", opts.Dir, probeErr))
+	}
 	return j, nil
 }
 

@@ -15,6 +15,7 @@ func (j *Journal) Stats() Stats {
 		st.LiveBytes += s.liveBytes()
 	}
 	st.LastRecovery = j.lastReport
+	j.readOnlyStatsLocked(&st)
 	j.mu.Unlock()
 	st.Appends = j.stats.appends.Load()
 	st.DoneRecords = j.stats.doneRecs.Load()
