@@ -65,7 +65,7 @@ func (j *Journal) decodeAt(p Pos, b []byte) (Message, error) {
 // ID is a new string (none if empty), Topic comes from j.topics. Safe for
 // concurrent use.
 func (j *Journal) message(r *rawMsg) Message {
-	return Message{ID: string(r.id), Topic: j.topics.Get(r.topic), Due: r.due, Body: r.body}
+	return Message{ID: string(r.id), Topic: j.topics.Get(r.topic), Due: r.due, Body: r.body, Origin: r.origin, Accepted: r.accepted}
 }
 
 // BatchReader holds ReadBatch's reusable memory. The zero value is ready to

@@ -18,14 +18,22 @@ import (
 //	Accept: [u32 ord][i64 due][uvarint len(id)][id][uvarint len(topic)][topic][body...]
 //	Moved:  [u32 ord][u32 oldSeg][u32 oldOrd][i64 due][uvarint len(id)][id][uvarint len(topic)][topic][body...]
 //	Done:   [u8 kind]{[u32 seg][u32 ord]}*
+//	AcceptT: [u32 ord][i64 accepted][i64 due][uvarint len(id)][id][uvarint len(topic)][topic][body...]
+//	MovedT:  [u32 ord][u32 oldSeg][u32 oldOrd][u32 originSeg][u32 originOrd][i64 accepted][i64 due][id][topic][body...] (lengths as above)
+//
+// AcceptT and MovedT are Accept and Moved with the message's Accepted time
+// and (MovedT) Origin key: they are written for a Message that has either
+// set, so a record without them keeps its old, smaller frame.
 //
 // A message record carries its own ordinal so that records found after a
 // corrupt region (by resynchronising on the next valid frame) keep their
 // exact Key, and the number of lost messages in the region is known.
 const (
-	recAccept byte = 1
-	recDone   byte = 2
-	recMoved  byte = 3
+	recAccept  byte = 1
+	recDone    byte = 2
+	recMoved   byte = 3
+	recAcceptT byte = 4
+	recMovedT  byte = 5
 
 	headerLen = 8
 	// minMsgFrame is the smallest possible message frame: header, type,
@@ -72,21 +80,46 @@ func msgFrameLen(m *Message, moved bool) int {
 	if moved {
 		n += 8
 	}
+	if timed(m, moved) {
+		n += 8 // accepted
+		if moved {
+			n += 8 // origin
+		}
+	}
 	return n
+}
+
+// timed reports whether m's record is an AcceptT or MovedT (it has an
+// Accepted time or, moved, an Origin).
+func timed(m *Message, moved bool) bool {
+	return m.Accepted != 0 || moved && m.Origin != (Key{})
 }
 
 // appendMsgFrame appends an Accept (old == nil) or Moved frame to dst.
 func appendMsgFrame(dst []byte, ord uint32, old *Key, m *Message) []byte {
 	start := len(dst)
+	t := timed(m, old != nil)
 	typ := recAccept
-	if old != nil {
+	switch {
+	case old != nil && t:
+		typ = recMovedT
+	case old != nil:
 		typ = recMoved
+	case t:
+		typ = recAcceptT
 	}
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0, typ)
 	dst = binary.LittleEndian.AppendUint32(dst, ord)
 	if old != nil {
 		dst = binary.LittleEndian.AppendUint32(dst, old.Seg)
 		dst = binary.LittleEndian.AppendUint32(dst, old.Ord)
+		if t {
+			dst = binary.LittleEndian.AppendUint32(dst, m.Origin.Seg)
+			dst = binary.LittleEndian.AppendUint32(dst, m.Origin.Ord)
+		}
+	}
+	if t {
+		dst = binary.LittleEndian.AppendUint64(dst, uint64(m.Accepted))
 	}
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(m.Due))
 	dst = binary.AppendUvarint(dst, uint64(len(m.ID)))
@@ -141,7 +174,7 @@ func decodeFrame(b []byte, verify bool) (typ byte, payload []byte, n int, err er
 	}
 	typ = body[0]
 	switch typ {
-	case recAccept, recMoved, recDone:
+	case recAccept, recMoved, recDone, recAcceptT, recMovedT:
 	default:
 		return 0, nil, 0, errBadType
 	}
@@ -150,13 +183,15 @@ func decodeFrame(b []byte, verify bool) (typ byte, payload []byte, n int, err er
 
 // rawMsg is a decoded message record whose slices alias the frame.
 type rawMsg struct {
-	ord   uint32
-	moved bool
-	old   Key
-	due   int64
-	id    []byte
-	topic []byte
-	body  []byte
+	ord      uint32
+	moved    bool
+	old      Key
+	origin   Key   // MovedT only
+	accepted int64 // AcceptT and MovedT only
+	due      int64
+	id       []byte
+	topic    []byte
+	body     []byte
 }
 
 // decodeMsg decodes an Accept or Moved payload into r, whose slices then
@@ -164,17 +199,29 @@ type rawMsg struct {
 // the Message). It never allocates.
 func decodeMsg(typ byte, p []byte, r *rawMsg) error {
 	hdr := 12
-	if typ == recMoved {
+	switch typ {
+	case recMoved:
 		hdr = 20
+	case recAcceptT:
+		hdr = 20
+	case recMovedT:
+		hdr = 36
 	}
 	if len(p) < hdr+2 {
 		return errBadBody
 	}
 	r.ord = binary.LittleEndian.Uint32(p)
-	r.moved = typ == recMoved
-	r.old = Key{}
+	r.moved = typ == recMoved || typ == recMovedT
+	r.old, r.origin, r.accepted = Key{}, Key{}, 0
 	if r.moved {
 		r.old = Key{binary.LittleEndian.Uint32(p[4:]), binary.LittleEndian.Uint32(p[8:])}
+	}
+	switch typ {
+	case recAcceptT:
+		r.accepted = int64(binary.LittleEndian.Uint64(p[4:]))
+	case recMovedT:
+		r.origin = Key{binary.LittleEndian.Uint32(p[12:]), binary.LittleEndian.Uint32(p[16:])}
+		r.accepted = int64(binary.LittleEndian.Uint64(p[20:]))
 	}
 	r.due = int64(binary.LittleEndian.Uint64(p[hdr-8:]))
 	p = p[hdr:]

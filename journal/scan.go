@@ -193,7 +193,7 @@ func frameAt(data []byte, i int, minOrd uint32, maxOrd uint64) bool {
 		return false
 	}
 	switch data[i+headerLen] {
-	case recAccept, recMoved:
+	case recAccept, recMoved, recAcceptT, recMovedT:
 		if l < 1+12+2 {
 			return false
 		}
