@@ -36,6 +36,12 @@ type Message struct {
 	Topic string
 	Due   int64 // unix milliseconds
 	Body  []byte
+	// Accepted (unix ms) is when the message was first accepted, and
+	// Origin the Key of its first record (zero if this record is it): a
+	// Moved copy keeps both. 0 and zero when not recorded (records
+	// written without them, which stay as small as before).
+	Accepted int64
+	Origin   Key
 }
 
 // FsyncMode says when appended records are fsynced. The zero value is
