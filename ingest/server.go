@@ -30,6 +30,36 @@ type Options struct {
 	MaxBodySize int64                            // default 5 MiB (nsqd's --max-body-size)
 	MaxDefer    time.Duration                    // default 365*24h
 	Logf        func(format string, args ...any) // nil = log.Printf
+
+	// Limits on clients (ingest/limits.go has the defaults and why).
+	// MaxConns bounds the open connections, default DefaultMaxConns: one
+	// beyond it gets fasthttp's plain-text "503 Service Unavailable" and
+	// is closed (deferd_ingest_http_connections_refused_total).
+	MaxConns int
+	// HeaderTimeout bounds the wait for a request's head, from the
+	// connection's open (first request) or the request's first byte
+	// (keep-alive), default DefaultHeaderTimeout. Past it the connection
+	// is closed without an answer, as Go's net/http does.
+	HeaderTimeout time.Duration
+	// BodyTimeout bounds the reading of a body, from the end of the head,
+	// default DefaultBodyTimeout. Past it /pub and /mpub answer nsqd's
+	// 500 INTERNAL_ERROR to a body read error and publish nothing.
+	BodyTimeout time.Duration
+	// IdleTimeout bounds a keep-alive connection's wait for its next
+	// request, default DefaultIdleTimeout; then it is closed.
+	IdleTimeout time.Duration
+	// MaxInflightBodyBytes is the body budget, default
+	// DefaultMaxInflightBodyBytes: the most bytes of request bodies being
+	// received at once over all connections. A /pub or /mpub that would
+	// pass it (its Content-Length, or a chunked body as it grows) gets 503
+	// BODY_BUDGET_EXCEEDED before its body is buffered; its bytes return
+	// to the budget when the request ends. Bodies over 64 KiB may use only
+	// 7/8 of it, so large half-sent bodies cannot starve small requests.
+	MaxInflightBodyBytes int64
+	// Listener, if set, is the bound listener to serve on instead of
+	// binding Addr (a caller can bind before it starts its backend);
+	// the Server owns it from then on and closes it on Shutdown.
+	Listener net.Listener
 }
 
 // Defaults of Options.
@@ -126,6 +156,8 @@ type Server struct {
 	maxDeferMs int64
 	topics     intern.Table // topic names: a known one costs no allocation
 	m          serverMetrics
+	lim        limitMetrics // in m.set
+	budget     *bodyBudget
 
 	mu       sync.Mutex
 	state    int // stateNew, stateServing, stateShut
@@ -174,9 +206,15 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 	if opts.Logf == nil {
 		opts.Logf = log.Printf
 	}
-	ln, err := net.Listen("tcp", opts.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("ingest: %w", err)
+	if err := opts.fillLimits(); err != nil {
+		return nil, err
+	}
+	ln := opts.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", opts.Addr); err != nil {
+			return nil, fmt.Errorf("ingest: %w", err)
+		}
 	}
 	s := &Server{
 		b:          b,
@@ -186,7 +224,9 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 		maxBody:    opts.MaxBodySize,
 		maxDeferMs: opts.MaxDefer.Milliseconds(),
 		m:          newServerMetrics(),
+		budget:     newBodyBudget(opts.MaxInflightBodyBytes),
 	}
+	s.initLimits()
 	s.srv = &fasthttp.Server{
 		Handler:               s.handle,
 		NoDefaultServerHeader: true, // nsqd sends none
@@ -198,8 +238,17 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 		StreamRequestBody:            true,
 		MaxRequestBodySize:           int(opts.MaxBodySize) + 1,
 		DisablePreParseMultipartForm: true,
-		Logger:                       logger{opts.Logf},
+		Logger:                       &rateLogger{f: opts.Logf, m: &s.lim},
+		// The limits on clients: ReadTimeout runs from the connection's
+		// open (or a keep-alive request's first byte) to the end of the
+		// head; headerReceived then gives the body BodyTimeout.
+		Concurrency:    opts.MaxConns,
+		ReadTimeout:    opts.HeaderTimeout,
+		IdleTimeout:    opts.IdleTimeout,
+		HeaderReceived: bodyDeadline(opts.BodyTimeout),
+		ConnState:      connState,
 	}
+	s.ln = trackingListener{Listener: ln, m: &s.lim}
 	return s, nil
 }
 
@@ -209,23 +258,38 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 // and /mpub see the same error when they read the body and answer 500
 // INTERNAL_ERROR, publishing nothing. (fasthttp has reset the request by
 // now, so the route is unknown: a cut-off body on a route that does not
-// read it, which nsqd would answer as usual, gets the same 500.)
+// read it, which nsqd would answer as usual, gets the same 500.) A read
+// timeout (HeaderTimeout) closes the connection without an answer, as Go's
+// net/http does. fasthttp closes the connection after any of these; each
+// counts as an aborted connection and a client error.
 func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
+	s.lim.aborted.Inc()
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		s.lim.headerTimeouts.Inc()
+		s.clientError(reasonHeaderTimeout, 0)
+		ctx.Conn().Close() // what fasthttp writes next goes nowhere
+		return
+	}
 	if err == io.ErrUnexpectedEOF {
+		s.clientError(reasonBodyCutOff, errInternal.Code)
 		s.writeError(ctx, errInternal)
 		return
 	}
 	var small *fasthttp.ErrSmallBuffer
 	if errors.As(err, &small) {
+		s.clientError(reasonHeadTooLarge, fasthttp.StatusRequestHeaderFieldsTooLarge)
 		ctx.Error("431 Request Header Fields Too Large", fasthttp.StatusRequestHeaderFieldsTooLarge)
 		return
 	}
+	reason := reasonBadRequest
+	var bc fasthttp.ErrBrokenChunk
+	if errors.As(err, &bc) {
+		reason = reasonBadChunk
+	}
+	s.clientError(reason, fasthttp.StatusBadRequest)
 	ctx.Error("400 Bad Request", fasthttp.StatusBadRequest)
 }
-
-type logger struct{ f func(string, ...any) }
-
-func (l logger) Printf(format string, args ...any) { l.f("ingest: "+format, args...) }
 
 // Addr returns the bound host:port.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
@@ -582,6 +646,9 @@ type reqState struct {
 	req    PubRequest
 	read   int64 // body bytes read
 	ended  bool  // the whole body was read
+
+	budget   *bodyBudget // what reserved is held of, or nil
+	reserved int64       // bytes held of the Server's body budget
 }
 
 var statePool = sync.Pool{New: func() any { return new(reqState) }}
@@ -595,6 +662,7 @@ const (
 func getState() *reqState { return statePool.Get().(*reqState) }
 
 func putState(st *reqState) {
+	st.release()
 	st.args.Reset()
 	st.req = PubRequest{}
 	st.read, st.ended = 0, false
@@ -627,8 +695,12 @@ func (st *reqState) parseQuery(ctx *fasthttp.RequestCtx) *Error {
 
 // readBody reads at most limit bytes of the request body into st.buf, as
 // io.ReadAll(io.LimitReader(body, limit)) would, and notes in st.ended
-// whether that was all of it.
-func (st *reqState) readBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, error) {
+// whether that was all of it. A body read from the stream first takes its
+// bytes from s's body budget: all of min(Content-Length, limit) before
+// reading, or, chunked, each step as it grows; errBudget (with nothing or
+// only what was read before) if the budget refuses. putState gives them
+// back.
+func (s *Server) readBody(ctx *fasthttp.RequestCtx, st *reqState, limit int64) ([]byte, error) {
 	r := ctx.RequestBodyStream()
 	if r == nil {
 		b := ctx.Request.Body()
@@ -639,10 +711,23 @@ func (st *reqState) readBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, err
 		return b, nil
 	}
 	want := limit
+	chunked := ctx.Request.Header.ContentLength() < 0
 	if cl := ctx.Request.Header.ContentLength(); cl >= 0 && int64(cl) < want {
 		want = int64(cl)
 	}
+	if !chunked && !s.reserve(st, want) {
+		return nil, errBudget
+	}
 	buf := st.buf[:0]
+	hint := int64(initialBodyBuf)
+	if !chunked {
+		hint = max(want, hint)
+	}
+	if int64(cap(buf)) > 2*hint {
+		// A pooled buffer far larger than this body would be memory
+		// outside the budget for as long as this request lasts.
+		buf = nil
+	}
 	if first := min(want, initialBodyBuf); int64(cap(buf)) < first && ctx.Request.Header.ContentLength() >= 0 {
 		// Not the whole Content-Length up front: a client that declares
 		// 5 MiB and sends nothing more would hold 5 MiB of heap per
@@ -658,8 +743,16 @@ func (st *reqState) readBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, err
 			copy(nb, buf)
 			buf = nb
 		}
+		end := min(int64(cap(buf)), want)
+		if chunked {
+			// The budget grows with the body, a step ahead of it.
+			if end = min(end, int64(len(buf))+initialBodyBuf); !s.reserve(st, end) {
+				err = errBudget
+				break
+			}
+		}
 		var n int
-		n, err = r.Read(buf[len(buf):min(int64(cap(buf)), want)])
+		n, err = r.Read(buf[len(buf):end])
 		buf = buf[:len(buf)+n]
 		if err != nil {
 			if err == io.EOF {
@@ -814,9 +907,9 @@ func (s *Server) pub(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	readMax := s.maxMsg + 1
-	body, err := st.readBody(ctx, readMax)
+	body, err := s.readBody(ctx, st, readMax)
 	if err != nil {
-		s.writeError(ctx, errInternal)
+		s.writeError(ctx, s.bodyError(err))
 		return
 	}
 	if int64(len(body)) == readMax {
@@ -891,7 +984,11 @@ func (s *Server) mpub(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	readMax := s.maxBody + 1
-	body, err := st.readBody(ctx, readMax)
+	body, err := s.readBody(ctx, st, readMax)
+	if err == errBudget {
+		s.writeError(ctx, ErrBodyBudget)
+		return
+	}
 	if binaryMode {
 		// A read error ends the body, as it ends nsqd's io.ReadFull.
 		truncated := err == nil && int64(len(body)) == readMax
@@ -905,6 +1002,13 @@ func (s *Server) mpub(ctx *fasthttp.RequestCtx) {
 		if e == nil && err != nil {
 			e = errInternal
 		}
+	}
+	if err != nil {
+		code := fasthttp.StatusOK
+		if e != nil {
+			code = e.Code
+		}
+		s.countBodyError(err, code)
 	}
 	if e != nil {
 		s.writeError(ctx, e)
