@@ -3,6 +3,7 @@ package deferd
 import (
 	"io"
 	"maps"
+	"net"
 	"sync"
 
 	"github.com/deferd/deferd/ingest"
@@ -20,14 +21,29 @@ const Version = "0.2.0"
 // safe for concurrent use.
 func (s *Scheduler) ListenHTTP() (*ingest.Server, error) {
 	b := &httpBackend{s: s}
+	var ln net.Listener // Options.HTTPListener: the first call's
+	s.listenersMu.Lock()
+	if !s.httpListenerTaken {
+		ln, s.httpListenerTaken = s.opts.HTTPListener, true
+	}
+	s.listenersMu.Unlock()
 	srv, err := ingest.NewServer(ingest.Options{
-		Addr:        s.opts.HTTPAddress,
-		MaxMsgSize:  s.opts.MaxMsgSize,
-		MaxBodySize: s.opts.MaxBodySize,
-		MaxDefer:    s.opts.MaxDefer,
-		Logf:        s.logf,
+		Addr:                 s.opts.HTTPAddress,
+		MaxMsgSize:           s.opts.MaxMsgSize,
+		MaxBodySize:          s.opts.MaxBodySize,
+		MaxDefer:             s.opts.MaxDefer,
+		Logf:                 s.logf,
+		MaxConns:             s.opts.HTTPMaxConns,
+		HeaderTimeout:        s.opts.HTTPHeaderTimeout,
+		BodyTimeout:          s.opts.HTTPBodyTimeout,
+		IdleTimeout:          s.opts.HTTPIdleTimeout,
+		MaxInflightBodyBytes: s.opts.MaxInflightBodyBytes,
+		Listener:             ln,
 	}, b)
 	if err != nil {
+		if ln != nil {
+			ln.Close()
+		}
 		return nil, err
 	}
 	b.addr = srv.Addr()
@@ -74,6 +90,9 @@ type listenerSet struct {
 	listenersMu sync.Mutex
 	listeners   map[string]any
 	ingest      []ingestSource // every listener made, in order; under listenersMu
+
+	// httpListenerTaken: a ListenHTTP took Options.HTTPListener.
+	httpListenerTaken bool
 }
 
 // ingestSource is one listener's counts, by protocol ("http", "tcp").

@@ -3,10 +3,12 @@ package deferd
 import (
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"time"
 
 	"github.com/deferd/deferd/egress"
+	"github.com/deferd/deferd/ingest"
 	"github.com/deferd/deferd/internal/nsqdnode"
 	"github.com/deferd/deferd/journal"
 )
@@ -44,6 +46,22 @@ type Options struct {
 	// TCPAddress is where ListenTCP binds nsqd's TCP protocol for
 	// producers; "" in cmd/deferd: none.
 	TCPAddress string `flag:"tcp-address"`
+	// HTTPListener, if set, is the bound listener the first ListenHTTP
+	// serves on instead of binding HTTPAddress, so a caller (cmd/deferd)
+	// can bind before New replays the journal and find a port in use
+	// first. ListenHTTP's Server owns it from then on. No flag.
+	HTTPListener net.Listener
+	// Limits of the HTTP API on clients (ingest.Options has the details):
+	// the most open connections (beyond: 503 and close), the time for a
+	// request's head and then for its body, a keep-alive connection's
+	// idle time, and the body budget: the most bytes of request bodies
+	// being received at once, past which a /pub or /mpub gets 503
+	// BODY_BUDGET_EXCEEDED before its body is buffered.
+	HTTPMaxConns         int           `flag:"http-max-conns"`
+	HTTPHeaderTimeout    time.Duration `flag:"http-header-timeout"`
+	HTTPBodyTimeout      time.Duration `flag:"http-body-timeout"`
+	HTTPIdleTimeout      time.Duration `flag:"http-idle-timeout"`
+	MaxInflightBodyBytes int64         `flag:"max-inflight-body-bytes"`
 	// MaxMsgSize and MaxBodySize are nsqd's limits for one message and
 	// one request (HTTP and Publish); MaxDefer is the longest delay.
 	MaxMsgSize  int64         `flag:"max-msg-size"`
@@ -113,6 +131,11 @@ func NewOptions() Options {
 		EmbeddedNSQDLogLevel:     "warn",
 		HTTPAddress:              "127.0.0.1:4180",
 		TCPAddress:               "127.0.0.1:4190",
+		HTTPMaxConns:             ingest.DefaultMaxConns,
+		HTTPHeaderTimeout:        ingest.DefaultHeaderTimeout,
+		HTTPBodyTimeout:          ingest.DefaultBodyTimeout,
+		HTTPIdleTimeout:          ingest.DefaultIdleTimeout,
+		MaxInflightBodyBytes:     ingest.DefaultMaxInflightBodyBytes,
 		MaxMsgSize:               1 << 20,
 		MaxBodySize:              5 << 20,
 		MaxDefer:                 365 * 24 * time.Hour,
@@ -162,6 +185,8 @@ func (o *Options) Validate() error {
 		{"RetryBackoff", "retry-backoff", o.RetryBackoff}, {"ParkBackoff", "park-backoff", o.ParkBackoff},
 		{"FsyncInterval", "fsync-interval", o.FsyncInterval}, {"ShutdownGrace", "shutdown-grace", o.ShutdownGrace},
 		{"PublishBackoff", "", o.PublishBackoff},
+		{"HTTPHeaderTimeout", "http-header-timeout", o.HTTPHeaderTimeout}, {"HTTPBodyTimeout", "http-body-timeout", o.HTTPBodyTimeout},
+		{"HTTPIdleTimeout", "http-idle-timeout", o.HTTPIdleTimeout},
 	} {
 		if d.v <= 0 {
 			return bad(d.field, d.flag, "must be > 0", d.v)
@@ -179,6 +204,7 @@ func (o *Options) Validate() error {
 		{"BatchSize", "batch-size", int64(o.BatchSize)}, {"ConnsPerNSQD", "conns-per-nsqd", int64(o.ConnsPerNSQD)},
 		{"MaxPending", "max-pending", o.MaxPending}, {"MaxPendingBytes", "max-pending-bytes", o.MaxPendingBytes},
 		{"SegmentSize", "segment-size", o.SegmentSize},
+		{"HTTPMaxConns", "http-max-conns", int64(o.HTTPMaxConns)}, {"MaxInflightBodyBytes", "max-inflight-body-bytes", o.MaxInflightBodyBytes},
 	} {
 		if n.v <= 0 {
 			return bad(n.field, n.flag, "must be > 0", n.v)

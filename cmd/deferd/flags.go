@@ -39,6 +39,11 @@ var usage = map[string]string{
 	"compact-interval":             "how often to look for journal segments to compact (0 disables)",
 	"direct-publish":               "send messages already due (no delay, no id) to nsqd before replying, skipping the journal; the 200 then means nsqd acknowledged them. What nsqd does not take at once is journaled as usual",
 	"shutdown-grace":               "on SIGTERM, how long in-flight requests, then running publishes, may take to finish",
+	"http-max-conns":               "most open HTTP connections; one beyond it gets a plain-text 503 and is closed",
+	"http-header-timeout":          "time for an HTTP request's head (from the connection's open, or a keep-alive request's first byte); past it the connection is closed without an answer",
+	"http-body-timeout":            "time for an HTTP request's body, from the end of its head; past it /pub and /mpub answer 500 INTERNAL_ERROR (as nsqd does to a failed body read), counted in deferd_ingest_client_errors_total",
+	"http-idle-timeout":            "how long a keep-alive HTTP connection may wait for its next request",
+	"max-inflight-body-bytes":      "most bytes of HTTP request bodies being received at once, over all connections; a /pub or /mpub past it gets 503 BODY_BUDGET_EXCEEDED before its body is read (bodies over 64 KiB may use only 7/8 of it)",
 }
 
 // stringList is a repeatable string flag bound to a []string.

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -63,6 +64,29 @@ func main() {
 	}
 }
 
+// bindListeners binds --http-address into c.HTTPListener (ListenHTTP
+// serves on it) and checks that --tcp-address can be bound: the TCP
+// listener binds its own address after New (ingest.NewTCPServer has no
+// pre-bound form), so a port taken in between is still found then.
+func bindListeners(c *config) error {
+	ln, err := net.Listen("tcp", c.HTTPAddress)
+	if err != nil {
+		return fmt.Errorf("--http-address: %w", err)
+	}
+	if c.TCPAddress != "" {
+		if _, port, _ := net.SplitHostPort(c.TCPAddress); port != "0" {
+			probe, err := net.Listen("tcp", c.TCPAddress)
+			if err != nil {
+				ln.Close()
+				return fmt.Errorf("--tcp-address: %w", err)
+			}
+			probe.Close()
+		}
+	}
+	c.HTTPListener = ln
+	return nil
+}
+
 func signalChan() <-chan os.Signal {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
@@ -77,8 +101,14 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 		return err
 	}
 	c.Logf = logger.Printf
+	// Listeners first: a port in use is found before the embedded nsqd
+	// starts and the journal is replayed.
+	if err := bindListeners(&c); err != nil {
+		return err
+	}
 	s, err := deferd.New(c.Options)
 	if err != nil {
+		c.HTTPListener.Close()
 		return err
 	}
 	srv, err := s.ListenHTTP()
