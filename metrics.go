@@ -122,6 +122,11 @@ func (s *Scheduler) writeMetrics(w io.Writer) {
 	}
 	js := s.j.Stats()
 	metrics.WriteGaugeUint64(w, "deferd_journal_segments", uint64(js.Segments))
+	writable := uint64(0)
+	if js.Writable {
+		writable = 1
+	}
+	metrics.WriteGaugeUint64(w, "deferd_journal_writable", writable)
 	metrics.WriteGaugeUint64(w, "deferd_journal_disk_bytes", uint64(max(js.DiskBytes, 0)))
 	metrics.WriteGaugeUint64(w, "deferd_journal_live_messages", uint64(max(js.Live, 0)))
 	metrics.WriteCounterUint64(w, "deferd_journal_appends_total", js.Appends)
@@ -171,6 +176,7 @@ var help = map[string]string{
 	"deferd_journal_corrupt_records":              "Corrupt journal records the last recovery found.",
 	"deferd_journal_recovery_seconds":             "Duration of the last journal recovery.",
 	"deferd_journal_segments":                     "Journal segment files.",
+	"deferd_journal_writable":                     "1 if the journal can write, 0 while it cannot (disk full: delayed publishes answer 503 JOURNAL_UNAVAILABLE, published marks are held in memory, retried every second).",
 	"deferd_journal_disk_bytes":                   "Bytes in journal segment files still present.",
 	"deferd_journal_live_messages":                "Live messages in the journal.",
 	"deferd_journal_appends_total":                "Message records written to the journal.",

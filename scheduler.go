@@ -1,7 +1,10 @@
 package deferd
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"path/filepath"
@@ -33,6 +36,7 @@ type Scheduler struct {
 	sink Sink
 	eg   *egress.Publisher // the default sink's, nil with Options.Sink
 	node *nsqdnode.Node    // the embedded nsqd, if any
+	nlog *nsqdLog          // the embedded nsqd's log writer, which counts its lost messages
 	dq   directQ           // DirectPublish's batching
 
 	pending      atomic.Int64
@@ -110,6 +114,7 @@ func (s *Scheduler) open() error {
 	}
 	addrs := o.NSQDTCPAddresses
 	if o.EmbeddedNSQD {
+		s.nlog = &nsqdLog{w: os.Stderr}
 		node, err := nsqdnode.Start(nsqdnode.Config{
 			TCPAddress:   o.EmbeddedNSQDTCPAddress,
 			HTTPAddress:  o.EmbeddedNSQDHTTPAddress,
@@ -117,7 +122,7 @@ func (s *Scheduler) open() error {
 			MemQueueSize: nsqdMemQueue(o.EmbeddedNSQDMemQueueSize),
 			MaxMsgSize:   o.MaxMsgSize,
 			MaxBodySize:  o.MaxBodySize,
-			Logger:       os.Stderr,
+			Logger:       s.nlog,
 			LogLevel:     o.EmbeddedNSQDLogLevel,
 		})
 		if err != nil {
@@ -154,7 +159,19 @@ func (s *Scheduler) open() error {
 	if s.pool, err = pool.New(o.PoolSize, func(v any) { s.logf("BUG: publish task panicked: %v", v) }); err != nil {
 		return err
 	}
-	s.dq = directQ{send: s.sendDirect, max: senders, maxMsgs: o.BatchSize}
+	send := s.sendDirect
+	if s.node != nil && o.Sink == nil {
+		// The embedded nsqd keeps its data on the journal's disk: while the
+		// journal cannot write, nsqd could not persist a direct publish at
+		// a stop either. None is sent; the journal then refuses it (503).
+		send = func(topic string, bodies [][]byte) int {
+			if !s.j.Writable() {
+				return 0
+			}
+			return s.sendDirect(topic, bodies)
+		}
+	}
+	s.dq = directQ{send: send, max: senders, maxMsgs: o.BatchSize}
 	return nil
 }
 
@@ -198,7 +215,10 @@ func (s *Scheduler) leave() { s.running.Done() }
 // tasks running get up to grace; then the journal closes with everything
 // pending still in it, for the next New on the same DataPath. An embedded
 // nsqd is stopped last (it persists what it holds). Close is idempotent;
-// it returns the journal's close error, if any.
+// it returns the journal's close error, if any, and an error if the
+// embedded nsqd could not persist messages it held (a full disk: each
+// "failed to write message to backend" line nsqd logs while stopping is
+// one message lost, which Close counts and logs).
 func (s *Scheduler) Close(grace time.Duration) error {
 	s.closeOnce.Do(func() {
 		s.life.Lock()
@@ -216,7 +236,13 @@ func (s *Scheduler) Close(grace time.Duration) error {
 		s.closeErr = s.j.Close()
 		if s.node != nil {
 			s.node.WaitProducersGone(2 * time.Second) // our egress connections
+			before := s.nlog.lost.Load()
 			s.node.Exit()
+			if lost := s.nlog.lost.Load() - before; lost > 0 {
+				err := fmt.Errorf("embedded nsqd: %d messages lost at stop: nsqd could not write them to its disk queue (disk full?)", lost)
+				s.logf("ERROR: %v; direct publishes among them are gone for good, messages delivered from the journal whose published marks were not written are delivered again after a restart", err)
+				s.closeErr = errors.Join(s.closeErr, err)
+			}
 		}
 	})
 	return s.closeErr
@@ -288,4 +314,20 @@ func (s *Scheduler) EmbeddedNSQDHTTPAddress() string {
 		return ""
 	}
 	return s.node.HTTPAddr
+}
+
+// nsqdLog is the embedded nsqd's log writer: it passes every line to w and
+// counts those saying nsqd failed to write a message to its disk queue.
+// While nsqd stops, each such line is one message lost (at run time it is
+// a refused PUB, which deferd retries). log.Logger hands it whole lines.
+type nsqdLog struct {
+	w    io.Writer
+	lost atomic.Uint64
+}
+
+func (l *nsqdLog) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("failed to write message to backend")) {
+		l.lost.Add(1)
+	}
+	return l.w.Write(p)
 }
