@@ -148,7 +148,9 @@ func (s *Scheduler) journalAndSchedule(topic string, bodies [][]byte, dueMs int6
 		if errors.Is(err, journal.ErrClosed) {
 			return ErrClosed
 		}
-		s.logf("journal: append: %v", err)
+		if s.j.Writable() { // read-only: the journal logs entering and leaving once
+			s.logf("journal: append: %v", err)
+		}
 		return fmt.Errorf("%w: %w", ErrJournalUnavailable, err)
 	}
 	bytes := s.ix.add(s.wheelDue(dueMs), b.pos[:n], b.hs[:n], topic, id, reserved)

@@ -167,7 +167,7 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 	tcpDone.Wait()
 	pending := s.Pending()
 	if serr := s.Close(c.ShutdownGrace); serr != nil {
-		logger.Printf("journal close: %v", serr)
+		logger.Printf("close: %v", serr)
 		if err == nil {
 			err = serr
 		}
