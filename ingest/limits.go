@@ -197,6 +197,18 @@ func (s *Server) bodyError(err error) *Error {
 	return errInternal
 }
 
+// refuseBody answers a body the budget refused: 503 BODY_BUDGET_EXCEEDED
+// with Connection: close, and the connection closed at once instead of
+// lingering to read the rest (what lingerClose does for a 413): a client
+// pushing a large body gets a prompt close, and deferd spends no time
+// receiving what it refused. A client still sending may see a reset
+// instead of the 503; either way nothing was published.
+func (s *Server) refuseBody(ctx *fasthttp.RequestCtx, st *reqState) {
+	s.writeError(ctx, ErrBodyBudget)
+	ctx.SetConnectionClose()
+	st.ended = true // no lingering
+}
+
 // countBodyError counts a failed body read (not the budget's refusal),
 // answered with code: a client error, and an aborted connection (the
 // connection does not survive it).

@@ -908,6 +908,10 @@ func (s *Server) pub(ctx *fasthttp.RequestCtx) {
 	}
 	readMax := s.maxMsg + 1
 	body, err := s.readBody(ctx, st, readMax)
+	if err == errBudget {
+		s.refuseBody(ctx, st)
+		return
+	}
 	if err != nil {
 		s.writeError(ctx, s.bodyError(err))
 		return
@@ -986,7 +990,7 @@ func (s *Server) mpub(ctx *fasthttp.RequestCtx) {
 	readMax := s.maxBody + 1
 	body, err := s.readBody(ctx, st, readMax)
 	if err == errBudget {
-		s.writeError(ctx, ErrBodyBudget)
+		s.refuseBody(ctx, st)
 		return
 	}
 	if binaryMode {
