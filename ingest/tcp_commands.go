@@ -112,10 +112,11 @@ func (tc *tcpConn) pub() ([]byte, *tcpError) {
 	if e := checkTopic("PUB", tc.params[1]); e != nil {
 		return nil, e
 	}
+	topic := tc.s.topics.Get(tc.params[1]) // before a read refills the buffer params alias
 	if e := tc.readMessage("PUB"); e != nil {
 		return nil, e
 	}
-	return tc.publish("PUB", dueAfter(0))
+	return tc.publish("PUB", topic, dueAfter(0))
 }
 
 // dpub is DPUB <topic> <defer_ms>: nsqd's checks, but 0 ≤ defer_ms ≤
@@ -131,10 +132,11 @@ func (tc *tcpConn) dpub() ([]byte, *tcpError) {
 	if e != nil {
 		return nil, e
 	}
+	topic := tc.s.topics.Get(tc.params[1]) // before a read refills the buffer params alias
 	if e := tc.readMessage("DPUB"); e != nil {
 		return nil, e
 	}
-	return tc.publish("DPUB", dueAfter(ms))
+	return tc.publish("DPUB", topic, dueAfter(ms))
 }
 
 // deferMs parses a delay as nsqd's DPUB does (protocol.ByteToBase10:
@@ -172,6 +174,7 @@ func (tc *tcpConn) mpub() ([]byte, *tcpError) {
 	if e := checkTopic("MPUB", tc.params[1]); e != nil {
 		return nil, e
 	}
+	topic := tc.s.topics.Get(tc.params[1]) // before a read refills the buffer params alias
 	var ms int64
 	if len(tc.params) > 2 {
 		var e *tcpError
@@ -192,7 +195,7 @@ func (tc *tcpConn) mpub() ([]byte, *tcpError) {
 	if e := tc.readMPUB(); e != nil {
 		return nil, e
 	}
-	return tc.publish("MPUB", dueAfter(ms))
+	return tc.publish("MPUB", topic, dueAfter(ms))
 }
 
 // readMPUB is nsqd's readMPUB: a count, then per message a size and the
@@ -249,11 +252,13 @@ func dueAfter(ms int64) int64 {
 	return ceilMs(ns) + ms
 }
 
-// publish hands tc.bodies to the backend. A backend error is nsqd's
+// publish hands tc.bodies to the backend for topic, which the caller
+// took from tc.params before reading the bodies: tc.params alias the read
+// buffer, which reading a body may refill. A backend error is nsqd's
 // E_PUB_FAILED / E_MPUB_FAILED / E_DPUB_FAILED ("PUB failed OVER_CAPACITY",
 // ...), fatal as in nsqd, so a client reconnects before its next publish.
-func (tc *tcpConn) publish(cmd string, due int64) ([]byte, *tcpError) {
-	tc.req = PubRequest{Topic: tc.s.topics.Get(tc.params[1]), Bodies: tc.bodies, Due: due}
+func (tc *tcpConn) publish(cmd, topic string, due int64) ([]byte, *tcpError) {
+	tc.req = PubRequest{Topic: topic, Bodies: tc.bodies, Due: due}
 	if err := tc.s.b.Publish(&tc.req); err != nil {
 		text := "INTERNAL_ERROR"
 		if e := errorOf(err); e != nil {
