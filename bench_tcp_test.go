@@ -30,10 +30,10 @@ import (
 // the benchmark process, with the producers (and the consumer). Each run
 // reports msg/s, the benchmark process's CPU per message (producers,
 // consumer and, on deferd's side, deferd) and nsqd's. Interleave repeats
-// with -count:
+// (-count repeats each sub-benchmark back to back):
 //
-//	go test -run XXX -bench 'TCPDueNow|TCPDelayedMPUB' -benchtime 200000x -count 3 .
-//	go test -run XXX -bench 'TCPDPUB' -benchtime 20000x -count 3 .
+//	for i in 1 2 3; do go test -run XXX -bench 'TCPDueNow|TCPDelayedMPUB' -benchtime 200000x .; done
+//	for i in 1 2 3; do go test -run XXX -bench 'TCPDPUB' -benchtime 20000x .; done
 
 // extNSQD is an nsqd process on free loopback ports with a temporary data
 // path, killed when the benchmark ends.
@@ -182,46 +182,50 @@ func producers(b *testing.B, addr string, n int) []*nsq.Producer {
 }
 
 // BenchmarkTCPDueNow: go-nsq MultiPublish of 100 x 500 B, due now, from
-// 16 goroutines on 4 Producers (connections), into nsqd's own TCP port and
-// into deferd's (which publishes each MPUB straight to nsqd before its
-// OK), each with a fresh nsqd process; the clock stops when nsqd has
-// counted every message.
+// 16 goroutines on 4 (and on 16) Producers, one connection each, into
+// nsqd's own TCP port and into deferd's (which publishes each MPUB
+// straight to nsqd before its OK), each with a fresh nsqd process; the
+// clock stops when nsqd has counted every message.
 func BenchmarkTCPDueNow(b *testing.B) {
-	for _, target := range []string{"nsqd-tcp-mpub", "deferd-tcp-mpub"} {
-		b.Run(target, func(b *testing.B) {
-			node := startExtNSQD(b, max(b.N, 100_000))
-			addr := node.TCPAddr
-			if target == "deferd-tcp-mpub" {
-				_, addr = tcpScheduler(b, node.TCPAddr)
-			}
-			ps := producers(b, addr, 4)
-			batch := bytes.Split(benchLines(100), []byte("\n"))
-			var left atomic.Int64
-			left.Store(int64(b.N))
-			b.ResetTimer()
-			start, cpu0, ncpu0 := time.Now(), cpuTime(), node.cpu()
-			var wg sync.WaitGroup
-			for g := range 16 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for left.Add(-100) > -100 {
-						if err := ps[g%len(ps)].MultiPublish("t", batch); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				}()
-			}
-			wg.Wait()
-			node.waitTopic(b, "t", b.N)
-			el := time.Since(start)
-			b.StopTimer()
-			b.ReportMetric(float64(b.N)/el.Seconds(), "msg/s")
-			b.ReportMetric(cpuSince(cpu0)/float64(b.N)*1e6, "cpu-µs/msg")
-			b.ReportMetric((node.cpu()-ncpu0)/float64(b.N)*1e6, "nsqd-cpu-µs/msg")
-		})
+	for _, conns := range []int{4, 16} {
+		for _, target := range []string{"nsqd-tcp-mpub", "deferd-tcp-mpub"} {
+			b.Run(fmt.Sprintf("conns=%d/%s", conns, target), func(b *testing.B) { benchTCPDueNow(b, target, conns) })
+		}
 	}
+}
+
+func benchTCPDueNow(b *testing.B, target string, conns int) {
+	node := startExtNSQD(b, max(b.N, 100_000))
+	addr := node.TCPAddr
+	if target == "deferd-tcp-mpub" {
+		_, addr = tcpScheduler(b, node.TCPAddr)
+	}
+	ps := producers(b, addr, conns)
+	batch := bytes.Split(benchLines(100), []byte("\n"))
+	var left atomic.Int64
+	left.Store(int64(b.N))
+	b.ResetTimer()
+	start, cpu0, ncpu0 := time.Now(), cpuTime(), node.cpu()
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for left.Add(-100) > -100 {
+				if err := ps[g%len(ps)].MultiPublish("t", batch); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	node.waitTopic(b, "t", b.N)
+	el := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/el.Seconds(), "msg/s")
+	b.ReportMetric(cpuSince(cpu0)/float64(b.N)*1e6, "cpu-µs/msg")
+	b.ReportMetric((node.cpu()-ncpu0)/float64(b.N)*1e6, "nsqd-cpu-µs/msg")
 }
 
 // BenchmarkTCPDelayedMPUB: 100 x 500 B due in an hour, from 16 connections
