@@ -25,20 +25,26 @@ func (s *Scheduler) Cancel(id string) error {
 	if err != nil {
 		return err
 	}
+	return s.cancelled1(r.p)
+}
+
+// cancelled1 marks the message at p, which the index no longer holds,
+// cancelled in the journal and counts it.
+func (s *Scheduler) cancelled1(p journal.Pos) error {
 	var answer error
 	// Success promises the cancel survives a crash: wait for the mark to
 	// be written, as Publish waits for its records.
-	if err := s.j.DoneWait(journal.Cancelled, []journal.Key{r.p.Key()}); err != nil {
+	if err := s.j.DoneWait(journal.Cancelled, []journal.Key{p.Key()}); err != nil {
 		// Out of the wheel now, but without its mark the message comes
 		// back after a restart: the caller must not take this as done.
-		s.logf("journal: cancel mark for %v: %v", r.p.Key(), err)
+		s.logf("journal: cancel mark for %v: %v", p.Key(), err)
 		answer = fmt.Errorf("%w: %w", ErrJournalUnavailable, err)
 		if errors.Is(err, journal.ErrClosed) {
 			answer = ErrClosed
 		}
 	}
 	s.pending.Add(-1)
-	s.pendingBytes.Add(-int64(r.p.Len))
+	s.pendingBytes.Add(-int64(p.Len))
 	s.cancelled.Add(1)
 	return answer
 }

@@ -59,15 +59,19 @@ func (s *Scheduler) compact(seg uint32) (moved int, err error) {
 		if s.stopping() {
 			return errStopping
 		}
+		if m.Topic == retainTopic {
+			return s.moveRetained(p, m)
+		}
 		mv, ok := s.ix.moveOut(p, m.ID)
 		if !ok {
 			return nil // not in the wheel, or being published now
 		}
+		m.Origin = mv.key // the copy keeps the message's Key
 		np, err := s.j.AppendMoved(p.Key(), m)
 		if err != nil {
 			np = p // keep it where it is
 		}
-		s.ix.moveIn(mv, np, s.wheelDue(m.Due), m.Topic, m.ID)
+		s.ix.moveIn(mv, np, s.wheelDue(m.Due), m.Topic, m.ID, false)
 		if err != nil {
 			return err
 		}

@@ -56,7 +56,7 @@ func (s *Scheduler) publishTask(t *task) {
 			// A bug; but the messages it held must not be lost until a
 			// restart.
 			t.requeue = s.ix.unhandled(t.items, t.requeue[:0])
-			s.reschedule(t, t.requeue, s.opts.RetryBackoff)
+			s.reschedule(t, "", t.requeue, s.opts.RetryBackoff)
 			s.logf("BUG: publish task panicked: %v; its %d messages not yet published or rescheduled go back into the wheel", v, len(t.requeue))
 		}
 	}()
@@ -90,10 +90,10 @@ func (s *Scheduler) readTask(t *task) {
 		}
 		start := len(t.arena)
 		t.arena = append(t.arena, m.Body...)
-		t.add(m.Topic, msgRef{item: i, id: m.ID, due: m.Due, start: start, end: len(t.arena)})
+		t.add(m.Topic, msgRef{item: i, id: m.ID, due: m.Due, accepted: m.Accepted, start: start, end: len(t.arena)})
 	})
 	if len(t.requeue) > 0 {
-		s.reschedule(t, t.requeue, s.opts.ParkBackoff)
+		s.reschedule(t, "", t.requeue, s.opts.ParkBackoff)
 	}
 }
 
@@ -112,11 +112,11 @@ func (s *Scheduler) deliverGroup(t *task, g *group) {
 		if errors.Is(err, ErrRejected) {
 			s.failed.Add(1)
 			s.logf("sink: refused a message for topic %q: %v; retrying it in %v", g.topic, err, s.opts.ParkBackoff)
-			s.reschedule(t, g.msgs[sent:sent+1], s.opts.ParkBackoff)
+			s.reschedule(t, g.topic, g.msgs[sent:sent+1], s.opts.ParkBackoff)
 			sent++
 			continue
 		}
-		s.reschedule(t, g.msgs[sent:], s.opts.RetryBackoff)
+		s.reschedule(t, g.topic, g.msgs[sent:], s.opts.RetryBackoff)
 		return
 	}
 }
@@ -130,7 +130,8 @@ func (s *Scheduler) markPublished(t *task, topic string, msgs []msgRef) {
 	now := time.Now()
 	nowMs := now.UnixMilli()
 	var bytes int64
-	t.keys, bytes = s.ix.published(topic, t.items, msgs, t.keys[:0])
+	ret := s.retain(t, topic, msgs) // before the ids are given up
+	t.keys, bytes = s.ix.published(topic, t.items, msgs, t.keys[:0], ret)
 	if err := s.j.Done(journal.Published, t.keys); err != nil {
 		s.logf("journal: published marks: %v (these may be published again after restart)", err)
 	}
@@ -147,7 +148,7 @@ func (s *Scheduler) markPublished(t *task, topic string, msgs []msgRef) {
 
 // reschedule puts msgs back into the wheel, due after backoff, with the
 // same journal position, which their ids name.
-func (s *Scheduler) reschedule(t *task, msgs []msgRef, backoff time.Duration) {
+func (s *Scheduler) reschedule(t *task, topic string, msgs []msgRef, backoff time.Duration) {
 	s.retried.Add(uint64(len(msgs)))
-	s.ix.requeue(s.w.Now()+int64(backoff), t.items, msgs)
+	s.ix.requeue(s.w.Now()+int64(backoff), t.items, msgs, topic)
 }

@@ -40,6 +40,7 @@ func testOptions(dir string, addrs ...string) Options {
 	o.PublishBackoff = 20 * time.Millisecond
 	o.ConnsPerNSQD = 2
 	o.CompactInterval = 0
+	o.IDRetention = 0 // the tests of id retention (operator_test.go) set it
 	return o
 }
 

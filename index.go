@@ -2,6 +2,7 @@ package deferd
 
 import (
 	"sync"
+	"time"
 
 	"github.com/deferd/deferd/journal"
 	"github.com/deferd/deferd/wheel"
@@ -39,9 +40,44 @@ type index struct {
 	topics map[string]int64
 	// backoffDue holds, for messages put back into the wheel after a
 	// failed publish or read, the wheel time they wait for, so that
-	// compaction moves them without cutting their backoff short.
-	backoffDue map[journal.Key]int64
+	// compaction moves them without cutting their backoff short, and
+	// their failed attempts (what Lookup reports).
+	backoffDue map[journal.Key]backoff
+
+	// origOf maps the current key of a message that was moved (compacted
+	// or rescheduled) to its Key, the key of its first record; curOf maps
+	// that Key back to its current position. Messages never moved are in
+	// neither (their key is their record's). moving holds, by Key, a
+	// channel closed when a move under way ends.
+	origOf map[journal.Key]journal.Key
+	curOf  map[journal.Key]journal.Pos
+	moving map[journal.Key]chan struct{}
+
+	// retained holds the published messages whose id is retained
+	// (Options.IDRetention), by id; retQ lists them in publish order, for
+	// expiry (see retention.go).
+	retained  map[string]retainedRef
+	retByKey  map[Key]string // the ids of retained, by Key
+	retQ      []retExpiry
+	retDead   []journal.Key // retention records replaced or expired at replay: to mark done
+	retention time.Duration // Options.IDRetention
+
+	// counts are the cumulative accepted and published counts per topic
+	// (journaled and direct), for the per-second rates.
+	counts map[string]*topicCount2
 }
+
+// backoff is what index.backoffDue keeps of a message waiting out a
+// retry or park: the wheel time it waits for and its failed attempts.
+type backoff struct {
+	due      int64
+	attempts uint32
+	origDue  int64  // its due time, unix ms (0 if unknown)
+	topic    string // "" if unknown
+}
+
+// topicCount2 is one topic's cumulative accepted and published counts.
+type topicCount2 struct{ accepted, published uint64 }
 
 // idRef is where the pending message of a client id is: its journal
 // position (its handle in segs, to cancel it, and its key, to mark it
@@ -66,7 +102,13 @@ func newIndex(w *wheel.Wheel[ref]) *index {
 		waits:      make(map[string]chan struct{}),
 		segs:       make(map[uint32]*segTable),
 		topics:     make(map[string]int64),
-		backoffDue: make(map[journal.Key]int64),
+		backoffDue: make(map[journal.Key]backoff),
+		origOf:     make(map[journal.Key]journal.Key),
+		curOf:      make(map[journal.Key]journal.Pos),
+		moving:     make(map[journal.Key]chan struct{}),
+		retained:   make(map[string]retainedRef),
+		retByKey:   make(map[Key]string),
+		counts:     make(map[string]*topicCount2),
 	}
 }
 
@@ -108,6 +150,12 @@ func (x *index) handleLocked(p journal.Pos) wheel.Handle { return x.segs[p.Seg].
 func (x *index) untrackLocked(p journal.Pos) {
 	if len(x.backoffDue) > 0 {
 		delete(x.backoffDue, p.Key())
+	}
+	if len(x.origOf) > 0 {
+		if o, ok := x.origOf[p.Key()]; ok {
+			delete(x.origOf, p.Key())
+			delete(x.curOf, o)
+		}
 	}
 	st := x.segs[p.Seg]
 	if st.get(p.Ord) == 0 {
@@ -153,6 +201,10 @@ func (x *index) reserve(id string, full func() error) (chan struct{}, error) {
 			}
 			<-ch // being written or moved: see how that ends
 			continue
+		}
+		if x.retainedLocked(id) {
+			x.mu.Unlock()
+			return nil, nil // published within IDRetention
 		}
 		if err := full(); err != nil {
 			x.mu.Unlock()
@@ -202,8 +254,29 @@ func (x *index) add(due int64, ps []journal.Pos, hs []wheel.Handle, topic, id st
 		close(ch)
 	}
 	x.topics[topic] += int64(len(ps))
+	x.countLocked(topic).accepted += uint64(len(ps))
 	x.mu.Unlock()
 	return bytes
+}
+
+// countLocked returns topic's cumulative counts, creating them.
+func (x *index) countLocked(topic string) *topicCount2 {
+	c := x.counts[topic]
+	if c == nil {
+		c = &topicCount2{}
+		x.counts[topic] = c
+	}
+	return c
+}
+
+// countDirect counts n messages of topic accepted and published at once
+// (DirectPublish).
+func (x *index) countDirect(topic string, n int) {
+	x.mu.Lock()
+	c := x.countLocked(topic)
+	c.accepted += uint64(n)
+	c.published += uint64(n)
+	x.mu.Unlock()
 }
 
 // remove takes the pending message of id out of the wheel and the index,
@@ -241,9 +314,14 @@ func (x *index) remove(id string) (idRef, error) {
 // published forgets msgs of topic, which the sink took: positions, ids
 // (where they still name these messages) and the topic count. keys gets
 // their journal keys appended; it returns it and their record bytes.
-func (x *index) published(topic string, items []wheel.Item[ref], msgs []msgRef, keys []journal.Key) ([]journal.Key, int64) {
+//
+// ret, if not nil, holds the retention entries of those msgs that have an
+// id (in order), to keep in the same critical section that gives the id
+// up, so that no Publish with it sees it neither pending nor retained.
+func (x *index) published(topic string, items []wheel.Item[ref], msgs []msgRef, keys []journal.Key, ret []retainedRef) ([]journal.Key, int64) {
 	var bytes int64
 	x.mu.Lock()
+	k := 0
 	for _, r := range msgs {
 		p := items[r.item].Value
 		keys = append(keys, p.Key())
@@ -251,22 +329,72 @@ func (x *index) published(topic string, items []wheel.Item[ref], msgs []msgRef, 
 		x.untrackLocked(p)
 		if r.id != "" && x.idAtLocked(r.id, p) {
 			delete(x.ids, r.id)
+			if k < len(ret) {
+				x.retainLocked(r.id, ret[k])
+			}
+		}
+		if r.id != "" {
+			k++
 		}
 	}
 	x.decTopicLocked(topic, int64(len(msgs)))
+	x.countLocked(topic).published += uint64(len(msgs))
 	x.mu.Unlock()
 	return keys, bytes
+}
+
+// attempts returns the failed attempts of the messages at ps, which a
+// publish task holds, into dst (0 for most). O(len(ps)).
+func (x *index) attempts(ps []journal.Pos, dst []uint32) []uint32 {
+	dst = dst[:0]
+	x.mu.Lock()
+	for _, p := range ps {
+		dst = append(dst, x.backoffDue[p.Key()].attempts)
+	}
+	x.mu.Unlock()
+	return dst
+}
+
+// keyOfLocked is the Key of the message whose record is at p.
+func (x *index) keyOfLocked(p journal.Pos) journal.Key {
+	if len(x.origOf) > 0 {
+		if o, ok := x.origOf[p.Key()]; ok {
+			return o
+		}
+	}
+	return p.Key()
+}
+
+// keysOf returns the Keys of the messages at ps into dst. O(len(ps)).
+func (x *index) keysOf(ps []journal.Pos, dst []journal.Key) []journal.Key {
+	dst = dst[:0]
+	x.mu.Lock()
+	for _, p := range ps {
+		dst = append(dst, x.keyOfLocked(p))
+	}
+	x.mu.Unlock()
+	return dst
 }
 
 // requeue puts msgs back into the wheel at wheel time due, at the same
 // journal positions, which their ids name, and remembers the backoff for
 // compaction.
-func (x *index) requeue(due int64, items []wheel.Item[ref], msgs []msgRef) {
+//
+// topic is theirs, "" if unknown.
+func (x *index) requeue(due int64, items []wheel.Item[ref], msgs []msgRef, topic string) {
 	x.mu.Lock()
 	for _, r := range msgs {
 		p := items[r.item].Value
 		x.segTableLocked(p.Seg).set(p.Ord, x.w.Add(due, p))
-		x.backoffDue[p.Key()] = due
+		b := x.backoffDue[p.Key()]
+		b.due, b.attempts = due, b.attempts+1
+		if r.due != 0 {
+			b.origDue = r.due
+		}
+		if topic != "" {
+			b.topic = topic
+		}
+		x.backoffDue[p.Key()] = b
 	}
 	x.mu.Unlock()
 }
@@ -288,8 +416,10 @@ func (x *index) unhandled(items []wheel.Item[ref], dst []msgRef) []msgRef {
 // move is a pending message taken out of the wheel by moveOut, to be put
 // back by moveIn at its new position.
 type move struct {
-	backoff    int64
+	backoff    backoff
 	backingOff bool
+	key        journal.Key   // the message's Key
+	wait       chan struct{} // closed by moveIn: lookups by key wait for it
 	ch         chan struct{} // the id's wait, if it has one
 }
 
@@ -304,6 +434,9 @@ func (x *index) moveOut(p journal.Pos, id string) (mv move, ok bool) {
 		return move{}, false
 	}
 	mv.backoff, mv.backingOff = x.backoffDue[p.Key()]
+	mv.key = x.keyOfLocked(p)
+	mv.wait = make(chan struct{})
+	x.moving[mv.key] = mv.wait
 	x.untrackLocked(p)
 	if id != "" && x.idAtLocked(id, p) {
 		mv.ch = make(chan struct{})
@@ -315,15 +448,28 @@ func (x *index) moveOut(p journal.Pos, id string) (mv move, ok bool) {
 
 // moveIn puts back at np, due at wheel time due (or its backoff, if later),
 // a message moveOut took out.
-func (x *index) moveIn(mv move, np journal.Pos, due int64, topic, id string) {
-	if mv.backingOff {
-		due = max(due, mv.backoff) // waiting out a retry or park: keep waiting
+// With reset set (a reschedule), due replaces a backoff instead.
+func (x *index) moveIn(mv move, np journal.Pos, due int64, topic, id string, reset bool) {
+	if mv.backingOff && !reset {
+		due = max(due, mv.backoff.due) // waiting out a retry or park: keep waiting
 	}
 	x.mu.Lock()
 	x.segTableLocked(np.Seg).set(np.Ord, x.w.Add(due, np))
 	if mv.backingOff {
-		x.backoffDue[np.Key()] = mv.backoff
+		b := mv.backoff
+		if reset {
+			b.due = due
+		}
+		x.backoffDue[np.Key()] = b
 	}
+	if np.Key() != mv.key {
+		x.origOf[np.Key()] = mv.key
+		x.curOf[mv.key] = np
+	}
+	if x.moving[mv.key] == mv.wait {
+		delete(x.moving, mv.key)
+	}
+	close(mv.wait)
 	if mv.ch != nil && x.waits[id] == mv.ch {
 		x.ids[id] = idRef{np, topic, true}
 		delete(x.waits, id)

@@ -150,6 +150,7 @@ func (s *Scheduler) writeMetrics(w io.Writer) {
 	for _, tc := range tcs {
 		fmt.Fprintf(w, "deferd_pending_by_topic{topic=%q} %d\n", tc.topic, max(tc.n, 0))
 	}
+	s.writeDueMetrics(w)
 }
 
 // help is the # HELP text of deferd's families; a family not listed keeps

@@ -110,6 +110,12 @@ type Options struct {
 	// Concurrent requests for a topic share batches (see directQ). What
 	// the sink does not take at once is journaled and scheduled as usual.
 	DirectPublish bool `flag:"direct-publish"`
+	// IDRetention is how long a client id stays known after its message
+	// was published: meanwhile a Publish with it returns nil and schedules
+	// nothing, and Lookup reports the message published. It holds across
+	// restarts and compaction (a small retention record per id in the
+	// journal). 0: an id is forgotten once its message is published.
+	IDRetention time.Duration `flag:"id-retention"`
 	// ShutdownGrace bounds each step of Close run by cmd/deferd: requests
 	// in flight, then running publishes.
 	ShutdownGrace time.Duration `flag:"shutdown-grace"`
@@ -154,6 +160,7 @@ func NewOptions() Options {
 		SegmentSize:              64 << 20,
 		CompactInterval:          10 * time.Second,
 		DirectPublish:            true,
+		IDRetention:              5 * time.Minute,
 		ShutdownGrace:            10 * time.Second,
 	}
 }
@@ -194,6 +201,9 @@ func (o *Options) Validate() error {
 	}
 	if o.CompactInterval < 0 {
 		return bad("CompactInterval", "compact-interval", "must be >= 0 (0: off)", o.CompactInterval)
+	}
+	if o.IDRetention < 0 {
+		return bad("IDRetention", "id-retention", "must be >= 0 (0: off)", o.IDRetention)
 	}
 	for _, n := range []struct {
 		field, flag string

@@ -97,6 +97,7 @@ func (s *Scheduler) publish(topic string, bodies [][]byte, dueMs int64, id strin
 		taken := s.dq.publish(topic, bodies)
 		if taken > 0 {
 			s.publishedDirect(taken, dueMs)
+			s.ix.countDirect(topic, taken)
 		}
 		// What the sink did not take is journaled and retried by the
 		// wheel like any due message.
@@ -114,7 +115,7 @@ func (s *Scheduler) journalAndSchedule(topic string, bodies [][]byte, dueMs int6
 	n := int64(len(bodies))
 	var size int64 // in the unit of the pending-bytes counter: journal record bytes
 	for _, b := range bodies {
-		size += int64(journal.RecordLen(&journal.Message{ID: id, Topic: topic, Body: b}))
+		size += int64(journal.RecordLen(&journal.Message{ID: id, Topic: topic, Body: b, Accepted: 1}))
 	}
 	full := func() error {
 		if s.pending.Load()+n > s.opts.MaxPending || s.pendingBytes.Load()+size > s.opts.MaxPendingBytes {
@@ -141,8 +142,9 @@ func (s *Scheduler) journalAndSchedule(topic string, bodies [][]byte, dueMs int6
 
 	b := getPubBuf(len(bodies))
 	defer putPubBuf(b)
+	acc := time.Now().UnixMilli()
 	for i, body := range bodies {
-		b.msgs[i] = journal.Message{ID: id, Topic: topic, Due: dueMs, Body: body}
+		b.msgs[i] = journal.Message{ID: id, Topic: topic, Due: dueMs, Body: body, Accepted: acc}
 	}
 	if err := s.j.Append(b.msgs, b.pos); err != nil {
 		if errors.Is(err, journal.ErrClosed) {

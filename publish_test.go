@@ -108,7 +108,7 @@ func TestCapacityLimitBytes(t *testing.T) {
 	node := nsqdnodetest.Start(t, nsqdnode.Config{})
 	o := testOptions(t.TempDir(), node.TCPAddr)
 	body := bytes.Repeat([]byte("b"), 100)
-	rec := int64(journal.RecordLen(&journal.Message{Topic: "capb", Body: body}))
+	rec := int64(journal.RecordLen(&journal.Message{Topic: "capb", Body: body, Accepted: 1})) // records keep the accepted time
 	o.MaxPendingBytes = 5*rec + int64(len(body))
 	h := startHarness(t, o)
 	for i := 0; i < 5; i++ {

@@ -22,7 +22,16 @@ func (x *index) replay(j *journal.Journal) (rep journal.Report, n, bytes int64, 
 	)
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	nowMs := wall / int64(time.Millisecond)
 	rep, err = j.Recover(func(p journal.Pos, m *journal.Message) error {
+		if m.Topic == retainTopic {
+			x.replayRetainedLocked(p, m, nowMs)
+			return nil
+		}
+		if m.Origin != (journal.Key{}) {
+			x.origOf[p.Key()] = m.Origin
+			x.curOf[m.Origin] = p
+		}
 		h := x.w.Add(wheelTime(mono, wall, m.Due), p)
 		if p.Seg != lastSeg {
 			lastSeg, st = p.Seg, x.segTableLocked(p.Seg)
@@ -44,5 +53,6 @@ func (x *index) replay(j *journal.Journal) (rep journal.Report, n, bytes int64, 
 		x.topics[topic] += topicN
 	}
 	delete(x.topics, "")
+	x.sortRetQLocked()
 	return rep, n, bytes, err
 }

@@ -59,6 +59,7 @@ type Scheduler struct {
 	listenerSet
 	recovery journal.Report
 	startAt  time.Time
+	op       operatorState // Lookup, Reschedule, ListPending, id retention, Due (operator.go)
 
 	// Publish and Cancel calls run inside enter/leave; Close sets closed
 	// under life's write lock, then waits for running (the stop idiom of
@@ -92,11 +93,13 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	s.listeners = make(map[string]any)
 	s.ix = newIndex(s.w)
+	s.ix.retention = opts.IDRetention // before replay, which keeps retained ids
 	if err := s.open(); err != nil {
 		s.closeParts()
 		return nil, err
 	}
 	s.initMetrics()
+	s.startOperator()
 	out := make(chan *wheel.Batch[ref], 4)
 	s.goLoop(func() { s.w.Run(s.stop, out) })
 	s.goLoop(func() { s.dispatch(out) })

@@ -42,6 +42,11 @@ type Stats struct {
 	// Recovery is the journal replay at start; Recovery.Corrupt lists
 	// every corrupt region found (never skipped silently).
 	Recovery journal.Report `json:"recovery"`
+	// Due is the due-time figures of what is pending, in all and per
+	// topic: overdue, the oldest overdue, due within 1 s ... later, and
+	// the accepted and published rates (see DueReport).
+	Due         DueReport `json:"due"`
+	Rescheduled uint64    `json:"rescheduled"`
 	// Ingest is the counts of the listeners ListenHTTP and ListenTCP made,
 	// by protocol ("http", "tcp"; several of one protocol summed), since
 	// each was made; absent without listeners.
@@ -91,6 +96,8 @@ func (s *Scheduler) Stats() Stats {
 		Egress:          s.egressStats(),
 		Journal:         s.j.Stats(),
 		Recovery:        s.recovery,
+		Due:             s.Due(),
+		Rescheduled:     s.op.rescheduled.Load(),
 		Ingest:          s.ingestStats(),
 	}
 }

@@ -34,6 +34,7 @@ type msgRef struct {
 	item       int
 	id         string
 	due        int64
+	accepted   int64 // unix ms, 0 if unknown
 	start, end int
 }
 

@@ -44,6 +44,50 @@
 //     (503 OVER_CAPACITY, 503 JOURNAL_UNAVAILABLE, 503 EXITING, ...), any
 //     other error 500 INTERNAL_ERROR.
 //
+// # Operator endpoints (OperatorBackend; operator.go)
+//
+// A message is named by id=ID (its client id) or key=K, deferd's key of
+// every accepted message, "SEG-ORD" (the journal key of its first record;
+// the same across restarts, compaction and reschedules). Exactly one of
+// them: neither or both is 400 MISSING_ARG_ID, a bad id 400 INVALID_ID, a
+// bad key 400 INVALID_KEY. /pub and /mpub still answer a plain OK.
+//
+//   - GET /message?id=ID|key=K[&body=true]: 200
+//     {"id":ID,"key":K,"topic":T,"state":S,"due_ms":N,"accepted_ms":N,"size":N,"attempts":N}
+//     with S pending, in_flight or published (published only while the id
+//     is retained, --id-retention); "id" is "" for a message without one;
+//     size is the body's bytes; accepted_ms 0 means unknown (journaled by
+//     an older deferd); attempts counts hand-overs to nsqd that failed (plus
+//     the one that succeeded, once published). body=true adds
+//     "body":BASE64 (at most 64 KiB) and "truncated":BOOL (body=false or
+//     absent: neither; a value that is not a bool is 400 INVALID_REQUEST).
+//     404 NOT_FOUND if no such message is pending, in flight or retained.
+//   - GET /pending?[topic=T][&limit=N][&after=CURSOR]: 200
+//     {"messages":[{"key":K,"id":ID,"topic":T,"due_ms":N,"size":N},...],"cursor":C}
+//     the next N (default 100, 1 to 1000, else 400 INVALID_LIMIT) pending
+//     messages in the order they go out (due order; a message waiting out
+//     a retry at its retry time); "id" only when set; "cursor" is "" when
+//     the listing is complete, else pass it as after= for the next page
+//     (400 INVALID_CURSOR if malformed; valid while the process runs). A
+//     page may hold fewer than N with a cursor when, with topic=, 100,000
+//     messages of other topics were passed. A bad topic is 400
+//     INVALID_TOPIC.
+//   - POST /reschedule?id=ID|key=K&defer=MS|at=UNIX_MS: 200 OK once the
+//     message's new due time is in the journal (survives kill -9 as a
+//     cancel does); never early for the new time; defer=0 (or a past at=)
+//     runs it now. defer/at as for /pub (neither, both or out of range:
+//     400 INVALID_DEFER); 404 NOT_FOUND if it is not pending; 409
+//     IN_FLIGHT if it is being handed to nsqd right now.
+//   - POST /cancel?key=K: /cancel by key, with /cancel's answers.
+//
+// /stats has "due" (and /metrics deferd_overdue_messages,
+// deferd_oldest_overdue_seconds, deferd_pending_due_within{within=...},
+// deferd_accepted_per_second, deferd_published_per_second and their
+// deferd_topic_* versions): overdue, the oldest overdue's age, pending
+// by due within 1s, 10s, 1m, 10m, 1h, 1d, later (disjoint ranges), and
+// accepted and published per second over the last minute, in all and per
+// topic ("topics"); see deferd.DueReport for how each is computed.
+//
 // # Known differences from nsqd
 //
 //   - A binary /mpub body sent chunked (no Content-Length) whose messages run

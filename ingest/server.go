@@ -416,6 +416,9 @@ var routes = [...]route{
 	{"/info", true, (*Server).info},
 	{"/stats", true, (*Server).stats},
 	{"/metrics", true, (*Server).metrics},
+	{"/message", true, (*Server).message}, // operator.go
+	{"/pending", true, (*Server).pending},
+	{"/reschedule", false, (*Server).reschedule},
 }
 
 func findRoute(path []byte) *route {
@@ -434,6 +437,12 @@ func findRoute(path []byte) *route {
 		return &routes[5]
 	case "/metrics":
 		return &routes[6]
+	case "/message":
+		return &routes[7]
+	case "/pending":
+		return &routes[8]
+	case "/reschedule":
+		return &routes[9]
 	}
 	return nil
 }
@@ -1060,6 +1069,10 @@ func (s *Server) cancel(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if !st.args.Has("id") {
+		if st.args.Has("key") {
+			s.cancelKey(ctx, string(st.args.Peek("key"))) // operator.go
+			return
+		}
 		s.writeError(ctx, errMissingID)
 		return
 	}

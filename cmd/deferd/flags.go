@@ -38,6 +38,7 @@ var usage = map[string]string{
 	"segment-size":                 "journal segment size in bytes",
 	"compact-interval":             "how often to look for journal segments to compact (0 disables)",
 	"direct-publish":               "send messages already due (no delay, no id) to nsqd before replying, skipping the journal; the 200 then means nsqd acknowledged them. What nsqd does not take at once is journaled as usual",
+	"id-retention":                 "how long a client id stays known after its message was published: a /pub with it answers 200 and schedules nothing, /message reports it published (kept across restarts; 0: forgotten once published)",
 	"shutdown-grace":               "on SIGTERM, how long in-flight requests, then running publishes, may take to finish",
 	"http-max-conns":               "most open HTTP connections; one beyond it gets a plain-text 503 and is closed",
 	"http-header-timeout":          "time for an HTTP request's head (from the connection's open, or a keep-alive request's first byte); past it the connection is closed without an answer",
