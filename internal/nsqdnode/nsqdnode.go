@@ -42,6 +42,13 @@ type Config struct {
 	// LogLevel is nsqd's log level ("debug", "info", "warn", "error",
 	// "fatal"); "" means "warn".
 	LogLevel string
+	// LookupdTCPAddresses are nsqd's --lookupd-tcp-address: the
+	// nsqlookupd it registers with (at start, then pinging every 15 s).
+	// nil: none.
+	LookupdTCPAddresses []string
+	// BroadcastAddress is nsqd's --broadcast-address, the host it gives
+	// nsqlookupd; "" means "127.0.0.1".
+	BroadcastAddress string
 }
 
 // DefaultMemQueueSize is the --mem-queue-size deferd gives its embedded
@@ -80,7 +87,8 @@ func Start(cfg Config) (*Node, error) {
 	o.TCPAddress = orDefault(cfg.TCPAddress, "127.0.0.1:0")
 	o.HTTPAddress = orDefault(cfg.HTTPAddress, "127.0.0.1:0")
 	o.HTTPSAddress = ""
-	o.BroadcastAddress = "127.0.0.1"
+	o.BroadcastAddress = orDefault(cfg.BroadcastAddress, "127.0.0.1")
+	o.NSQLookupdTCPAddresses = append([]string(nil), cfg.LookupdTCPAddresses...)
 	o.DataPath = cfg.DataPath
 	switch {
 	case cfg.MemQueueSize > 0:
