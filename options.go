@@ -26,14 +26,28 @@ type Options struct {
 	// DataPath holds the journal (DataPath/journal) and the embedded
 	// nsqd's data (DataPath/nsqd).
 	DataPath string `flag:"data-path"`
-	// Sink receives due messages. nil: egress to NSQDTCPAddresses (or to
-	// the embedded nsqd), deferd's default sink.
+	// Sink receives due messages. nil: egress to NSQDTCPAddresses and
+	// the nsqds of LookupdHTTPAddresses (or to the embedded nsqd),
+	// deferd's default sink.
 	Sink Sink
 	// NSQDTCPAddresses are the nsqd the default sink publishes to.
 	NSQDTCPAddresses []string `flag:"nsqd-tcp-address"`
+	// LookupdHTTPAddresses are nsqlookupd HTTP addresses (host:port, or
+	// an http:// URL). The default sink asks each for its nsqds (GET
+	// /nodes) at New and every LookupdPollInterval, and publishes to
+	// every nsqd listed (at its broadcast address and TCP port) besides
+	// NSQDTCPAddresses, which discovery never removes. An nsqd no longer
+	// listed gets no new batches; those in flight to it finish, and what
+	// it did not acknowledge is retried elsewhere. With no nsqd known,
+	// publishes fail and are retried after RetryBackoff. deferd does not
+	// register with nsqlookupd.
+	LookupdHTTPAddresses []string `flag:"lookupd-http-address"`
+	// LookupdPollInterval is the time between queries of
+	// LookupdHTTPAddresses. Default 15s (go-nsq's).
+	LookupdPollInterval time.Duration `flag:"lookupd-poll-interval"`
 	// EmbeddedNSQD starts a real nsqd in this process (New starts it,
 	// Close persists and stops it) and publishes to it. It needs Sink nil
-	// and NSQDTCPAddresses empty. Default false.
+	// and NSQDTCPAddresses and LookupdHTTPAddresses empty. Default false.
 	EmbeddedNSQD             bool
 	EmbeddedNSQDTCPAddress   string `flag:"embedded-nsqd-tcp-address"`
 	EmbeddedNSQDHTTPAddress  string `flag:"embedded-nsqd-http-address"`
@@ -126,8 +140,8 @@ type Options struct {
 
 // NewOptions returns Options with every default set: an embedded-nsqd-free
 // scheduler journaling under ./deferd-data, publishing to no nsqd yet (set
-// Sink, NSQDTCPAddresses or EmbeddedNSQD). It allocates; safe to call from
-// any goroutine.
+// Sink, NSQDTCPAddresses and/or LookupdHTTPAddresses, or EmbeddedNSQD). It
+// allocates; safe to call from any goroutine.
 func NewOptions() Options {
 	return Options{
 		DataPath:                 "deferd-data",
@@ -151,6 +165,7 @@ func NewOptions() Options {
 		BatchSize:                egress.DefaultMaxBatchMsgs,
 		ConnsPerNSQD:             egress.DefaultConnsPerAddr,
 		PublishBackoff:           egress.DefaultBackoff,
+		LookupdPollInterval:      egress.DefaultLookupdPollInterval,
 		MaxPending:               20_000_000,
 		MaxPendingBytes:          32 << 30,
 		RetryBackoff:             time.Second,
@@ -192,6 +207,7 @@ func (o *Options) Validate() error {
 		{"RetryBackoff", "retry-backoff", o.RetryBackoff}, {"ParkBackoff", "park-backoff", o.ParkBackoff},
 		{"FsyncInterval", "fsync-interval", o.FsyncInterval}, {"ShutdownGrace", "shutdown-grace", o.ShutdownGrace},
 		{"PublishBackoff", "", o.PublishBackoff},
+		{"LookupdPollInterval", "lookupd-poll-interval", o.LookupdPollInterval},
 		{"HTTPHeaderTimeout", "http-header-timeout", o.HTTPHeaderTimeout}, {"HTTPBodyTimeout", "http-body-timeout", o.HTTPBodyTimeout},
 		{"HTTPIdleTimeout", "http-idle-timeout", o.HTTPIdleTimeout},
 	} {
@@ -230,13 +246,16 @@ func (o *Options) Validate() error {
 			o.MaxBodySize, mpubHeadroom+8, o.MaxMsgSize+mpubHeadroom+8)
 	}
 	sinks := 0
-	for _, set := range []bool{o.Sink != nil, len(o.NSQDTCPAddresses) > 0, o.EmbeddedNSQD} {
+	// NSQDTCPAddresses and LookupdHTTPAddresses, alone or together, are
+	// one choice: the default sink to those nsqds.
+	nsqds := len(o.NSQDTCPAddresses) > 0 || len(o.LookupdHTTPAddresses) > 0
+	for _, set := range []bool{o.Sink != nil, nsqds, o.EmbeddedNSQD} {
 		if set {
 			sinks++
 		}
 	}
 	if sinks != 1 {
-		return errors.New("Options: exactly one of Sink, NSQDTCPAddresses (--nsqd-tcp-address) and EmbeddedNSQD must be set")
+		return errors.New("Options: exactly one of Sink, NSQDTCPAddresses (--nsqd-tcp-address) and/or LookupdHTTPAddresses (--lookupd-http-address), and EmbeddedNSQD must be set")
 	}
 	return nil
 }
@@ -273,5 +292,9 @@ func (o *Options) egressOptions(addrs []string) egress.Options {
 		Attempts:      egress.DefaultAttempts,
 		Backoff:       o.PublishBackoff,
 		Logf:          o.Logf,
+		// With the embedded nsqd, NSQDTCPAddresses and
+		// LookupdHTTPAddresses are empty (Validate).
+		LookupdHTTPAddrs:    o.LookupdHTTPAddresses,
+		LookupdPollInterval: o.LookupdPollInterval,
 	}
 }

@@ -158,6 +158,10 @@ func (s *Scheduler) open() error {
 		}
 		s.sink = nsqdSink{s.eg}
 		senders = len(addrs) * o.ConnsPerNSQD // one batch in flight per connection
+		if len(o.LookupdHTTPAddresses) > 0 {
+			// Discovered nsqds come and go: at least PoolSize, as for a Sink.
+			senders = max(senders, o.PoolSize)
+		}
 	}
 	if s.pool, err = pool.New(o.PoolSize, func(v any) { s.logf("BUG: publish task panicked: %v", v) }); err != nil {
 		return err

@@ -8,6 +8,38 @@
 // answered OK for its batch: delivery is at-least-once (a batch that timed
 // out or whose answer was lost may be queued twice).
 //
+// The nsqds are Options.Addrs (static) and, with Options.LookupdHTTPAddrs,
+// those nsqlookupd lists (discovered). New asks every nsqlookupd for GET
+// /nodes once (up to Timeout), and a poll loop, which Stop ends, asks again
+// every LookupdPollInterval. /nodes lists every nsqd registered with that
+// nsqlookupd, whether or not it has topics yet; egress publishes to each at
+// its broadcast_address:tcp_port (so the nsqds must broadcast an address
+// this process can reach). An address also in Addrs is that static nsqd.
+// egress only reads nsqlookupd: it never registers itself.
+//
+//   - An nsqd that appears gets ConnsPerAddr Producers (go-nsq connects on
+//     first use) and takes batches from the next pick on.
+//   - An nsqd that disappears (no longer listed, and every nsqlookupd
+//     answered) is drained: it leaves the set Publish picks from at once,
+//     so no new batch goes to it; a batch already in flight there finishes
+//     there, and its outcome (acknowledged, or failed and retried on
+//     another nsqd or returned to the caller, who reschedules it) is that
+//     of any other batch. Once none is in flight its Producers are stopped
+//     and its metrics removed. A Publish that picked it just before it
+//     left picks again, without counting a try. Nothing it did not
+//     acknowledge is reported as acknowledged.
+//   - Static nsqds are never removed by discovery; one that is down is
+//     handled by failover as before.
+//   - An nsqlookupd that does not answer (error, non-200, bad JSON, no
+//     answer within Timeout) changes nothing: its failure is logged once
+//     (and its recovery), the others' answers can only add nsqds, and with
+//     none answering the set stays as it was.
+//   - An nsqd listed again while it is still draining is added back by
+//     the first poll after the drain ends, with new Producers.
+//   - With no nsqd known (only LookupdHTTPAddrs, none listed yet) Publish
+//     and TryPublish return ErrNoNSQD at once, as TryPublish does with
+//     every nsqd down: the caller retries later.
+//
 // Failures are classified:
 //
 //   - nsqd or connection trouble (refused dial, closed connection, no answer
@@ -36,13 +68,16 @@
 // must first (re)connect can also spend go-nsq's DialTimeout and, for an
 // nsqd that accepts but never answers IDENTIFY, its 10s read timeout. Stop
 // makes waiting Publish calls return ErrStopped at once, except one blocked
-// in such a connect.
+// in such a connect. A drain lasts as long as the batches in flight to its
+// nsqd (each within those bounds); Stop waits for drains and for the poll
+// loop, whose query in progress it cancels.
 //
 // Metrics (Publisher.Metrics, a Set of the Publisher's own, which the
 // scheduler writes in its WritePrometheus):
 // deferd_egress_published_total, _batches_total, _errors_total,
 // _batch_duration_seconds, _inflight_batches and _up, each with
-// {nsqd="host:port"}; deferd_egress_retries_total,
+// {nsqd="host:port"} (a drained nsqd's are removed; they start from 0
+// if it comes back); deferd_egress_retries_total,
 // deferd_egress_permanent_errors_total and deferd_egress_gave_up_total.
 //
 // egress owns the connections to nsqd and the batching, retry and failover

@@ -6,6 +6,8 @@ import (
 	"log"
 	"math/rand/v2"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,13 +27,26 @@ const (
 	DefaultMaxBackoff    = 2 * time.Second
 	DefaultTimeout       = 5 * time.Second
 	DefaultDialTimeout   = time.Second
+	// DefaultLookupdPollInterval is go-nsq's: how often /nodes is asked.
+	DefaultLookupdPollInterval = 15 * time.Second
 )
 
 // Options configure a Publisher. Zero fields take the Default* values.
 type Options struct {
-	// Addrs are the nsqd TCP addresses (host:port), at least one, no
-	// duplicates.
+	// Addrs are the static nsqd TCP addresses (host:port), no duplicates.
+	// At least one of Addrs and LookupdHTTPAddrs must be given. A static
+	// nsqd is never removed (discovery does not drain it).
 	Addrs []string
+	// LookupdHTTPAddrs are nsqlookupd HTTP addresses (host:port, or an
+	// http:// or https:// base URL), no duplicates. The Publisher asks
+	// each for GET /nodes (nsqlookupd >= 1.0's format) once in New and
+	// then every LookupdPollInterval, and publishes to every nsqd listed
+	// there, at its broadcast_address:tcp_port, as well as to Addrs (an
+	// address in both is one nsqd, matched as a string). See the package
+	// documentation for how nodes join and are drained.
+	LookupdHTTPAddrs []string
+	// LookupdPollInterval is the time between polls of LookupdHTTPAddrs.
+	LookupdPollInterval time.Duration
 	// ConnsPerAddr is the number of go-nsq Producers (one TCP connection
 	// each) per nsqd. A Producer serialises its calls on its connection, so
 	// this bounds the batches in flight to one nsqd.
@@ -56,7 +71,7 @@ type Options struct {
 	MaxBackoff time.Duration
 	// Timeout bounds the wait for nsqd's answer to one batch. An unanswered
 	// batch counts as a failed try (it may still have been queued: delivery
-	// is at-least-once).
+	// is at-least-once). It also bounds one query of an nsqlookupd.
 	Timeout time.Duration
 	// DialTimeout is go-nsq's dial timeout.
 	DialTimeout time.Duration
@@ -85,14 +100,15 @@ func (o *Options) setDefaults() {
 	defDur(&o.MaxBackoff, DefaultMaxBackoff)
 	defDur(&o.Timeout, DefaultTimeout)
 	defDur(&o.DialTimeout, DefaultDialTimeout)
+	defDur(&o.LookupdPollInterval, DefaultLookupdPollInterval)
 	if o.Logf == nil {
 		o.Logf = log.Printf
 	}
 }
 
 func (o *Options) validate() error {
-	if len(o.Addrs) == 0 {
-		return errors.New("egress: Addrs must name at least one nsqd")
+	if len(o.Addrs) == 0 && len(o.LookupdHTTPAddrs) == 0 {
+		return errors.New("egress: Addrs must name at least one nsqd, or LookupdHTTPAddrs one nsqlookupd")
 	}
 	seen := make(map[string]bool, len(o.Addrs))
 	for _, a := range o.Addrs {
@@ -119,6 +135,18 @@ func (o *Options) validate() error {
 		return fmt.Errorf("egress: need 0 < Backoff (%v) <= MaxBackoff (%v)", o.Backoff, o.MaxBackoff)
 	case o.Timeout < 0 || o.DialTimeout < 0:
 		return fmt.Errorf("egress: Timeout and DialTimeout must be > 0")
+	case o.LookupdPollInterval < 0:
+		return fmt.Errorf("egress: LookupdPollInterval must be > 0, got %v", o.LookupdPollInterval)
+	}
+	seenL := make(map[string]bool, len(o.LookupdHTTPAddrs))
+	for _, a := range o.LookupdHTTPAddrs {
+		if _, err := lookupdNodesURL(a); err != nil {
+			return fmt.Errorf("egress: LookupdHTTPAddrs: %w", err)
+		}
+		if seenL[a] {
+			return fmt.Errorf("egress: LookupdHTTPAddrs: %q listed twice", a)
+		}
+		seenL[a] = true
 	}
 	return nil
 }
@@ -126,10 +154,15 @@ func (o *Options) validate() error {
 // Publisher publishes batches of bodies to a set of nsqds. Its methods are
 // safe for concurrent use. Create it with New; stop it with Stop.
 type Publisher struct {
-	opts  Options
-	cfg   *nsq.Config
-	nodes []*node
-	conns []*conn // all connections of all nodes, node-major
+	opts Options
+	cfg  *nsq.Config
+	// view is the nsqds Publish picks from: replaced whole (copy on write)
+	// under viewMu when discovery adds or removes one, read without a lock.
+	view     atomic.Pointer[view]
+	viewMu   sync.Mutex       // serialises changes of view and draining
+	draining map[string]*node // removed by discovery, connections not yet stopped
+	lookupd  *lookupd         // nil without Options.LookupdHTTPAddrs
+	loops    sync.WaitGroup   // the poll loop and drains, which Stop waits for
 
 	set       *metrics.Set
 	retries   *metrics.Counter
@@ -145,6 +178,9 @@ type Publisher struct {
 
 // New validates opts and creates the Producers. go-nsq connects lazily, on a
 // Producer's first publish, so New does not fail when an nsqd is down.
+// With LookupdHTTPAddrs, New also polls every nsqlookupd once (waiting up
+// to Timeout for their answers; one that is down is only logged) and
+// starts the poll loop, which Stop ends.
 func New(opts Options) (*Publisher, error) {
 	opts.setDefaults()
 	if err := opts.validate(); err != nil {
@@ -165,30 +201,57 @@ func New(opts Options) (*Publisher, error) {
 		return nil, fmt.Errorf("egress: go-nsq config: %w", err)
 	}
 	p := &Publisher{
-		opts:   opts,
-		cfg:    cfg,
-		set:    metrics.NewSet(),
-		stopCh: make(chan struct{}),
+		opts:     opts,
+		cfg:      cfg,
+		set:      metrics.NewSet(),
+		stopCh:   make(chan struct{}),
+		draining: make(map[string]*node),
 	}
 	p.retries = p.set.NewCounter("deferd_egress_retries_total")
 	p.permanent = p.set.NewCounter("deferd_egress_permanent_errors_total")
 	p.gaveUp = p.set.NewCounter("deferd_egress_gave_up_total")
+	v := &view{}
 	for _, addr := range opts.Addrs {
-		n := newNode(addr, p.set)
-		for range opts.ConnsPerAddr {
-			prod, err := p.newProducer(addr)
-			if err != nil {
-				p.stopProducers()
-				return nil, err
-			}
-			c := &conn{node: n}
-			c.prod.Store(prod)
-			n.conns = append(n.conns, c)
-			p.conns = append(p.conns, c)
+		n, err := p.newNodeConns(addr)
+		if err != nil {
+			p.view.Store(v)
+			p.stopProducers()
+			return nil, err
 		}
-		p.nodes = append(p.nodes, n)
+		n.static = true
+		v.add(n)
+	}
+	p.view.Store(v)
+	if len(opts.LookupdHTTPAddrs) > 0 {
+		p.lookupd = newLookupd(opts)
+		p.poll() // the first poll is New's: nodes known before the first Publish
+		p.loops.Add(1)
+		go p.pollLoop()
 	}
 	return p, nil
+}
+
+// newNodeConns returns a node for addr with its ConnsPerAddr Producers,
+// its metrics registered in p's Set.
+func (p *Publisher) newNodeConns(addr string) (*node, error) {
+	prods := make([]*producer, 0, p.opts.ConnsPerAddr)
+	for range p.opts.ConnsPerAddr {
+		prod, err := p.newProducer(addr)
+		if err != nil {
+			for _, pr := range prods {
+				pr.Stop()
+			}
+			return nil, err
+		}
+		prods = append(prods, prod)
+	}
+	n := newNode(addr, p.set)
+	for _, prod := range prods {
+		c := &conn{node: n}
+		c.prod.Store(prod)
+		n.conns = append(n.conns, c)
+	}
+	return n, nil
 }
 
 // Metrics returns the Publisher's metrics (deferd_egress_*). Register it
@@ -206,6 +269,10 @@ func (p *Publisher) Metrics() *metrics.Set { return p.set }
 // nsqd at once, or after a backoff when none is left, up to Attempts tries.
 // A batch nsqd refuses for its content (E_BAD_MESSAGE, E_BAD_BODY) is halved
 // until the offending body is alone, which is then a permanent error.
+// With no nsqd known (only LookupdHTTPAddrs, which listed none yet) it
+// returns at once with ErrNoNSQD, as TryPublish does with every nsqd down:
+// the caller retries later. A batch is never sent to an nsqd after
+// discovery removed it; one already in flight there finishes there.
 // Publish returns ErrStopped promptly once Stop is called. It does not keep
 // bodies after it returns.
 func (p *Publisher) Publish(topic string, bodies [][]byte) (acked int, err error) {
@@ -215,8 +282,8 @@ func (p *Publisher) Publish(topic string, bodies [][]byte) (acked int, err error
 // TryPublish is Publish for a caller that has somewhere else to keep what
 // cannot be sent at once (deferd's journal): each batch gets one try, only
 // on a connection of an nsqd that is up, with no backoff and no probing of
-// an nsqd marked down. With every nsqd down it returns 0 and ErrNoNSQD
-// without sending anything. Otherwise it waits as Publish does for nsqd's
+// an nsqd marked down. With every nsqd down (or none known yet) it returns
+// 0 and ErrNoNSQD without sending anything. Otherwise it waits as Publish does for nsqd's
 // answers (at most Options.Timeout per batch). Safe for concurrent use.
 func (p *Publisher) TryPublish(topic string, bodies [][]byte) (acked int, err error) {
 	return p.publish(topic, bodies, true)
@@ -303,21 +370,34 @@ func (p *Publisher) nextBatch(bodies [][]byte, limit int) (int, error) {
 // own fault end it at once.
 func (p *Publisher) sendBatch(topic string, batch [][]byte, once bool) (addr string, tries int, err error) {
 	if once {
-		c, _ := p.leastBusyUp(nil)
-		if c == nil {
-			return "", 0, ErrNoNSQD
+		for {
+			c, _ := p.leastBusyUp(p.view.Load(), nil)
+			if c == nil {
+				return "", 0, ErrNoNSQD
+			}
+			first, err := p.send(c, topic, batch)
+			if errors.Is(err, errNodeGone) {
+				continue // removed since the pick, nothing sent: pick again
+			}
+			if err != nil && !errors.Is(err, ErrStopped) {
+				c.node.failed(err, first && nodeFault(err), p)
+			}
+			return c.node.addr, 1, err
 		}
-		first, err := p.send(c, topic, batch)
-		if err != nil && !errors.Is(err, ErrStopped) {
-			c.node.failed(err, first && nodeFault(err), p)
-		}
-		return c.node.addr, 1, err
 	}
 	c, _ := p.pick(nil)
 	for tries = 1; ; tries++ {
+		if c == nil { // no nsqd known (discovery listed none, or removed them)
+			return addr, tries - 1, ErrNoNSQD
+		}
 		addr = c.node.addr
 		var first bool
 		first, err = p.send(c, topic, batch)
+		if errors.Is(err, errNodeGone) {
+			tries-- // nothing was sent: not a try
+			c, _ = p.pick(nil)
+			continue
+		}
 		if err == nil || errors.Is(err, ErrStopped) {
 			return addr, tries, err
 		}
@@ -363,6 +443,11 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err
 		c.inFlight.Add(-1)
 		n.inFlight.Add(-1)
 	}()
+	// After the Add: drain sets gone, then waits for inFlight to be 0, so
+	// either it sees this send or this send sees gone.
+	if n.gone.Load() {
+		return false, errNodeGone
+	}
 	start := time.Now()
 	// Buffered: if we stop waiting, go-nsq's router can still deliver the
 	// answer without blocking.
@@ -468,8 +553,11 @@ func (p *Publisher) replace(c *conn, old *producer) bool {
 // called when n goes down, so none of them later reconnects (see failed).
 // Busy ones are left to finish or fail on their own.
 func (p *Publisher) replaceIdle(n *node) {
+	if n.gone.Load() {
+		return // drain stops them
+	}
 	for _, c := range n.conns {
-		if prod := c.prod.Load(); prod.used.Load() && c.inFlight.Load() == 0 {
+		if prod := c.prod.Load(); prod != nil && prod.used.Load() && c.inFlight.Load() == 0 {
 			p.replace(c, prod)
 		}
 	}
@@ -502,15 +590,20 @@ func (p *Publisher) stoppedOr(err error) error {
 //   - else the least-busy connection of an up nsqd, scanning from a random
 //     start so ties spread;
 //   - else, with every nsqd down, a connection of the one whose backoff ends
-//     first; healthy is then false and the caller should back off first.
+//     first; healthy is then false and the caller should back off first;
+//   - nil and false when no nsqd is known.
 //
 // O(len(conns)), a few atomic loads per connection.
 func (p *Publisher) pick(avoid *node) (c *conn, healthy bool) {
+	v := p.view.Load()
+	if len(v.nodes) == 0 {
+		return nil, false
+	}
 	now := time.Now().UnixNano()
 	// Probe an nsqd whose backoff expired. Claiming pushes its downUntil
 	// past the longest a try can take, so others keep skipping it; the
 	// probe's markUp or markDown then sets it.
-	for _, n := range p.nodes {
+	for _, n := range v.nodes {
 		if until := n.downUntil.Load(); until != 0 && until <= now && n != avoid {
 			claim := now + int64(p.opts.DialTimeout+p.opts.Timeout)
 			if n.downUntil.CompareAndSwap(until, claim) {
@@ -518,15 +611,15 @@ func (p *Publisher) pick(avoid *node) (c *conn, healthy bool) {
 			}
 		}
 	}
-	best, bestAvoid := p.leastBusyUp(avoid)
+	best, bestAvoid := p.leastBusyUp(v, avoid)
 	switch {
 	case best != nil:
 		return best, true
 	case bestAvoid != nil:
 		return bestAvoid, true
 	}
-	probe := p.nodes[0]
-	for _, n := range p.nodes[1:] {
+	probe := v.nodes[0]
+	for _, n := range v.nodes[1:] {
 		if n.downUntil.Load() < probe.downUntil.Load() {
 			probe = n
 		}
@@ -534,15 +627,19 @@ func (p *Publisher) pick(avoid *node) (c *conn, healthy bool) {
 	return probe.leastBusy(), false
 }
 
-// leastBusyUp returns the least-busy connection of an nsqd that is up,
-// other than avoid's, and the least-busy of avoid's own (if avoid is up),
-// scanning from a random start so ties spread. Either is nil when there is
-// none: with avoid nil, best is nil only if every nsqd is down.
-func (p *Publisher) leastBusyUp(avoid *node) (best, bestAvoid *conn) {
+// leastBusyUp returns the least-busy connection in v of an nsqd that is
+// up, other than avoid's, and the least-busy of avoid's own (if avoid is
+// up), scanning from a random start so ties spread. Either is nil when
+// there is none: with avoid nil, best is nil only if every nsqd is down
+// or v has none.
+func (p *Publisher) leastBusyUp(v *view, avoid *node) (best, bestAvoid *conn) {
+	if len(v.conns) == 0 {
+		return nil, nil
+	}
 	var bestLoad, bestAvoidLoad int32
-	start := rand.IntN(len(p.conns))
-	for i := range p.conns {
-		cc := p.conns[(start+i)%len(p.conns)]
+	start := rand.IntN(len(v.conns))
+	for i := range v.conns {
+		cc := v.conns[(start+i)%len(v.conns)]
 		if cc.node.downUntil.Load() != 0 {
 			continue
 		}
@@ -572,17 +669,29 @@ func (p *Publisher) sleep(d time.Duration) bool {
 	}
 }
 
-// Stats returns a snapshot of each nsqd's state, in Addrs order.
+// Stats returns a snapshot of each nsqd's state: the static ones in Addrs
+// order, then the discovered ones in the order they appeared (by address
+// among those of one poll), then those being drained (Draining set).
 func (p *Publisher) Stats() []NodeStats {
-	out := make([]NodeStats, 0, len(p.nodes))
-	for _, n := range p.nodes {
+	p.viewMu.Lock() // view and draining from one moment
+	nodes := slices.Clone(p.view.Load().nodes)
+	gone := make([]*node, 0, len(p.draining))
+	for _, n := range p.draining {
+		gone = append(gone, n)
+	}
+	p.viewMu.Unlock()
+	slices.SortFunc(gone, func(a, b *node) int { return strings.Compare(a.addr, b.addr) })
+	out := make([]NodeStats, 0, len(nodes)+len(gone))
+	for _, n := range append(nodes, gone...) {
 		out = append(out, n.stats())
 	}
 	return out
 }
 
 // Stop makes Publish return ErrStopped, waits for running Publish calls to
-// return (they do so promptly), then stops all Producers. Batches in flight
+// return (they do so promptly), ends the nsqlookupd poll loop (cancelling a
+// query in progress) and the drains of removed nsqds, then stops all
+// Producers. Batches in flight
 // are not acknowledged to the caller even if nsqd queued them. Stopping a
 // Producer that is still connecting to an nsqd that accepted the connection
 // but does not answer waits for go-nsq's 10 s read timeout: a caller that
@@ -597,13 +706,22 @@ func (p *Publisher) Stop() {
 	p.stopped = true
 	close(p.stopCh)
 	p.mu.Unlock()
+	if p.lookupd != nil {
+		p.lookupd.cancel()
+	}
 	p.active.Wait()
+	p.loops.Wait() // no view change after this
+	if p.lookupd != nil {
+		p.lookupd.closeIdle()
+	}
 	p.stopProducers()
 }
 
+// stopProducers stops the Producers of the nodes in the view (drain stops
+// those of removed nodes) and waits for the retired ones.
 func (p *Publisher) stopProducers() {
 	var wg sync.WaitGroup
-	for _, c := range p.conns {
+	for _, c := range p.view.Load().conns {
 		if prod := c.prod.Load(); prod != nil {
 			wg.Go(prod.Stop)
 		}

@@ -23,8 +23,14 @@ var (
 	// ErrTimeout: nsqd did not answer a batch within Options.Timeout. The
 	// batch may or may not have been queued by nsqd.
 	ErrTimeout = errors.New("egress: no answer from nsqd")
-	// ErrNoNSQD: TryPublish found every nsqd marked down and sent nothing.
+	// ErrNoNSQD: TryPublish found every nsqd marked down, or Publish or
+	// TryPublish found no nsqd known at all (only LookupdHTTPAddrs, which
+	// listed none yet); nothing was sent. The caller retries later.
 	ErrNoNSQD = errors.New("egress: every nsqd is down")
+
+	// errNodeGone: the nsqd picked was removed by discovery before the
+	// batch was sent; nothing was sent, and the caller picks again.
+	errNodeGone = errors.New("egress: nsqd removed by discovery")
 )
 
 // PublishError is the error Publish returns when it stops early. Unwrap gives

@@ -20,12 +20,23 @@ type NodeStats struct {
 	Batches     uint64    `json:"batches"`   // MPUBs acknowledged
 	Errors      uint64    `json:"errors"`    // failed tries
 	InFlight    int       `json:"in_flight"` // batches awaiting nsqd's answer
+	// Discovered: listed by an nsqlookupd (Options.LookupdHTTPAddrs) and
+	// not in Options.Addrs. Draining: no longer listed; it gets no new
+	// batches, and its connections close once those in flight finished.
+	Discovered bool `json:"discovered,omitempty"`
+	Draining   bool `json:"draining,omitempty"`
 }
 
 // node is one nsqd and its connections.
 type node struct {
-	addr  string
-	conns []*conn
+	addr   string
+	conns  []*conn
+	static bool // from Options.Addrs: never removed by discovery
+	// gone is set once discovery removed the node from the view, before
+	// its drain waits for inFlight to reach 0 (see Publisher.send).
+	gone atomic.Bool
+	// label is the {nsqd="addr"} of its metrics, which drain unregisters.
+	label string
 
 	// downUntil is 0 while the node is up, else the UnixNano time its
 	// backoff ends; it is read on every pick, so it is an atomic.
@@ -76,8 +87,8 @@ func (n *node) leastBusy() *conn {
 }
 
 func newNode(addr string, set *metrics.Set) *node {
-	n := &node{addr: addr}
 	label := fmt.Sprintf("{nsqd=%q}", addr)
+	n := &node{addr: addr, label: label}
 	n.published = set.NewCounter("deferd_egress_published_total" + label)
 	n.batches = set.NewCounter("deferd_egress_batches_total" + label)
 	n.errors = set.NewCounter("deferd_egress_errors_total" + label)
@@ -151,6 +162,21 @@ func (n *node) markUp(p *Publisher) {
 	}
 }
 
+// nodeMetricNames are the metrics newNode registers, without the label.
+var nodeMetricNames = []string{
+	"deferd_egress_published_total", "deferd_egress_batches_total", "deferd_egress_errors_total",
+	"deferd_egress_batch_duration_seconds", "deferd_egress_batch_duration_le_seconds",
+	"deferd_egress_inflight_batches", "deferd_egress_up",
+}
+
+// unregister removes n's metrics from set, so that a removed nsqd does not
+// stay in /metrics (as deferd_egress_up 0) and can come back later.
+func (n *node) unregister(set *metrics.Set) {
+	for _, name := range nodeMetricNames {
+		set.UnregisterMetric(name + n.label)
+	}
+}
+
 func (n *node) stats() NodeStats {
 	n.mu.Lock()
 	s := NodeStats{
@@ -158,6 +184,8 @@ func (n *node) stats() NodeStats {
 		Up:          n.downUntil.Load() == 0,
 		LastError:   n.lastErr,
 		LastErrorAt: n.lastErrAt,
+		Discovered:  !n.static,
+		Draining:    n.gone.Load(),
 	}
 	n.mu.Unlock()
 	s.Published = n.published.Get()

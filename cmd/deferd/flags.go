@@ -15,6 +15,8 @@ import (
 var usage = map[string]string{
 	"data-path":                    "directory for the journal (and the embedded nsqd's data)",
 	"nsqd-tcp-address":             "nsqd TCP address to publish to (may be given multiple times); when given, no embedded nsqd is started",
+	"lookupd-http-address":         "nsqlookupd HTTP address (may be given multiple times): publish to every nsqd it lists as well (never registers deferd); when given, no embedded nsqd is started",
+	"lookupd-poll-interval":        "how often to ask --lookupd-http-address for its nsqds",
 	"embedded-nsqd-tcp-address":    "TCP address of the embedded nsqd",
 	"embedded-nsqd-http-address":   "HTTP address of the embedded nsqd",
 	"embedded-nsqd-mem-queue-size": "the embedded nsqd's --mem-queue-size (messages kept in memory per topic and channel; 0: all on its disk queue, none lost with the process)",

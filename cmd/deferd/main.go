@@ -4,7 +4,8 @@
 // With no flags it listens on 127.0.0.1:4180, keeps its journal under
 // ./deferd-data and starts an embedded nsqd on 127.0.0.1:4150 (TCP) and
 // 127.0.0.1:4151 (HTTP). With --nsqd-tcp-address it publishes to those nsqd
-// instead and starts none. See README.md.
+// instead and starts none; with --lookupd-http-address, to the nsqd those
+// nsqlookupd list (as well). See README.md.
 package main
 
 import (
@@ -38,9 +39,9 @@ func newFlagSet(c *config) *flag.FlagSet {
 }
 
 // validate is the library's validation, with the daemon's choice of sink:
-// the given nsqd, else an embedded one.
+// the given nsqd and those the given nsqlookupd list, else an embedded one.
 func (c *config) validate() error {
-	c.EmbeddedNSQD = len(c.NSQDTCPAddresses) == 0
+	c.EmbeddedNSQD = len(c.NSQDTCPAddresses) == 0 && len(c.LookupdHTTPAddresses) == 0
 	return c.Options.Validate()
 }
 

@@ -1,0 +1,189 @@
+package deferd
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsqio/nsq/nsqlookupd"
+
+	"github.com/deferd/deferd/internal/nsqdnode"
+	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
+)
+
+// startTestLookupd starts a real nsqlookupd on free loopback ports, stopped
+// by t.Cleanup (start it before the nsqds that register with it). It
+// returns its TCP and HTTP addresses.
+func startTestLookupd(t *testing.T) (tcpAddr, httpAddr string) {
+	t.Helper()
+	o := nsqlookupd.NewOptions()
+	o.TCPAddress = "127.0.0.1:0"
+	o.HTTPAddress = "127.0.0.1:0"
+	o.BroadcastAddress = "127.0.0.1"
+	o.Logger = log.New(io.Discard, "", 0)
+	if err := o.LogLevel.Set("warn"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := nsqlookupd.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.Main()
+	}()
+	httpAddr = l.RealHTTPAddr().String()
+	// An Exit before Main started its servers would race with it.
+	waitUntil(t, 10*time.Second, "nsqlookupd /ping", func() bool {
+		resp, err := http.Get("http://" + httpAddr + "/ping")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	t.Cleanup(func() {
+		l.Exit()
+		<-done
+	})
+	return l.RealTCPAddr().String(), httpAddr
+}
+
+// lookupdLists reports whether nsqlookupd's /nodes lists tcpAddr.
+func lookupdLists(t *testing.T, httpAddr, tcpAddr string) bool {
+	resp, err := http.Get("http://" + httpAddr + "/nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var nr struct {
+		Producers []struct {
+			BroadcastAddress string `json:"broadcast_address"`
+			TCPPort          int    `json:"tcp_port"`
+		} `json:"producers"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&nr); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range nr.Producers {
+		if p.BroadcastAddress+":"+strconv.Itoa(p.TCPPort) == tcpAddr {
+			return true
+		}
+	}
+	return false
+}
+
+func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func egressAddrs(s *Scheduler) []string {
+	var out []string
+	for _, n := range s.Stats().Egress {
+		out = append(out, n.Addr)
+	}
+	return out
+}
+
+// A Scheduler given only Options.LookupdHTTPAddresses publishes, due now
+// and delayed, to the nsqd that nsqlookupd lists, and to one that
+// registers later once a poll found it.
+func TestLookupdHTTPAddresses(t *testing.T) {
+	lTCP, lHTTP := startTestLookupd(t)
+	a := nsqdnodetest.Start(t, nsqdnode.Config{LookupdTCPAddresses: []string{lTCP}, BroadcastAddress: "127.0.0.1"})
+	waitUntil(t, 10*time.Second, "nsqlookupd listing nsqd a", func() bool { return lookupdLists(t, lHTTP, a.TCPAddr) })
+
+	opts := testOptions(t.TempDir())
+	opts.LookupdHTTPAddresses = []string{lHTTP}
+	opts.LookupdPollInterval = 100 * time.Millisecond
+	opts.Logf = t.Logf
+	s, err := New(opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { s.Close(5 * time.Second) })
+	if got := egressAddrs(s); len(got) != 1 || got[0] != a.TCPAddr {
+		t.Fatalf("egress nsqds after New: %v, want [%s]", got, a.TCPAddr)
+	}
+	if st := s.Stats().Egress[0]; !st.Discovered {
+		t.Errorf("egress stats %+v: want discovered", st)
+	}
+
+	const topic = "lookupd"
+	colA := consume(t, a.TCPAddr, topic)
+	start := time.Now()
+	if err := s.Publish(Pub{Topic: topic, Bodies: [][]byte{[]byte("now")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Publish(Pub{Topic: topic, Bodies: [][]byte{[]byte("later")}, Delay: 300 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	got := colA.waitCount(t, 2, 10*time.Second)
+	for _, r := range got {
+		if string(r.body) == "later" && r.at.Sub(start) < 300*time.Millisecond {
+			t.Errorf("delayed message arrived %v after publish, before its delay", r.at.Sub(start))
+		}
+	}
+
+	// b registers mid-run: the next poll adds it, and it takes batches.
+	b := nsqdnodetest.Start(t, nsqdnode.Config{LookupdTCPAddresses: []string{lTCP}, BroadcastAddress: "127.0.0.1"})
+	colB := consume(t, b.TCPAddr, topic)
+	waitUntil(t, 10*time.Second, "egress to list nsqd b", func() bool {
+		return strings.Contains(strings.Join(egressAddrs(s), ","), b.TCPAddr)
+	})
+	const n = 200
+	for i := range n {
+		if err := s.Publish(Pub{Topic: topic, Bodies: [][]byte{fmt.Appendf(nil, "m-%d", i)}, Delay: 50 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, 20*time.Second, "every message delivered", func() bool {
+		return len(colA.snapshot())+len(colB.snapshot()) >= n+2
+	})
+	if len(colB.snapshot()) == 0 {
+		t.Errorf("nsqd b (discovered mid-run) received none of %d messages", n)
+	}
+	t.Logf("a received %d, b %d", len(colA.snapshot()), len(colB.snapshot()))
+	if err := s.Close(5 * time.Second); err != nil { // before the nsqds' cleanup
+		t.Error(err)
+	}
+}
+
+// LookupdHTTPAddresses is a sink choice of its own, and combines with
+// NSQDTCPAddresses; not with Sink or EmbeddedNSQD.
+func TestLookupdOptionsValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(*Options)
+		ok   bool
+	}{
+		{"lookupd only", func(o *Options) {}, true},
+		{"with nsqd", func(o *Options) { o.NSQDTCPAddresses = []string{"127.0.0.1:1"} }, true},
+		{"with embedded", func(o *Options) { o.EmbeddedNSQD = true }, false},
+		{"with sink", func(o *Options) {
+			o.Sink = SinkFunc(func(string, [][]byte) (int, error) { return 0, nil })
+		}, false},
+		{"no interval", func(o *Options) { o.LookupdPollInterval = 0 }, false},
+	} {
+		o := testOptions(t.TempDir())
+		o.LookupdHTTPAddresses = []string{"127.0.0.1:4161"}
+		tc.set(&o)
+		if err := o.Validate(); (err == nil) != tc.ok {
+			t.Errorf("%s: Validate: %v, want ok %v", tc.name, err, tc.ok)
+		}
+	}
+}
