@@ -303,8 +303,9 @@ func (s *Scheduler) Pending() int64 { return s.pending.Load() }
 // Recovery is the journal's report from this Scheduler's start.
 func (s *Scheduler) Recovery() journal.Report { return s.recovery }
 
-// NSQDTCPAddresses are the nsqd the default sink publishes to (the
-// embedded one's, with Options.EmbeddedNSQD); nil with Options.Sink.
+// NSQDTCPAddresses are the nsqd the default sink publishes to now (the
+// embedded one's, with Options.EmbeddedNSQD; the static and discovered
+// ones otherwise); nil with Options.Sink. O(nsqds).
 func (s *Scheduler) NSQDTCPAddresses() []string {
 	if s.node != nil {
 		return []string{s.node.TCPAddr}
@@ -312,7 +313,12 @@ func (s *Scheduler) NSQDTCPAddresses() []string {
 	if s.eg == nil {
 		return nil
 	}
-	return s.opts.NSQDTCPAddresses
+	// The static ones and those nsqlookupd lists right now.
+	var addrs []string
+	for _, n := range s.eg.Stats() {
+		addrs = append(addrs, n.Addr)
+	}
+	return addrs
 }
 
 // EmbeddedNSQDHTTPAddress is the embedded nsqd's HTTP address, "" if none.
