@@ -98,7 +98,14 @@ type Options struct {
 	// of one batch (it doubles, with jitter).
 	PublishBackoff time.Duration
 	// MaxPending and MaxPendingBytes bound what deferd holds; past them
-	// Publish returns ErrOverCapacity. Bytes count journal record bytes.
+	// Publish returns ErrOverCapacity. Bytes count journal record bytes
+	// (the body + ~30 B). Default AutoCapacity (-1): New derives them
+	// from the machine (Capacity): MaxPending from the memory available
+	// (half of it, at CapacityRAMPerPending = 128 B per message, within
+	// [1M, 1G]), MaxPendingBytes from the space free on DataPath's file
+	// system plus what the journal already holds (half of it, within
+	// [1 GiB, 1 PiB]); /info shows the values chosen. An explicit value
+	// (> 0) is used as given.
 	MaxPending      int64 `flag:"max-pending"`
 	MaxPendingBytes int64 `flag:"max-pending-bytes"`
 	// RetryBackoff is how long a message waits after its sink did not take
@@ -166,8 +173,8 @@ func NewOptions() Options {
 		ConnsPerNSQD:             egress.DefaultConnsPerAddr,
 		PublishBackoff:           egress.DefaultBackoff,
 		LookupdPollInterval:      egress.DefaultLookupdPollInterval,
-		MaxPending:               20_000_000,
-		MaxPendingBytes:          32 << 30,
+		MaxPending:               AutoCapacity,
+		MaxPendingBytes:          AutoCapacity,
 		RetryBackoff:             time.Second,
 		ParkBackoff:              time.Minute,
 		Fsync:                    journal.FsyncInterval.String(),
@@ -228,12 +235,21 @@ func (o *Options) Validate() error {
 		{"MaxMsgSize", "max-msg-size", o.MaxMsgSize}, {"MaxBodySize", "max-body-size", o.MaxBodySize},
 		{"PoolSize", "pool-size", int64(o.PoolSize)}, {"TaskSize", "task-size", int64(o.TaskSize)},
 		{"BatchSize", "batch-size", int64(o.BatchSize)}, {"ConnsPerNSQD", "conns-per-nsqd", int64(o.ConnsPerNSQD)},
-		{"MaxPending", "max-pending", o.MaxPending}, {"MaxPendingBytes", "max-pending-bytes", o.MaxPendingBytes},
 		{"SegmentSize", "segment-size", o.SegmentSize},
 		{"HTTPMaxConns", "http-max-conns", int64(o.HTTPMaxConns)}, {"MaxInflightBodyBytes", "max-inflight-body-bytes", o.MaxInflightBodyBytes},
 	} {
 		if n.v <= 0 {
 			return bad(n.field, n.flag, "must be > 0", n.v)
+		}
+	}
+	for _, n := range []struct {
+		field, flag string
+		v           int64
+	}{
+		{"MaxPending", "max-pending", o.MaxPending}, {"MaxPendingBytes", "max-pending-bytes", o.MaxPendingBytes},
+	} {
+		if n.v <= 0 && n.v != AutoCapacity {
+			return bad(n.field, n.flag, "must be > 0 or -1 (AutoCapacity: derived from memory and disk)", n.v)
 		}
 	}
 	if o.EmbeddedNSQDMemQueueSize < 0 {

@@ -84,6 +84,7 @@ func New(opts Options) (*Scheduler, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	opts.resolveCapacity() // AutoCapacity: from this machine's memory and disk
 	s := &Scheduler{
 		opts:    opts,
 		logf:    opts.Logf,
