@@ -14,7 +14,8 @@ const Version = "0.2.0"
 
 // ListenHTTP binds deferd's nsqd-compatible HTTP API (ingest.Server) at
 // Options.HTTPAddress ("127.0.0.1:0" picks a free port): /pub, /mpub,
-// /cancel, /ping, /info, /stats and /metrics. The caller runs Serve on the
+// /cancel, /ping, /info, /stats and /metrics (and the operator endpoints;
+// with Options.UI, the status page at /). The caller runs Serve on the
 // result and shuts it down before Close; requests arriving after Close
 // answer 503 EXITING. Its metrics join WritePrometheus, its counts Stats
 // (Ingest["http"]). It may be called more than once (one server each);
@@ -27,6 +28,13 @@ func (s *Scheduler) ListenHTTP() (*ingest.Server, error) {
 		ln, s.httpListenerTaken = s.opts.HTTPListener, true
 	}
 	s.listenersMu.Unlock()
+	backend, ln, err := s.clusterListen(b, ln) // cluster.go; no cluster: b, ln
+	if err != nil {
+		if ln != nil {
+			ln.Close()
+		}
+		return nil, err
+	}
 	srv, err := ingest.NewServer(ingest.Options{
 		Addr:                 s.opts.HTTPAddress,
 		MaxMsgSize:           s.opts.MaxMsgSize,
@@ -39,7 +47,8 @@ func (s *Scheduler) ListenHTTP() (*ingest.Server, error) {
 		IdleTimeout:          s.opts.HTTPIdleTimeout,
 		MaxInflightBodyBytes: s.opts.MaxInflightBodyBytes,
 		Listener:             ln,
-	}, b)
+		UI:                   s.opts.UI,
+	}, backend)
 	if err != nil {
 		if ln != nil {
 			ln.Close()
@@ -93,6 +102,12 @@ type listenerSet struct {
 
 	// httpListenerTaken: a ListenHTTP took Options.HTTPListener.
 	httpListenerTaken bool
+
+	// The cluster side (cluster.go), made by the first ListenHTTP with
+	// Options.ClusterPeers; cluster under listenersMu.
+	clusterOnce sync.Once
+	cluster     *clusterNode
+	clusterErr  error
 }
 
 // ingestSource is one listener's counts, by protocol ("http", "tcp").

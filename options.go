@@ -45,6 +45,25 @@ type Options struct {
 	// LookupdPollInterval is the time between queries of
 	// LookupdHTTPAddresses. Default 15s (go-nsq's).
 	LookupdPollInterval time.Duration `flag:"lookupd-poll-interval"`
+	// ClusterPeers lists the HTTP addresses (host:port) of every deferd
+	// instance of a cluster, the same ordered list on each (an entry may
+	// hold several, comma-separated). Empty: no cluster. Set, any instance
+	// takes any request and hands a request naming an id to the id's
+	// owner (cluster.go; the shard map is internal/cluster's doc).
+	ClusterPeers []string `flag:"cluster-peers"`
+	// ClusterSelf is this instance's entry in ClusterPeers, spelled the
+	// same; "" means HTTPAddress.
+	ClusterSelf string `flag:"cluster-self"`
+	// ClusterForwardTimeout bounds one forwarded request (and one poll of
+	// a peer's /stats): past it the client gets 503 OWNER_UNAVAILABLE.
+	// ClusterForwardConns is the most connections to one peer at once
+	// (keep-alive; a request finding none free waits within the timeout).
+	// ClusterPollInterval is how often the peers' /stats are polled and
+	// a hand-off pass runs (until one finds nothing to move). Defaults 5s,
+	// 64 and 2s.
+	ClusterForwardTimeout time.Duration `flag:"cluster-forward-timeout"`
+	ClusterForwardConns   int           `flag:"cluster-forward-conns"`
+	ClusterPollInterval   time.Duration `flag:"cluster-poll-interval"`
 	// EmbeddedNSQD starts a real nsqd in this process (New starts it,
 	// Close persists and stops it) and publishes to it. It needs Sink nil
 	// and NSQDTCPAddresses and LookupdHTTPAddresses empty. Default false.
@@ -65,6 +84,11 @@ type Options struct {
 	// can bind before New replays the journal and find a port in use
 	// first. ListenHTTP's Server owns it from then on. No flag.
 	HTTPListener net.Listener
+	// UI serves the status page at GET / of the HTTP API (charts of what
+	// is pending, egress and the journal; look up, cancel, reschedule).
+	// Its POSTs are the API's, under the API's cross-origin check
+	// (ingest/doc.go). Default true; false: GET / is 404, as in nsqd.
+	UI bool `flag:"ui"`
 	// Limits of the HTTP API on clients (ingest.Options has the details):
 	// the most open connections (beyond: 503 and close), the time for a
 	// request's head and then for its body, a keep-alive connection's
@@ -158,6 +182,7 @@ func NewOptions() Options {
 		EmbeddedNSQDLogLevel:     "warn",
 		HTTPAddress:              "127.0.0.1:4180",
 		TCPAddress:               "127.0.0.1:4190",
+		UI:                       true,
 		HTTPMaxConns:             ingest.DefaultMaxConns,
 		HTTPHeaderTimeout:        ingest.DefaultHeaderTimeout,
 		HTTPBodyTimeout:          ingest.DefaultBodyTimeout,
@@ -173,6 +198,9 @@ func NewOptions() Options {
 		ConnsPerNSQD:             egress.DefaultConnsPerAddr,
 		PublishBackoff:           egress.DefaultBackoff,
 		LookupdPollInterval:      egress.DefaultLookupdPollInterval,
+		ClusterForwardTimeout:    5 * time.Second,
+		ClusterForwardConns:      64,
+		ClusterPollInterval:      2 * time.Second,
 		MaxPending:               AutoCapacity,
 		MaxPendingBytes:          AutoCapacity,
 		RetryBackoff:             time.Second,
@@ -217,6 +245,8 @@ func (o *Options) Validate() error {
 		{"LookupdPollInterval", "lookupd-poll-interval", o.LookupdPollInterval},
 		{"HTTPHeaderTimeout", "http-header-timeout", o.HTTPHeaderTimeout}, {"HTTPBodyTimeout", "http-body-timeout", o.HTTPBodyTimeout},
 		{"HTTPIdleTimeout", "http-idle-timeout", o.HTTPIdleTimeout},
+		{"ClusterForwardTimeout", "cluster-forward-timeout", o.ClusterForwardTimeout},
+		{"ClusterPollInterval", "cluster-poll-interval", o.ClusterPollInterval},
 	} {
 		if d.v <= 0 {
 			return bad(d.field, d.flag, "must be > 0", d.v)
@@ -235,7 +265,7 @@ func (o *Options) Validate() error {
 		{"MaxMsgSize", "max-msg-size", o.MaxMsgSize}, {"MaxBodySize", "max-body-size", o.MaxBodySize},
 		{"PoolSize", "pool-size", int64(o.PoolSize)}, {"TaskSize", "task-size", int64(o.TaskSize)},
 		{"BatchSize", "batch-size", int64(o.BatchSize)}, {"ConnsPerNSQD", "conns-per-nsqd", int64(o.ConnsPerNSQD)},
-		{"SegmentSize", "segment-size", o.SegmentSize},
+		{"SegmentSize", "segment-size", o.SegmentSize}, {"ClusterForwardConns", "cluster-forward-conns", int64(o.ClusterForwardConns)},
 		{"HTTPMaxConns", "http-max-conns", int64(o.HTTPMaxConns)}, {"MaxInflightBodyBytes", "max-inflight-body-bytes", o.MaxInflightBodyBytes},
 	} {
 		if n.v <= 0 {
@@ -260,6 +290,9 @@ func (o *Options) Validate() error {
 	if o.MaxBodySize-mpubHeadroom < o.MaxMsgSize+8 {
 		return fmt.Errorf("--max-body-size (Options.MaxBodySize, %d) must be at least --max-msg-size + %d (%d): a message of the largest size must fit in an MPUB to nsqd",
 			o.MaxBodySize, mpubHeadroom+8, o.MaxMsgSize+mpubHeadroom+8)
+	}
+	if err := o.validateCluster(); err != nil {
+		return err
 	}
 	sinks := 0
 	// NSQDTCPAddresses and LookupdHTTPAddresses, alone or together, are

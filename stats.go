@@ -51,6 +51,10 @@ type Stats struct {
 	// by protocol ("http", "tcp"; several of one protocol summed), since
 	// each was made; absent without listeners.
 	Ingest map[string]ingest.IngestStats `json:"ingest,omitempty"`
+	// Cluster is the cluster's state (Options.ClusterPeers; absent
+	// without): every peer's reachability, last error, pending count and
+	// shards, the forwarding counts and the hand-off (ClusterStats).
+	Cluster *ClusterStats `json:"cluster,omitempty"`
 }
 
 // Lateness holds delivery lateness percentiles in milliseconds.
@@ -99,6 +103,7 @@ func (s *Scheduler) Stats() Stats {
 		Due:             s.Due(),
 		Rescheduled:     s.op.rescheduled.Load(),
 		Ingest:          s.ingestStats(),
+		Cluster:         s.clusterStats(),
 	}
 }
 
