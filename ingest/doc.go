@@ -1,5 +1,12 @@
-// Package ingest is deferd's HTTP front door: an nsqd-compatible /pub and
-// /mpub, plus delays, absolute due times, ids and cancel, on fasthttp.
+// Package ingest is deferd's front door: an nsqd-compatible HTTP API (/pub
+// and /mpub, plus delays, absolute due times, ids and cancel, on fasthttp)
+// and nsqd's V2 TCP protocol for producers (TCPServer).
+//
+// It owns parsing and validation by nsqd's rules, the connections and their
+// limits, and the mapping of the scheduler's errors (internal/errs) to
+// nsqd's answers. What a request means is its Backend's: ingest imports
+// nothing of deferd's but internal/errs and internal/intern, and the root
+// package implements Backend.
 //
 // # Compatibility with nsqd 1.3.0
 //
