@@ -2,18 +2,24 @@ package deferd
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nsqio/go-nsq"
+	"github.com/valyala/fasthttp"
 
 	"github.com/deferd/deferd/ingest"
 	"github.com/deferd/deferd/internal/cluster"
@@ -545,4 +551,108 @@ func TestClusterHandoff(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d ids moved to B", movedWant, len(ids))
+}
+
+// TestClusterFigures measures (DEFERD_CLUSTER_FIGURES=1; writes
+// /tmp/figures-cluster.md): an id-bearing /pub landing on a non-owner
+// against one sent to its owner, and the process CPU per id-less /pub
+// with 1, 2 and 3 instances (load spread over them; the sink discards).
+func TestClusterFigures(t *testing.T) {
+	if os.Getenv("DEFERD_CLUSTER_FIGURES") == "" {
+		t.Skip("set DEFERD_CLUSTER_FIGURES=1")
+	}
+	const conc, dur = 32, 3 * time.Second
+	discard := func(o *Options) {
+		o.Sink = SinkFunc(func(string, [][]byte) (int, error) { return 0, errors.New("down") })
+		o.Logf = func(string, ...any) {}
+		o.Fsync = "never"
+		o.SegmentSize = 64 << 20
+		o.MaxPending, o.MaxPendingBytes = 50_000_000, 64<<30
+	}
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	// run sends /pub for dur from conc goroutines; target(g, i) is the
+	// address and query of request i of goroutine g.
+	run := func(target func(g, i int) (string, string)) (rate float64, cpuPer time.Duration) {
+		clients := map[string]*fasthttp.HostClient{}
+		var cmu sync.Mutex
+		hc := func(a string) *fasthttp.HostClient {
+			cmu.Lock()
+			defer cmu.Unlock()
+			if clients[a] == nil {
+				clients[a] = &fasthttp.HostClient{Addr: a, MaxConns: conc}
+			}
+			return clients[a]
+		}
+		var n atomic.Int64
+		c0, t0 := cpu(), time.Now()
+		var wg sync.WaitGroup
+		for g := range conc {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+				for i := 0; time.Since(t0) < dur; i++ {
+					a, pq := target(g, i)
+					req.Reset()
+					req.Header.SetMethod("POST")
+					req.SetRequestURI("http://" + a + pq)
+					req.SetBodyString("a message body of some fifty bytes, more or less..")
+					if err := hc(a).Do(req, resp); err != nil || resp.StatusCode() != 200 {
+						t.Errorf("%s%s: %v %d %s", a, pq, err, resp.StatusCode(), resp.Body())
+						return
+					}
+					n.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		el, c := time.Since(t0), cpu()-c0
+		return float64(n.Load()) / el.Seconds(), c / time.Duration(n.Load())
+	}
+	var out strings.Builder
+	fmt.Fprintf(&out, "# deferd cluster figures\n\n%s, GOMAXPROCS %d, %d client goroutines in the same process, %v per figure, fsync never, sink refusing (messages stay pending), 50 B bodies.\n\n",
+		time.Now().Format("2006-01-02"), runtime.GOMAXPROCS(0), conc, dur)
+
+	// 1. id-bearing /pub: owner-direct vs via a non-owner.
+	peers := freeAddrs(t, 3)
+	var insts []*clusterInst
+	for i := range 3 {
+		insts = append(insts, startInst(t, peers, peers[i], t.TempDir(), discard))
+	}
+	var idn atomic.Int64
+	ownerID := func(k int) string { return idOwnedBy(k, 3, "b", &idn) }
+	direct, dcpu := run(func(g, i int) (string, string) {
+		k := (g + i) % 3
+		return peers[k], "/pub?topic=b&defer=3600000&id=" + ownerID(k)
+	})
+	via, vcpu := run(func(g, i int) (string, string) {
+		k := (g + i) % 3
+		return peers[(k+1)%3], "/pub?topic=b&defer=3600000&id=" + ownerID(k)
+	})
+	fmt.Fprintf(&out, "## id-bearing /pub, 3 instances\n\n| landing | req/s | process CPU per request |\n| --- | --- | --- |\n| owner (direct) | %.0f | %v |\n| non-owner (forwarded, one loopback round trip more) | %.0f (%.2fx) | %v |\n\n",
+		direct, dcpu, via, via/direct, vcpu)
+	for _, c := range insts {
+		c.stop()
+	}
+
+	// 2. id-less /pub with 1, 2 and 3 instances.
+	fmt.Fprintf(&out, "## id-less /pub (defer=3600000: journaled), spread over the instances\n\n| instances | req/s (all) | process CPU per message (all instances + client) |\n| --- | --- | --- |\n")
+	for n := 1; n <= 3; n++ {
+		ps := freeAddrs(t, n)
+		var is []*clusterInst
+		for i := range n {
+			is = append(is, startInst(t, ps, ps[i], t.TempDir(), discard))
+		}
+		rate, per := run(func(g, i int) (string, string) { return ps[(g+i)%n], "/pub?topic=b&defer=3600000" })
+		fmt.Fprintf(&out, "| %d | %.0f | %v |\n", n, rate, per)
+		for _, c := range is {
+			c.stop()
+		}
+	}
+	os.WriteFile("/tmp/figures-cluster.md", []byte(out.String()), 0o644)
+	t.Log("\n" + out.String())
 }
