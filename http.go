@@ -14,7 +14,8 @@ const Version = "0.2.0"
 
 // ListenHTTP binds deferd's nsqd-compatible HTTP API (ingest.Server) at
 // Options.HTTPAddress ("127.0.0.1:0" picks a free port): /pub, /mpub,
-// /cancel, /ping, /info, /stats and /metrics. The caller runs Serve on the
+// /cancel, /ping, /info, /stats and /metrics (and the operator endpoints;
+// with Options.UI, the status page at /). The caller runs Serve on the
 // result and shuts it down before Close; requests arriving after Close
 // answer 503 EXITING. Its metrics join WritePrometheus, its counts Stats
 // (Ingest["http"]). It may be called more than once (one server each);
@@ -46,6 +47,7 @@ func (s *Scheduler) ListenHTTP() (*ingest.Server, error) {
 		IdleTimeout:          s.opts.HTTPIdleTimeout,
 		MaxInflightBodyBytes: s.opts.MaxInflightBodyBytes,
 		Listener:             ln,
+		UI:                   s.opts.UI,
 	}, backend)
 	if err != nil {
 		if ln != nil {

@@ -84,6 +84,11 @@ type Options struct {
 	// can bind before New replays the journal and find a port in use
 	// first. ListenHTTP's Server owns it from then on. No flag.
 	HTTPListener net.Listener
+	// UI serves the status page at GET / of the HTTP API (charts of what
+	// is pending, egress and the journal; look up, cancel, reschedule).
+	// Its POSTs are the API's, under the API's cross-origin check
+	// (ingest/doc.go). Default true; false: GET / is 404, as in nsqd.
+	UI bool `flag:"ui"`
 	// Limits of the HTTP API on clients (ingest.Options has the details):
 	// the most open connections (beyond: 503 and close), the time for a
 	// request's head and then for its body, a keep-alive connection's
@@ -177,6 +182,7 @@ func NewOptions() Options {
 		EmbeddedNSQDLogLevel:     "warn",
 		HTTPAddress:              "127.0.0.1:4180",
 		TCPAddress:               "127.0.0.1:4190",
+		UI:                       true,
 		HTTPMaxConns:             ingest.DefaultMaxConns,
 		HTTPHeaderTimeout:        ingest.DefaultHeaderTimeout,
 		HTTPBodyTimeout:          ingest.DefaultBodyTimeout,

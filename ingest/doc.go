@@ -95,6 +95,43 @@
 // accepted and published per second over the last minute, in all and per
 // topic ("topics"); see deferd.DueReport for how each is computed.
 //
+// # The status page and cross-origin requests
+//
+// With Options.UI (deferd's --ui, on by default) GET / serves the status
+// page, with its script and style at GET /ui/app.js and /ui/style.css
+// (package ingest/ui: embedded, nothing fetched from elsewhere, served
+// with a Content-Security-Policy of 'self' only, no framing, no caching).
+// Without it GET / is 404 NOT_FOUND, as in nsqd. Other paths, and every
+// other method on /, answer as before.
+//
+// The page changes state through the API itself, so the API guards it
+// against cross-site request forgery: a page of another site open in an
+// operator's browser must not cancel or reschedule through it (the
+// browser reaches 127.0.0.1 as the operator does). POST /cancel and POST
+// /reschedule (whether or not the UI is on) are refused with 403
+// {"message":"CROSS_ORIGIN"}, before anything is read or done, when the
+// request is a browser's (it has a Sec-Fetch-Site or an Origin header)
+// and any of these holds:
+//
+//   - Sec-Fetch-Site is other than "same-origin" or "none": "cross-site",
+//     and "same-site" too, which is what a page on another port of
+//     127.0.0.1 (or of localhost) sends;
+//   - Origin is not "scheme://" followed by exactly the Host header
+//     ("null" and a port spelled on one side only do not match);
+//   - X-Deferd-UI: 1 is missing. The page sends it with each POST; a page
+//     of another origin cannot send it without a CORS preflight, and
+//     deferd grants none (OPTIONS answers only Allow).
+//
+// A request with neither Sec-Fetch-Site nor Origin (curl, client
+// libraries, producers) is served exactly as before, so are /pub and
+// /mpub whatever their headers (nsqd's contract; a page of another site
+// can publish to deferd as it can to nsqd), and GETs, whose answers a page
+// of another origin cannot read (no CORS headers). Not covered: DNS
+// rebinding (a hostile name resolving to 127.0.0.1 makes its page
+// same-origin; bind to an address and use a Host only you resolve), and
+// browsers from before 2020 that send neither header on a cross-site form
+// POST.
+//
 // # Known differences from nsqd
 //
 //   - A binary /mpub body sent chunked (no Content-Length) whose messages run
@@ -103,6 +140,9 @@
 //   - An empty /mpub (no non-empty line) is 200 OK without calling the
 //     backend; nsqd also answers OK (or 503 EXITING while it shuts down).
 //   - nsqd's /ping reports its health; deferd's always says OK while serving.
+//   - GET / is the status page with Options.UI (nsqd: 404), and a
+//     browser's cross-origin POST /cancel or /reschedule is 403
+//     CROSS_ORIGIN (nsqd has neither endpoint).
 //   - nsqd's /stats is text unless format=json, and nsqd has more endpoints
 //     (/topic/*, /channel/*, /config, /debug/pprof); deferd's /stats is the
 //     backend's JSON and the others are 404.

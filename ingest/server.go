@@ -60,6 +60,10 @@ type Options struct {
 	// binding Addr (a caller can bind before it starts its backend);
 	// the Server owns it from then on and closes it on Shutdown.
 	Listener net.Listener
+	// UI serves the status page (package ingest/ui) at GET / and its
+	// files under /ui/; false (the zero value): GET / is 404 NOT_FOUND,
+	// as in nsqd. deferd's Options.UI turns it on by default.
+	UI bool
 }
 
 // Defaults of Options.
@@ -158,6 +162,7 @@ type Server struct {
 	m          serverMetrics
 	lim        limitMetrics // in m.set
 	budget     *bodyBudget
+	ui         bool // Options.UI
 
 	mu       sync.Mutex
 	state    int // stateNew, stateServing, stateShut
@@ -225,6 +230,7 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 		maxDeferMs: opts.MaxDefer.Milliseconds(),
 		m:          newServerMetrics(),
 		budget:     newBodyBudget(opts.MaxInflightBodyBytes),
+		ui:         opts.UI,
 	}
 	s.initLimits()
 	s.srv = &fasthttp.Server{
@@ -411,14 +417,14 @@ type route struct {
 var routes = [...]route{
 	{"/pub", false, (*Server).pub},
 	{"/mpub", false, (*Server).mpub},
-	{"/cancel", false, (*Server).cancel},
+	{"/cancel", false, sameOriginOnly((*Server).cancel)}, // csrf.go
 	{"/ping", true, (*Server).ping},
 	{"/info", true, (*Server).info},
 	{"/stats", true, (*Server).stats},
 	{"/metrics", true, (*Server).metrics},
 	{"/message", true, (*Server).message}, // operator.go
 	{"/pending", true, (*Server).pending},
-	{"/reschedule", false, (*Server).reschedule},
+	{"/reschedule", false, sameOriginOnly((*Server).reschedule)},
 }
 
 func findRoute(path []byte) *route {
@@ -474,6 +480,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		path = p
+	}
+	if s.ui && ctx.IsGet() && s.serveUI(ctx, path) { // ui.go
+		lingerIfUnread(ctx, 0, false)
+		return
 	}
 	r := findRoute(path)
 	isGet, isPost := ctx.IsGet(), ctx.IsPost()

@@ -28,6 +28,7 @@ var usage = map[string]string{
 	"embedded-nsqd-log-level":      "the embedded nsqd's log level (debug, info, warn, error, fatal)",
 	"http-address":                 "<addr>:<port> to listen on for HTTP clients (binding beyond loopback is your explicit choice)",
 	"tcp-address":                  "<addr>:<port> to listen on for nsqd TCP protocol producers (PUB, MPUB, DPUB); empty: none",
+	"ui":                           "serve the status page at GET / of --http-address (false: GET / is 404, as in nsqd); its cancel and reschedule are refused to pages of other origins",
 	"max-msg-size":                 "maximum size of a single message in bytes (as nsqd's)",
 	"max-body-size":                "maximum size of a single request body in bytes (as nsqd's)",
 	"max-defer":                    "maximum delay of a message (defer= or at=)",
