@@ -140,8 +140,9 @@ const earliestLook = 64
 // Due returns the due-time report, computed at most once a second (a
 // cached copy otherwise). Cost when computed: a sample of up to 4096 wheel
 // entries (O(4096) under the wheel lock), one batched read of their
-// records (page cache, about 2 MB at 500 B messages), a scan of the
-// earliest 64 entries, O(retrying messages) under the index lock (at most
+// records (page cache, about 2 MB at 500 B messages), when something in
+// the wheel may be due already a scan of its first 64 entries (see
+// wheel.Scan: its first slot), O(retrying messages) under the index lock (at most
 // 10,000 looked at), and O(topics). Safe for concurrent use.
 func (s *Scheduler) Due() DueReport {
 	s.op.mu.Lock()
@@ -201,12 +202,16 @@ func (s *Scheduler) computeDue() DueReport {
 			overdue(t, m.Due)
 		}
 	})
-	// The earliest entries of the wheel (what goes out next, or waits).
+	// The earliest entries of the wheel (what goes out next, or waits),
+	// if anything in it may be due already (else none is overdue but
+	// those waiting out a retry, below): a scan of the wheel's first slot.
 	var early []journal.Pos
-	s.w.Scan(0, func(_ int64, p journal.Pos) bool {
-		early = append(early, p)
-		return len(early) < earliestLook
-	})
+	if next, ok := s.w.Next(); ok && next <= s.w.Now() {
+		s.w.Scan(0, func(_ int64, p journal.Pos) bool {
+			early = append(early, p)
+			return len(early) < earliestLook
+		})
+	}
 	s.j.ReadBatch(&reader, early, func(_ int, m journal.Message, err error) {
 		if err == nil {
 			overdue(all, m.Due)

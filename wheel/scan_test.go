@@ -125,7 +125,8 @@ func TestScanStops(t *testing.T) {
 func TestScanConcurrent(t *testing.T) {
 	w := New[int64](Options{})
 	far := w.Now() + int64(time.Hour)
-	for i := range 1000 {
+	const n = 20000 // several coarse slots of more than scanChunk entries
+	for i := range n {
 		w.Add(far+int64(i)*int64(time.Millisecond), int64(i))
 	}
 	stop := make(chan struct{})
@@ -139,9 +140,13 @@ func TestScanConcurrent(t *testing.T) {
 				return
 			default:
 			}
-			h := w.AddAfter(time.Duration(i%50)*time.Millisecond, -1)
-			if i%3 == 0 {
-				w.Cancel(h)
+			d := time.Duration(i%50) * time.Millisecond
+			if i%2 == 0 {
+				d += time.Hour + time.Duration(i%20000)*time.Millisecond // into the crowded slots
+			}
+			h := w.AddAfter(d, -1)
+			if i%3 == 0 || i > 200_000 {
+				w.Cancel(h) // keep the wheel from growing without end
 			}
 		}
 	}()
@@ -157,7 +162,7 @@ func TestScanConcurrent(t *testing.T) {
 			time.Sleep(100 * time.Microsecond)
 		}
 	}()
-	for range 50 {
+	for range 20 {
 		var got []int64
 		last := int64(-1 << 63)
 		w.Scan(0, func(due int64, v int64) bool {
@@ -170,8 +175,8 @@ func TestScanConcurrent(t *testing.T) {
 			}
 			return true
 		})
-		if len(got) != 1000 || !slices.IsSorted(got) {
-			t.Fatalf("got %d long-pending entries (sorted %v), want 1000", len(got), slices.IsSorted(got))
+		if len(got) != n || !slices.IsSorted(got) {
+			t.Fatalf("got %d long-pending entries (sorted %v), want %d", len(got), slices.IsSorted(got), n)
 		}
 	}
 	close(stop)
