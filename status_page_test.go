@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -76,7 +77,15 @@ func TestStatusPage(t *testing.T) {
 	chromiumPath(t)
 	opts := deferd.NewOptions()
 	opts.DataPath = t.TempDir()
-	opts.HTTPAddress = "127.0.0.1:0"
+	// A cluster of one (this instance), so the page's cluster panel has a
+	// peer to show: the address is bound first to be named in the list.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.HTTPListener = ln
+	opts.HTTPAddress = ln.Addr().String()
+	opts.ClusterPeers = []string{opts.HTTPAddress}
 	opts.Logf = t.Logf
 	var sunk atomic.Int64
 	if shot != "" {
@@ -211,6 +220,8 @@ func TestStatusPage(t *testing.T) {
 			t.Errorf("topic bars read %q", labels)
 		}
 	}
+	waitFor("the cluster panel: one reachable peer owning all 256 shards",
+		`(() => { const n = document.querySelectorAll('#cluster-peers .node'); return !$('cluster-card').hidden && n.length === 1 && n[0].dataset.reachable === 'true' && n[0].textContent.includes('256 shards'); })()`)
 	waitFor("the lateness and due charts", `document.querySelectorAll('#lateness g.lateness-row').length === 5 && document.querySelectorAll('#due g.due-bucket').length === 8`)
 
 	// A lookup by id shows its due time.

@@ -299,6 +299,42 @@ function drawEgress(st) {
   }
 }
 
+// drawCluster: with --cluster-peers, one bar per peer of its pending
+// messages (from its last /stats), its reachability, shards and last
+// error, and the hand-off; hidden without a cluster.
+function drawCluster(st) {
+  const card = $('cluster-card');
+  const c = st.cluster;
+  card.hidden = !c;
+  if (!c) return;
+  const peers = c.peers || [];
+  const svg = $('cluster');
+  const H = 24 * Math.max(peers.length, 1) + 24;
+  const w = canvas(svg, H);
+  const max = Math.max(1, ...peers.map((p) => Math.max(p.pending, 0)));
+  const left = 150, right = 60, bw = w - left - right;
+  peers.forEach((p, i) => {
+    const y = 8 + i * 24;
+    s('text', { x: left - 8, y: y + 14, 'text-anchor': 'end', class: 'axis' }, svg, p.address + (p.self ? ' (self)' : ''));
+    const v = Math.max(p.pending, 0);
+    tip(s('rect', { x: left, y: y, width: Math.max(1, bw * v / max), height: 16, class: p.reachable ? 'bar' : 'bar bad' }, svg),
+      p.address + ': ' + (p.pending < 0 ? 'pending unknown' : fmtNum(p.pending) + ' pending'));
+    s('text', { x: left + bw * v / max + 6, y: y + 13, class: 'axis' }, svg, p.pending < 0 ? '?' : fmtNum(p.pending));
+  });
+  const box = $('cluster-peers');
+  box.replaceChildren();
+  for (const p of peers) {
+    const row = h('div', { class: 'node', 'data-peer': p.address, 'data-reachable': String(p.reachable) }, box);
+    tip(h('span', { class: p.reachable ? 'dot' : 'dot down' }, row), p.reachable ? 'reachable' : 'unreachable');
+    h('span', { class: 'addr' }, row, p.address + (p.self ? ' (self)' : ''));
+    const sub = h('span', { class: 'sub' }, row, (p.reachable ? 'reachable' : 'UNREACHABLE') + ' · ' + (p.shards || []).length + ' shards');
+    if (p.last_error) h('span', { class: 'err' }, sub, ' · last: ' + p.last_error);
+  }
+  const ho = c.handoff || {};
+  h('p', { class: 'note' }, box, 'forwarded ' + fmtNum(c.forwarded || 0) + ' · owner unavailable ' + fmtNum(c.owner_unavailable || 0) +
+    ' · hand-off: ' + fmtNum(ho.moved || 0) + ' moved, ' + (ho.done ? 'done' : fmtNum(ho.remaining || 0) + ' remaining'));
+}
+
 function facts(dl, pairs) {
   dl.replaceChildren();
   for (const [k, v, cls] of pairs) {
@@ -415,7 +451,7 @@ async function tick() {
 
 function drawAll(st, rate) {
   for (const f of [() => drawSummary(st, rate), () => drawTopics(st), () => drawDue(st), drawRates,
-    () => drawLateness(st), () => drawEgress(st), () => drawJournal(st)]) {
+    () => drawLateness(st), () => drawEgress(st), () => drawCluster(st), () => drawJournal(st)]) {
     try { f(); } catch (e) { console.error(e); }
   }
   if (current) drawTimeline(current.msg);
