@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -134,4 +135,62 @@ func fasthttpGet(url string) (string, error) {
 	b, _ := io.ReadAll(c)
 	s := string(b)
 	return s[strings.Index(s, "\r\n\r\n")+4:], nil
+}
+
+// A peer that restarts leaves the Forwarder's idle keep-alive connections
+// to its old process dead: the first requests after the restart must still
+// be answered (each stale connection is retried past), not fail as if the
+// owner were down.
+func TestForwarderSurvivesPeerRestart(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	handler := func(ctx *fasthttp.RequestCtx) {
+		time.Sleep(20 * time.Millisecond) // concurrent requests need separate connections
+		ctx.SetBodyString("ok")
+	}
+	srv := &fasthttp.Server{Handler: handler}
+	go srv.Serve(ln)
+	m, err := NewMap([]string{"127.0.0.1:1", addr}, "127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const conns = 8
+	fw, err := NewForwarder(m, ForwarderOptions{Conns: conns, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	burst := func() (failed int) {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if r, err := fw.Do(1, "POST", "/pub?topic=t&id=x", []byte("b")); err != nil || r.Status != 200 {
+					mu.Lock()
+					failed++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		return failed
+	}
+	if n := burst(); n != 0 {
+		t.Fatalf("%d of %d failed before the restart", n, conns)
+	}
+	srv.Shutdown() // closes the idle connections the Forwarder keeps
+	ln2, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv2 := &fasthttp.Server{Handler: handler}
+	go srv2.Serve(ln2)
+	defer srv2.Shutdown()
+	if n := burst(); n != 0 {
+		t.Fatalf("%d of %d forwarded requests failed right after the peer restarted", n, conns)
+	}
 }

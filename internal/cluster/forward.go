@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,13 +72,19 @@ func NewForwarder(m *Map, o ForwarderOptions) (*Forwarder, error) {
 			WriteTimeout:        o.Timeout,
 			MaxIdleConnDuration: 30 * time.Second,
 			// A keep-alive connection the peer closed (it restarted)
-			// fails before the request was read: try once more on a
-			// new one. Every forwarded request is safe to repeat in
-			// that case (ids deduplicate /pub; at= is absolute).
+			// fails before the request was read: try again. The retry
+			// may take another idle connection to the old process, so
+			// a closed-before-any-answer error is retried once per
+			// connection the pool can hold, and any other error (but a
+			// timeout) once. Every forwarded request is safe to repeat
+			// in that case (ids deduplicate /pub; at= is absolute).
 			RetryIfErr: func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
+				if errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) { // fasthttp says io.EOF until it gives up
+					return false, attempts <= o.Conns
+				}
 				return false, attempts < 2 && !errors.Is(err, fasthttp.ErrTimeout)
 			},
-			MaxIdemponentCallAttempts: 2,
+			MaxIdemponentCallAttempts: o.Conns + 1,
 			NoDefaultUserAgentHeader:  true,
 		}})
 	}
