@@ -60,7 +60,13 @@ func (s *Scheduler) compact(seg uint32) (moved int, err error) {
 			return errStopping
 		}
 		if m.Topic == retainTopic {
-			return s.moveRetained(p, m)
+			// Counted as a move: a segment that holds only retention
+			// records must not end the compaction pass.
+			ok, err := s.moveRetained(p, m)
+			if ok {
+				moved++
+			}
+			return err
 		}
 		mv, ok := s.ix.moveOut(p, m.ID)
 		if !ok {

@@ -332,6 +332,11 @@ func (x *index) published(topic string, items []wheel.Item[ref], msgs []msgRef, 
 			if k < len(ret) {
 				x.retainLocked(r.id, ret[k])
 			}
+		} else if r.id != "" && k < len(ret) {
+			// The id names another message now (two records with one id
+			// after a crash lost a published mark): this one's retention
+			// record is not kept, so the next expiry marks it done.
+			x.retDead = append(x.retDead, ret[k].p.Key())
 		}
 		if r.id != "" {
 			k++

@@ -247,18 +247,19 @@ func (s *Scheduler) expireRetained(keys []journal.Key) {
 
 // moveRetained is compaction of a retention record at p: it is written
 // anew at the head and the index follows it (unless it expired meanwhile).
-func (s *Scheduler) moveRetained(p journal.Pos, m *journal.Message) error {
+// moved reports whether it was written anew.
+func (s *Scheduler) moveRetained(p journal.Pos, m *journal.Message) (moved bool, err error) {
 	s.op.retMu.Lock()
 	defer s.op.retMu.Unlock()
 	s.ix.mu.Lock()
 	r, ok := s.ix.retained[m.ID]
 	s.ix.mu.Unlock()
 	if !ok || r.p != p {
-		return nil // expired or replaced: the expiry marks it done
+		return false, nil // expired or replaced: the expiry marks it done
 	}
 	np, err := s.j.AppendMoved(p.Key(), m)
 	if err != nil {
-		return err
+		return false, err
 	}
 	s.ix.mu.Lock()
 	if r2, ok := s.ix.retained[m.ID]; ok && r2.p == p {
@@ -268,5 +269,5 @@ func (s *Scheduler) moveRetained(p journal.Pos, m *journal.Message) error {
 		s.ix.retDead = append(s.ix.retDead, np.Key())
 	}
 	s.ix.mu.Unlock()
-	return nil
+	return true, nil
 }
