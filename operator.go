@@ -275,8 +275,11 @@ func (s *Scheduler) CancelRef(ref Ref) error {
 			return fmt.Errorf("%w: %w", ErrJournalUnavailable, err)
 		}
 		p, err := s.ix.removeAt(ref.Key, f.p, m.ID, m.Topic)
-		if errors.Is(err, errMoved) && try < 3 {
-			continue
+		if errors.Is(err, errMoved) {
+			if try < 3 {
+				continue
+			}
+			return ErrInFlight // moved again and again: ask again
 		}
 		if err != nil {
 			return err
@@ -297,8 +300,14 @@ func (x *index) removeAt(key Key, p journal.Pos, id, topic string) (journal.Pos,
 	if x.moving[key] != nil || x.keyOfLocked(p) != key {
 		return p, errMoved
 	}
+	if cur, ok := x.curOf[key]; ok && cur.Key() != p.Key() {
+		return p, errMoved // moved since find: look again
+	}
 	h := x.handleLocked(p)
 	if h == 0 {
+		if f, wait, err := x.findLocked(Ref{Key: key}); wait != nil || err == nil && f.p.Key() != p.Key() {
+			return p, errMoved // pending elsewhere now
+		}
 		return p, ErrNotFound
 	}
 	if !x.w.Cancel(h) {
