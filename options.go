@@ -291,6 +291,12 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("--max-body-size (Options.MaxBodySize, %d) must be at least --max-msg-size + %d (%d): a message of the largest size must fit in an MPUB to nsqd",
 			o.MaxBodySize, mpubHeadroom+8, o.MaxMsgSize+mpubHeadroom+8)
 	}
+	// Compaction and Reschedule rewrite a message in a moved record, a
+	// little larger than the accepted one: the largest must fit too.
+	if o.MaxMsgSize > journal.MaxRecordBytes-movedOverhead {
+		return fmt.Errorf("--max-msg-size (Options.MaxMsgSize, %d) must be at most %d: the journal's largest record (%d bytes) less a moved record's overhead (%d), or a message of the largest size could be accepted but never compacted or rescheduled",
+			o.MaxMsgSize, journal.MaxRecordBytes-movedOverhead, journal.MaxRecordBytes, movedOverhead)
+	}
 	if err := o.validateCluster(); err != nil {
 		return err
 	}

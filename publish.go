@@ -3,6 +3,7 @@ package deferd
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/deferd/deferd/ingest"
@@ -164,6 +165,15 @@ func (s *Scheduler) journalAndSchedule(topic string, bodies [][]byte, dueMs int6
 	}
 	return nil
 }
+
+// movedOverhead is the most bytes a moved record (compaction, Reschedule)
+// of a message adds to its body: the frame of an accepted record with the
+// longest id (ingest.MaxIDLen) and topic (64 bytes, nsqd's) and an
+// accepted time, plus a moved record's old key and origin (8 bytes each).
+// Options.Validate keeps MaxMsgSize + movedOverhead within
+// journal.MaxRecordBytes, so every accepted message can be moved.
+var movedOverhead = int64(journal.RecordLen(&journal.Message{
+	ID: strings.Repeat("i", ingest.MaxIDLen), Topic: strings.Repeat("t", 64), Accepted: 1})) + 16
 
 // publishedDirect counts n messages due at dueMs that the sink took
 // straight from Publish, and records their lateness.

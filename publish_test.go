@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -261,5 +262,33 @@ func TestSameIDWhileTheFirstWriteFails(t *testing.T) {
 		if (codes[0] == 200 || codes[1] == 200) && h.stats().Pending == before {
 			t.Fatalf("round %d: answers %v with nothing stored", round, codes)
 		}
+	}
+}
+
+// TestMaxMsgSizeFitsAMovedRecord: Validate refuses a MaxMsgSize whose
+// largest message fits an accepted record but not a moved one (it would be
+// accepted, then never compacted or rescheduled); at the bound the
+// largest message, with the longest id and topic, can be rescheduled.
+func TestMaxMsgSizeFitsAMovedRecord(t *testing.T) {
+	l := &sinkLog{got: map[string][]int64{}}
+	o := funcSchedulerOpts(t, t.TempDir(), l)
+	o.SegmentSize = 32 << 20
+	o.MaxBodySize = 16 << 20
+	o.MaxMsgSize = journal.MaxRecordBytes - 100
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "--max-msg-size") {
+		t.Fatalf("MaxMsgSize %d: Validate %v, want an error naming --max-msg-size", o.MaxMsgSize, err)
+	}
+	o.MaxMsgSize = journal.MaxRecordBytes - movedOverhead
+	s, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(time.Second)
+	id, topic := strings.Repeat("i", 128), strings.Repeat("t", 64)
+	if err := s.Publish(Pub{Topic: topic, Bodies: [][]byte{make([]byte, o.MaxMsgSize)}, ID: id, Delay: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reschedule(Ref{ID: id}, time.Now().Add(2*time.Hour)); err != nil {
+		t.Fatalf("Reschedule of the largest message: %v", err)
 	}
 }
