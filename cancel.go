@@ -14,8 +14,9 @@ import (
 // cancelled); ErrInFlight if a publish task holds it right now (published
 // if the sink takes it, else back in the wheel and cancellable again);
 // ErrJournalUnavailable if the mark could not be written (the message is
-// out of the wheel, but may come back after a restart); ErrClosed while
-// closing. Safe for concurrent use.
+// out of the wheel, but may come back after a restart), or if a write or
+// move of the message under way did not end within a second (a stalled
+// disk; it stays pending); ErrClosed while closing. Safe for concurrent use.
 func (s *Scheduler) Cancel(id string) error {
 	if !s.enter() {
 		return ErrClosed

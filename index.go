@@ -1,9 +1,11 @@
 package deferd
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
+	"github.com/deferd/deferd/internal/sat"
 	"github.com/deferd/deferd/journal"
 	"github.com/deferd/deferd/wheel"
 )
@@ -74,6 +76,7 @@ type backoff struct {
 	attempts uint32
 	origDue  int64  // its due time, unix ms (0 if unknown)
 	topic    string // "" if unknown
+	retryMs  int64  // due in unix ms (ceiled; ListPending's order), 0 if not a retry
 }
 
 // topicCount2 is one topic's cumulative accepted and published counts.
@@ -185,12 +188,48 @@ func (x *index) decTopicLocked(topic string, n int64) {
 	}
 }
 
+// waitBound bounds how long Cancel, Lookup, Reschedule and a Publish with
+// an id wait for a write or move of the same message to end (one group
+// commit, normally): on a stalled disk they answer ErrJournalUnavailable
+// instead of piling up.
+const waitBound = time.Second
+
+// errWaitBound is the answer when waitBound passed.
+var errWaitBound = fmt.Errorf("%w: a write or move of the message did not end within %v", ErrJournalUnavailable, waitBound)
+
+// waitEnd waits for ch to be closed until *deadline (set to waitBound from
+// now on the first wait of a call); false if the deadline passed first.
+func waitEnd(ch chan struct{}, deadline *time.Time) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+	}
+	if deadline.IsZero() {
+		*deadline = time.Now().Add(waitBound)
+	}
+	d := time.Until(*deadline)
+	if d <= 0 {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 // reserve takes id for a message about to be written. It returns
 // (nil, false) if id is pending already (the caller answers OK and
-// schedules nothing), waiting first for another write or move of id to end;
+// schedules nothing), waiting first for another write or move of id to end
+// (ErrJournalUnavailable if that takes longer than waitBound);
 // else the reservation, to hand to add or release. full, called under the
 // lock, refuses a new reservation with its error (capacity).
 func (x *index) reserve(id string, full func() error) (chan struct{}, error) {
+	var deadline time.Time
 	for {
 		x.mu.Lock()
 		if _, ok := x.ids[id]; ok {
@@ -199,7 +238,9 @@ func (x *index) reserve(id string, full func() error) (chan struct{}, error) {
 			if ch == nil {
 				return nil, nil // pending
 			}
-			<-ch // being written or moved: see how that ends
+			if !waitEnd(ch, &deadline) { // being written or moved: see how that ends
+				return nil, errWaitBound
+			}
 			continue
 		}
 		if x.retainedLocked(id) {
@@ -280,10 +321,12 @@ func (x *index) countDirect(topic string, n int) {
 }
 
 // remove takes the pending message of id out of the wheel and the index,
-// for a cancel. It waits for a write or move of id to end. It returns
+// for a cancel. It waits for a write or move of id to end (at most
+// waitBound: then ErrJournalUnavailable). It returns
 // ErrNotFound if id names no pending message, ErrInFlight if a publish
 // task holds it right now (it comes back if the sink does not take it).
 func (x *index) remove(id string) (idRef, error) {
+	var deadline time.Time
 	for {
 		x.mu.Lock()
 		r, ok := x.ids[id]
@@ -294,7 +337,9 @@ func (x *index) remove(id string) (idRef, error) {
 		if !r.ready {
 			ch := x.waits[id]
 			x.mu.Unlock()
-			<-ch // lasts one group commit
+			if !waitEnd(ch, &deadline) { // lasts one group commit, normally
+				return idRef{}, errWaitBound
+			}
 			continue
 		}
 		if !x.w.Cancel(x.handleLocked(r.p)) {
@@ -370,6 +415,24 @@ func (x *index) keyOfLocked(p journal.Pos) journal.Key {
 	return p.Key()
 }
 
+// listKeys returns the Keys of the messages at ps into keys and, for those
+// waiting out a retry, their retry time in unix ms into retry (0 for the
+// others). O(len(ps)).
+func (x *index) listKeys(ps []journal.Pos, keys []journal.Key, retry []int64) ([]journal.Key, []int64) {
+	keys, retry = keys[:0], retry[:0]
+	x.mu.Lock()
+	for _, p := range ps {
+		keys = append(keys, x.keyOfLocked(p))
+		var r int64
+		if len(x.backoffDue) > 0 {
+			r = x.backoffDue[p.Key()].retryMs
+		}
+		retry = append(retry, r)
+	}
+	x.mu.Unlock()
+	return keys, retry
+}
+
 // keysOf returns the Keys of the messages at ps into dst. O(len(ps)).
 func (x *index) keysOf(ps []journal.Pos, dst []journal.Key) []journal.Key {
 	dst = dst[:0]
@@ -387,12 +450,14 @@ func (x *index) keysOf(ps []journal.Pos, dst []journal.Key) []journal.Key {
 //
 // topic is theirs, "" if unknown.
 func (x *index) requeue(due int64, items []wheel.Item[ref], msgs []msgRef, topic string) {
+	wall := time.Now().UnixNano()
+	retryMs := ceilMs(sat.Add(due, wall-x.w.Now())) // due on the wall clock
 	x.mu.Lock()
 	for _, r := range msgs {
 		p := items[r.item].Value
 		x.segTableLocked(p.Seg).set(p.Ord, x.w.Add(due, p))
 		b := x.backoffDue[p.Key()]
-		b.due, b.attempts = due, b.attempts+1
+		b.due, b.attempts, b.retryMs = due, b.attempts+1, retryMs
 		if r.due != 0 {
 			b.origDue = r.due
 		}
@@ -463,7 +528,9 @@ func (x *index) moveIn(mv move, np journal.Pos, due int64, topic, id string, res
 	if mv.backingOff {
 		b := mv.backoff
 		if reset {
-			b.due = due
+			// A new due time: not overdue since the old one any more
+			// (Due); its failed attempts stay (Lookup).
+			b.due, b.origDue, b.retryMs = due, 0, 0
 		}
 		x.backoffDue[np.Key()] = b
 	}

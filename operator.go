@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/deferd/deferd/internal/sat"
 	"github.com/deferd/deferd/journal"
 )
 
@@ -80,8 +81,10 @@ type found struct {
 }
 
 // find resolves ref to a pending message, waiting out a write or move of
-// it. ErrNotFound if none is pending. O(1).
+// it (at most waitBound: then ErrJournalUnavailable). ErrNotFound if none
+// is pending. O(1).
 func (x *index) find(ref Ref) (found, error) {
+	var deadline time.Time
 	for {
 		x.mu.Lock()
 		f, wait, err := x.findLocked(ref)
@@ -89,7 +92,9 @@ func (x *index) find(ref Ref) (found, error) {
 		if wait == nil {
 			return f, err
 		}
-		<-wait // one group commit at most
+		if !waitEnd(wait, &deadline) { // one group commit, normally
+			return found{}, errWaitBound
+		}
 	}
 }
 
@@ -138,7 +143,9 @@ func (x *index) findLocked(ref Ref) (f found, wait chan struct{}, err error) {
 // Lookup reports the message ref names: pending, in flight, or published
 // while its id is retained (Options.IDRetention; by id or key). With body
 // set it adds up to MaxLookupBody bytes of the body. ErrNotFound if there
-// is none; ErrClosed while closing. A message in flight named by key is
+// is none; ErrJournalUnavailable if a write or move of it under way did not
+// end within a second (a stalled disk; as for Reschedule and CancelRef);
+// ErrClosed while closing. A message in flight named by key is
 // reported with its key and state only when its record is not at hand.
 // Cost: O(1) in the index and one read of its record (page cache). Safe
 // for concurrent use.
@@ -323,6 +330,10 @@ func (x *index) removeAt(key Key, p journal.Pos, id, topic string) (journal.Pos,
 
 // The bounds of ListPending.
 const (
+	// listSlack bounds the jitter of the conversion of a due time to the
+	// wheel's clock that ListPending allows for (plus a tick).
+	listSlack = 10 * time.Millisecond
+
 	DefaultPendingLimit = 100
 	MaxPendingLimit     = 1000
 	// MaxPendingPass is the most pending messages one ListPending call
@@ -357,7 +368,9 @@ type PendingPage struct {
 	Cursor   string           `json:"cursor"`
 }
 
-// cursor is a position in the wheel's order: wheel time, then record key.
+// cursor is a position in ListPending's order: due time (unix ms; a
+// message waiting out a retry at its retry time), then Key. Both survive
+// compaction's moves, which give a message a new record and wheel time.
 type cursor struct {
 	due int64
 	key Key
@@ -394,23 +407,24 @@ func (c cursor) before(o cursor) bool {
 }
 
 // ListPending lists pending messages in the order they will be handed to
-// the sink (due order; a message waiting out a retry backoff comes at its
-// retry time; messages due in the same millisecond by their journal
-// position), from q.Cursor on. In-flight messages are not listed. The
-// listing is complete and never repeats a message across pages for
-// messages that stay pending with the same due time while it is paged
-// through; messages added, moved or published meanwhile may or may not
-// appear.
+// the sink (due order, in unix ms; a message waiting out a retry backoff
+// comes at its retry time; messages due in the same millisecond by Key),
+// from q.Cursor on. In-flight messages are not listed. The listing is
+// complete and never repeats a message across pages for messages that stay
+// pending with the same due time while it is paged through (compaction may
+// move them meanwhile: they keep their due time and Key); messages added,
+// rescheduled or published meanwhile may or may not appear. A step of the
+// wall clock while paging may make it skip or repeat some.
 //
 // Cost: the wheel slots it passes (see wheel.Scan: a crowded coarse slot
 // is walked whole, even for a short page) plus one record read (page
 // cache, batched) per message it passes. Without a topic that is what it
-// returns (plus the rest of the last millisecond's messages); with a topic
-// it also passes the other topics' messages due before the page's last
-// one, at most MaxPendingPass per call: then the page may be short, with a
-// cursor to go on from. ErrInvalid (wrapped) for a bad cursor; ErrClosed
-// while closing. Safe for concurrent use; the wheel's lock is held only
-// while one slot is copied.
+// returns (plus the messages due within listSlack after the page's last
+// one); with a topic it also passes the other topics' messages due before
+// the page's last one, at most MaxPendingPass per call: then the page may
+// be short, with a cursor to go on from. ErrInvalid (wrapped) for a bad
+// cursor; ErrClosed while closing. Safe for concurrent use; the wheel's
+// lock is held only while one slot is copied.
 func (s *Scheduler) ListPending(q PendingQuery) (PendingPage, error) {
 	limit := q.Limit
 	if limit <= 0 {
@@ -427,79 +441,85 @@ func (s *Scheduler) ListPending(q PendingQuery) (PendingPage, error) {
 	defer s.leave()
 	page := PendingPage{Messages: []PendingMessage{}}
 	chunk := max(limit, 256)
+	// The wheel is scanned in its order (wheel time); the listing is in
+	// due order (unix ms), which differs from it by the jitter of the
+	// conversion of a due time to wheel time (slack): a message found is
+	// given out once the scan is slack past its due time.
+	slack := s.opts.Tick + listSlack
+	off := s.wheelDue(0) // the wheel time of unix 0
+	msOf := func(w int64) int64 { return sat.Add(w, -off) / int64(time.Millisecond) }
 	type cand struct {
 		c cursor
-		p journal.Pos
+		m PendingMessage
 	}
 	var (
-		cands  []cand
+		held   []cand // found, not yet given out
 		ps     []journal.Pos
 		keys   []Key
-		msgs   []PendingMessage
-		errsAt []bool
+		retry  []int64
 		reader journal.BatchReader
 		passed int
 	)
-	from := after.due
+	from := int64(math.MinInt64)
+	if after.due != math.MinInt64 {
+		from = sat.Add(s.wheelDue(after.due), -int64(slack))
+	}
 	for {
-		cands = cands[:0]
+		ps = ps[:0]
 		more := false
+		var last int64
 		s.w.Scan(from, func(due int64, p journal.Pos) bool {
-			if len(cands) >= chunk && due != cands[len(cands)-1].c.due {
+			if len(ps) >= chunk && due != last {
 				from, more = due, true
 				return false
 			}
-			c := cursor{due, p.Key()}
-			if !after.before(c) {
-				return true // on the page before
-			}
-			cands = append(cands, cand{c, p})
+			last = due
+			ps = append(ps, p)
 			return true
 		})
-		slices.SortFunc(cands, func(a, b cand) int {
-			return cmp.Or(cmp.Compare(a.c.due, b.c.due), cmp.Compare(a.c.key.Seg, b.c.key.Seg), cmp.Compare(a.c.key.Ord, b.c.key.Ord))
-		})
-		ps = ps[:0]
-		for _, c := range cands {
-			ps = append(ps, c.p)
-		}
-		keys = s.ix.keysOf(ps, keys)
-		msgs = append(msgs[:0], make([]PendingMessage, len(ps))...)
-		errsAt = append(errsAt[:0], make([]bool, len(ps))...)
+		keys, retry = s.ix.listKeys(ps, keys, retry)
 		s.j.ReadBatch(&reader, ps, func(i int, m journal.Message, err error) {
 			if err != nil {
-				errsAt[i] = true
-				return
+				return // moved or published meanwhile
 			}
-			msgs[i] = PendingMessage{Key: FormatKey(keys[i]), ID: m.ID, Topic: m.Topic, DueMs: m.Due, Size: len(m.Body)}
+			c := cursor{max(m.Due, retry[i]), keys[i]}
+			if !after.before(c) {
+				return // on a page before
+			}
+			held = append(held, cand{c, PendingMessage{Key: FormatKey(keys[i]), ID: m.ID, Topic: m.Topic, DueMs: m.Due, Size: len(m.Body)}})
 		})
-		for i, c := range cands {
+		slices.SortFunc(held, func(a, b cand) int {
+			return cmp.Or(cmp.Compare(a.c.due, b.c.due), cmp.Compare(a.c.key.Seg, b.c.key.Seg), cmp.Compare(a.c.key.Ord, b.c.key.Ord))
+		})
+		safe := int64(math.MaxInt64) // given out below this due time
+		if more {
+			safe = msOf(sat.Add(from, -int64(slack)))
+		}
+		n := 0
+		for ; n < len(held) && held[n].c.due < safe; n++ {
+			c := held[n]
+			if !after.before(c.c) {
+				continue // found twice (moved during the scan)
+			}
+			after = c.c
 			passed++
-			last := c.c
-			if errsAt[i] || (q.Topic != "" && msgs[i].Topic != q.Topic) {
-				if passed >= MaxPendingPass {
-					page.Cursor = last.String()
+			if q.Topic == "" || c.m.Topic == q.Topic {
+				page.Messages = append(page.Messages, c.m)
+				if len(page.Messages) == limit {
+					if n < len(held)-1 || more {
+						page.Cursor = after.String()
+					}
 					return page, nil
 				}
-				continue // moved or published meanwhile, or another topic
-			}
-			page.Messages = append(page.Messages, msgs[i])
-			if len(page.Messages) == limit {
-				if i < len(cands)-1 || more {
-					page.Cursor = last.String()
-				}
-				return page, nil
 			}
 			if passed >= MaxPendingPass {
-				page.Cursor = last.String()
+				page.Cursor = after.String()
 				return page, nil
 			}
 		}
+		held = append(held[:0], held[n:]...)
 		if !more {
 			return page, nil
-		}
-		if len(cands) > 0 {
-			after = cands[len(cands)-1].c
 		}
 	}
 }

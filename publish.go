@@ -30,7 +30,9 @@ type Pub struct {
 // Options.Fsync "always"): a nil error survives kill -9. A message already
 // due and without an id goes straight to the sink instead (DirectPublish):
 // nil then means the sink took it. The error is ErrInvalid (wrapped, with
-// the reason), ErrOverCapacity, ErrJournalUnavailable or ErrClosed.
+// the reason), ErrOverCapacity, ErrJournalUnavailable (also when a write or
+// move of the same id under way did not end within a second: a stalled
+// disk) or ErrClosed.
 //
 // Cost: one group commit of the journal (shared with concurrent calls),
 // O(len(p.Bodies)) otherwise. Safe for concurrent use.

@@ -38,7 +38,12 @@ type Stats struct {
 	Lateness Lateness           `json:"lateness_ms"`
 	Pool     PoolStats          `json:"pool"`
 	Egress   []egress.NodeStats `json:"egress"`
-	Journal  journal.Stats      `json:"journal"`
+	// Journal is the journal's state. Its Live (like
+	// deferd_journal_live_messages and the startup "recovered N live")
+	// counts the retention records of published ids too (IDRetention),
+	// which Pending does not: with retention on it is about Pending
+	// plus the ids retained.
+	Journal journal.Stats `json:"journal"`
 	// Recovery is the journal replay at start; Recovery.Corrupt lists
 	// every corrupt region found (never skipped silently).
 	Recovery journal.Report `json:"recovery"`
