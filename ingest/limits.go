@@ -197,16 +197,25 @@ func (s *Server) bodyError(err error) *Error {
 	return errInternal
 }
 
+// refuseLinger bounds how long, and how much of the refused body, a
+// connection whose body the budget refused is read after its 503: long
+// enough for a client still sending to read the answer before the close
+// (closing with unread data resets the connection, which can destroy the
+// 503 before the client reads it), short enough that a refused sender
+// costs deferd little (lingerClose, for a 413, waits up to 3 s).
+const (
+	refuseLingerTimeout  = 250 * time.Millisecond
+	refuseLingerMaxBytes = 8 << 20
+)
+
 // refuseBody answers a body the budget refused: 503 BODY_BUDGET_EXCEEDED
-// with Connection: close, and the connection closed at once instead of
-// lingering to read the rest (what lingerClose does for a 413): a client
-// pushing a large body gets a prompt close, and deferd spends no time
-// receiving what it refused. A client still sending may see a reset
-// instead of the 503; either way nothing was published.
+// with Connection: close, the write side half-closed at once, and what the
+// client still sends read and dropped for at most refuseLinger. Nothing of
+// the request is published.
 func (s *Server) refuseBody(ctx *fasthttp.RequestCtx, st *reqState) {
 	s.writeError(ctx, ErrBodyBudget)
-	ctx.SetConnectionClose()
-	st.ended = true // no lingering
+	st.ended = true // finish must not linger again
+	lingerCloseFor(ctx, refuseLingerTimeout, refuseLingerMaxBytes)
 }
 
 // countBodyError counts a failed body read (not the budget's refusal),

@@ -850,21 +850,25 @@ func lingerIfUnread(ctx *fasthttp.RequestCtx, read int64, ended bool) {
 // Connection: close, half-closes it, and reads and drops what the client
 // still sends until it closes, lingerTimeout passes or lingerMaxBytes
 // arrive; then fasthttp closes it.
-func lingerClose(ctx *fasthttp.RequestCtx) {
+func lingerClose(ctx *fasthttp.RequestCtx) { lingerCloseFor(ctx, lingerTimeout, lingerMaxBytes) }
+
+// lingerCloseFor is lingerClose with its own bounds on the wait and the
+// bytes read.
+func lingerCloseFor(ctx *fasthttp.RequestCtx, timeout time.Duration, maxBytes int64) {
 	ctx.Response.SetConnectionClose()
 	resp := ctx.Response.String()
 	raw := ctx.Conn()
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
-		c.SetWriteDeadline(time.Now().Add(lingerTimeout))
+		c.SetWriteDeadline(time.Now().Add(timeout))
 		if _, err := io.WriteString(c, resp); err != nil {
 			return
 		}
 		if cw, ok := raw.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
-		c.SetReadDeadline(time.Now().Add(lingerTimeout))
-		io.CopyN(io.Discard, c, lingerMaxBytes)
+		c.SetReadDeadline(time.Now().Add(timeout))
+		io.CopyN(io.Discard, c, maxBytes)
 	})
 }
 
