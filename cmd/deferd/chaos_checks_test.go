@@ -13,7 +13,7 @@ import (
 
 // chaosRequired reports whether m must be delivered.
 func chaosRequired(st *chaosState, cancelled map[string]bool, m *chaosMsg) bool {
-	if m.status != 200 || m.kind == "dedupe" || st.truncLost[m.body] {
+	if m.status != 200 || m.kind == "dedupe" || m.kind == "retained" || st.truncLost[m.body] {
 		return false
 	}
 	if m.id != "" && cancelled[m.id] {
@@ -63,6 +63,15 @@ func chaosCheck(t *testing.T, st *chaosState, final map[string]any, stats map[st
 			violations = append(violations, "... (more)")
 		}
 	}
+	// The lowest due time a reschedule of each id may have set.
+	reschedLow := map[string]int64{}
+	for _, r := range st.rescheds {
+		if r.mayApply() {
+			if v, ok := reschedLow[r.id]; !ok || r.lowNs < v {
+				reschedLow[r.id] = r.lowNs
+			}
+		}
+	}
 	var lost []*chaosMsg
 	for _, m := range st.sent {
 		nSent++
@@ -91,10 +100,14 @@ func chaosCheck(t *testing.T, st *chaosState, final map[string]any, stats map[st
 			add("UNKNOWN BODY delivered (never sent, crc ok %v): %q", chaosBodyOK(body), tail(body, 200))
 			continue
 		}
+		dueLow, note := m.minDueNs, ""
+		if v, ok := reschedLow[m.id]; ok && m.id != "" && v < dueLow {
+			dueLow, note = v, " (lowered by a reschedule)"
+		}
 		for _, d := range ds {
-			if d.nsqdTs < m.minDueNs {
-				add("EARLY: seq %d kind %s%s cycle %d: nsqd got it %v before its due lower bound (sent %s, minDue %s, nsqd ts %s)",
-					m.seq, m.kind, m.delay, m.cycle, time.Duration(m.minDueNs-d.nsqdTs), tfmt(m.sendNs), tfmt(m.minDueNs), tfmt(d.nsqdTs))
+			if d.nsqdTs < dueLow {
+				add("EARLY: seq %d kind %s%s cycle %d: nsqd got it %v before its due lower bound%s (sent %s, minDue %s, nsqd ts %s)",
+					m.seq, m.kind, m.delay, m.cycle, time.Duration(dueLow-d.nsqdTs), note, tfmt(m.sendNs), tfmt(dueLow), tfmt(d.nsqdTs))
 			}
 		}
 		if m.kind == "dedupe" && m.status == 200 {
@@ -134,6 +147,85 @@ func chaosCheck(t *testing.T, st *chaosState, final map[string]any, stats map[st
 			}
 		}
 	}
+	// Reschedule: after a reliable 200 sent at S with new due at least L,
+	// nothing with the id is published in [S, L), up to the id's next
+	// reschedule that may have applied (which may have moved it earlier).
+	// A delivery before S (e.g. one redelivered after a crash) is allowed.
+	reschedByID := map[string][]*chaosResched{}
+	for _, r := range st.rescheds {
+		reschedByID[r.id] = append(reschedByID[r.id], r)
+	}
+	nRes200, nResChecked, nResDelivAfter := 0, 0, 0
+	for id, rs := range reschedByID {
+		sort.Slice(rs, func(a, b int) bool { return rs[a].sendNs < rs[b].sendNs })
+		for i, r := range rs {
+			if r.status != 200 {
+				continue
+			}
+			nRes200++
+			if !r.reliable {
+				continue
+			}
+			nResChecked++
+			end := int64(1<<63 - 1)
+			for _, r2 := range rs[i+1:] {
+				if r2.mayApply() {
+					end = r2.sendNs
+					break
+				}
+			}
+			for _, m := range bodiesByID[id] {
+				for _, d := range st.delivered[m.body] {
+					if d.nsqdTs < r.sendNs || d.nsqdTs >= end {
+						continue
+					}
+					nResDelivAfter++
+					if d.nsqdTs < r.lowNs {
+						add("RESCHEDULED EARLY: id %s (seq %d, %s%s, cycle %d) reschedule%s 200 in cycle %d (sent %s, answered %s), published to nsqd at %s, %v before its new due lower bound %s",
+							id, m.seq, m.kind, m.delay, m.cycle, r.q, r.cycle, tfmt(r.sendNs), tfmt(r.respNs), tfmt(d.nsqdTs), time.Duration(r.lowNs-d.nsqdTs), tfmt(r.lowNs))
+					}
+				}
+			}
+		}
+	}
+	// Retention: a retained probe (another body for an id, sent after a
+	// delivery of the id's message and answered 200 within the retention
+	// window from that delivery, less a margin) must schedule nothing.
+	margin := int64(100 * time.Millisecond)
+	nRetProbe, nRetInWindow := 0, 0
+	retStatus := map[int]int{}
+	for _, m := range st.sent {
+		if m.kind != "retained" {
+			continue
+		}
+		nRetProbe++
+		retStatus[m.status]++
+		if m.status != 200 || st.retUnreliable[m.id] {
+			continue
+		}
+		b1 := st.bySeq[m.dedupeOf]
+		var from int64
+		for _, d := range st.delivered[b1.body] {
+			if d.nsqdTs < m.sendNs && m.respNs < d.nsqdTs+int64(chaosIDRetention)-margin {
+				from = d.nsqdTs
+				break
+			}
+		}
+		if from == 0 {
+			continue
+		}
+		nRetInWindow++
+		for _, d := range st.delivered[m.body] {
+			add("RETAINED DELIVERED: seq %d (id %s, %s, cycle %d) sent %s, answered 200 at %s, %v after a delivery of the id's seq %d (nsqd ts %s; retention %v), published to nsqd at %s",
+				m.seq, m.id, m.delay, m.cycle, tfmt(m.sendNs), tfmt(m.respNs), time.Duration(m.respNs-from), b1.seq, tfmt(from), chaosIDRetention, tfmt(d.nsqdTs))
+		}
+	}
+	reschedStatus := map[int]int{}
+	for _, r := range st.rescheds {
+		reschedStatus[r.status]++
+	}
+	t.Logf("reschedules %v (200: %d, checked %d, deliveries checked against them %d); retained probes %d (status %v, answered within the window %d, retention-unreliable ids %d)",
+		reschedStatus, nRes200, nResChecked, nResDelivAfter, nRetProbe, retStatus, nRetInWindow, len(st.retUnreliable))
 	cancelStatus := map[int]int{}
 	for _, c := range st.cancels {
 		cancelStatus[c.status]++

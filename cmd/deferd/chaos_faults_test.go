@@ -63,8 +63,10 @@ func injectGarbage(t *testing.T, dir string, rnd *rand.Rand) string {
 
 // injectTruncate cuts the end of the last segment. The messages whose
 // records are cut are lost by our doing (excluded from the loss check), and
-// cancel marks may be cut too: the cancels of the incarnation just ended
-// are excluded from the cancel check.
+// cancel marks may be cut too: the cancels whose marks were cut are
+// excluded from the cancel check. Records of an id in the cut region (a
+// reschedule's Moved record, a retention record) exclude its reschedules
+// from the reschedule check and it from the retention check.
 func injectTruncate(t *testing.T, st *chaosState, dir string, rnd *rand.Rand, cycle int) string {
 	path := lastSegment(dir)
 	if path == "" {
@@ -77,7 +79,7 @@ func injectTruncate(t *testing.T, st *chaosState, dir string, rnd *rand.Rand, cy
 	cut := int64(1 + rnd.Intn(min(len(data), 400)))
 	keep := int64(len(data)) - cut
 	// Frames that end past keep are lost.
-	off := int64(0)
+	off := int64(firstFrame(data))
 	var lostRegion []byte
 	for off+8 <= int64(len(data)) {
 		l := int64(binary.LittleEndian.Uint32(data[off:]))
@@ -117,15 +119,35 @@ func injectTruncate(t *testing.T, st *chaosState, dir string, rnd *rand.Rand, cy
 			c.reliable = false
 		}
 	}
+	recIDs := recordIDsIn(lostRegion)
+	for id := range recIDs {
+		st.retUnreliable[id] = true
+	}
+	nr := 0
+	for _, r := range st.rescheds {
+		if recIDs[r.id] && r.reliable {
+			r.reliable = false
+			nr++
+		}
+	}
 	st.mu.Unlock()
-	return fmt.Sprintf("+truncate(%d B of %s, %d bodies cut)", cut, filepath.Base(path), n)
+	return fmt.Sprintf("+truncate(%d B of %s, %d bodies cut, %d ids' records cut, %d reschedules excluded)", cut, filepath.Base(path), n, len(recIDs), nr)
 }
 
 type segKey struct{ seg, ord uint32 }
 
+// firstFrame is the offset of a segment's first frame: 0, or past the
+// 32-byte header of a segment that starts with the magic "DEFERDJL".
+func firstFrame(data []byte) int {
+	if len(data) >= 32 && string(data[:8]) == "DEFERDJL" {
+		return 32
+	}
+	return 0
+}
+
 // frames calls fn for each complete frame of data.
 func frames(data []byte, fn func(typ byte, payload []byte)) {
-	for off := 0; off+9 <= len(data); {
+	for off := firstFrame(data); off+9 <= len(data); {
 		l := int(binary.LittleEndian.Uint32(data[off:]))
 		if l < 1 || off+8+l > len(data) {
 			return
@@ -167,21 +189,50 @@ func keyIDs(dir string) map[segKey]string {
 			continue
 		}
 		frames(data, func(typ byte, p []byte) {
-			if typ != 1 && typ != 3 || len(p) < 4 {
-				return
+			if ord, id, ok := msgRecordID(typ, p); ok {
+				out[segKey{uint32(seg), ord}] = id
 			}
-			ord := binary.LittleEndian.Uint32(p)
-			q := p[4:]
-			if typ == 3 {
-				q = q[8:]
-			}
-			q = q[8:] // due
-			n, k := binary.Uvarint(q)
-			if k <= 0 || int(n) > len(q)-k {
-				return
-			}
-			out[segKey{uint32(seg), ord}] = string(q[k : k+int(n)])
 		})
 	}
 	return out
+}
+
+// msgRecordID returns the ordinal and id of a message record (Accept,
+// Moved, AcceptT, MovedT: journal/record.go); ok is false for other frames.
+func msgRecordID(typ byte, p []byte) (ord uint32, id string, ok bool) {
+	skip := 0
+	switch typ {
+	case 1: // Accept: ord, due
+		skip = 4 + 8
+	case 3: // Moved: ord, old key, due
+		skip = 4 + 8 + 8
+	case 4: // AcceptT: ord, accepted, due
+		skip = 4 + 8 + 8
+	case 5: // MovedT: ord, old key, origin, accepted, due
+		skip = 4 + 8 + 8 + 8 + 8
+	default:
+		return 0, "", false
+	}
+	if len(p) < skip {
+		return 0, "", false
+	}
+	ord = binary.LittleEndian.Uint32(p)
+	q := p[skip:]
+	n, k := binary.Uvarint(q)
+	if k <= 0 || n > uint64(len(q)-k) {
+		return 0, "", false
+	}
+	return ord, string(q[k : k+int(n)]), true
+}
+
+// recordIDsIn returns the ids of the message records in data (retention
+// records included: their id is the retained id).
+func recordIDsIn(data []byte) map[string]bool {
+	ids := map[string]bool{}
+	frames(data, func(typ byte, p []byte) {
+		if _, id, ok := msgRecordID(typ, p); ok && id != "" {
+			ids[id] = true
+		}
+	})
+	return ids
 }

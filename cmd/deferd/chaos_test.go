@@ -10,7 +10,19 @@ package main
 //     conservative lower bound of its due time;
 //   - nothing whose id got a 200 cancel published to nsqd after that 200;
 //   - a /pub whose id was pending (dedupe) never delivered;
-//   - nothing delivered that was never sent (corruption).
+//   - nothing delivered that was never sent (corruption);
+//   - nothing published before its latest rescheduled time: after a 200
+//     /reschedule (sent at S, new due at least L), no delivery of the id
+//     at or after S is before L, until the id's next reschedule that may
+//     have applied (a 404 / 409 changes nothing);
+//   - no retained id scheduled twice: deferd runs with --id-retention
+//     (chaosIDRetention), and a /pub of an id with a new body, sent after
+//     a delivery of the id's message and answered 200 within the window
+//     from it, is never delivered.
+//
+// A message rescheduled earlier (defer=0: run now) may of course come
+// before its first due time: the "never early" bound of an id's messages
+// is the lowest of its due time and every reschedule that may have applied.
 //
 // Run (about 2-4 minutes):
 //
@@ -53,15 +65,26 @@ type chaosState struct {
 	sent      map[string]*chaosMsg // body -> msg
 	bySeq     map[int64]*chaosMsg
 	cancels   []*chaosCancel
+	rescheds  []*chaosResched
 	ids       []*chaosIDState
 	delivered map[string][]chaosDelivery
 	truncLost map[string]bool // bodies destroyed by an injected truncation
+	// retUnreliable: ids with a record in a region an injected truncation
+	// cut (their retention record may be gone).
+	retUnreliable map[string]bool
+	// lateDueNs: an upper bound of the latest due time of what
+	// reschedules and id retries (after retention) may have scheduled.
+	lateDueNs int64
 	seq       atomic.Int64
 	cycle     int
 	// killOnCancel, when set, is SIGKILLed by the first worker whose
 	// cancel gets a 200 (kill mode "kill9-after-cancel").
 	killOnCancel atomic.Pointer[os.Process]
 }
+
+// chaosIDRetention is deferd's --id-retention in the chaos test: much
+// shorter than the run, so ids are both retained and forgotten.
+const chaosIDRetention = 3 * time.Second
 
 func envInt(name string, def int64) int64 {
 	if v := os.Getenv(name); v != "" {
@@ -108,6 +131,8 @@ func TestChaos(t *testing.T) {
 		bySeq:     map[int64]*chaosMsg{},
 		delivered: map[string][]chaosDelivery{},
 		truncLost: map[string]bool{},
+
+		retUnreliable: map[string]bool{},
 	}
 	for _, topic := range chaosTopics {
 		cfg := nsq.NewConfig()
@@ -153,6 +178,7 @@ func TestChaos(t *testing.T) {
 			"--pool-size", strconv.Itoa(2 + rnd.Intn(16)),
 			"--conns-per-nsqd", strconv.Itoa(1 + rnd.Intn(4)),
 			"--shutdown-grace", "2s",
+			"--id-retention", chaosIDRetention.String(),
 		}
 		if !final && rnd.Intn(4) == 0 {
 			args = append(args, "--direct-publish=false")
@@ -237,7 +263,7 @@ func TestChaos(t *testing.T) {
 			st.killOnCancel.Store(nil)
 		}
 		if s := statsOf(base); s != nil {
-			for _, k := range []string{"journal_moved", "published_direct", "direct_journaled", "retried", "cancelled", "delivered_early"} {
+			for _, k := range []string{"journal_moved", "published_direct", "direct_journaled", "retried", "cancelled", "rescheduled", "delivered_early"} {
 				if v, ok := s[k].(float64); ok {
 					stats[k] += v
 				}
@@ -307,6 +333,7 @@ func TestChaos(t *testing.T) {
 	for _, m := range st.sent {
 		maxDue = max(maxDue, m.minDueNs)
 	}
+	maxDue = max(maxDue, st.lateDueNs)
 	st.mu.Unlock()
 	wait := time.Until(time.Unix(0, maxDue)) + 3*time.Second
 	if wait > 0 {
