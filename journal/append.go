@@ -20,8 +20,8 @@ func (j *Journal) newGroupLocked() {
 // frame. It does not wait. j.mu held.
 func (j *Journal) placeLocked(n int) (*group, *rng) {
 	s := j.active
-	if s.end > 0 && s.end+int64(n) > j.opts.SegmentBytes {
-		ns := &segment{id: s.id + 1}
+	if s.end > s.start && s.end+int64(n) > j.opts.SegmentBytes {
+		ns := newSegment(s.id + 1)
 		t := j.table.Load()
 		nt := &segTable{base: t.base, segs: append(t.segs[:len(t.segs):len(t.segs)], ns)}
 		if len(t.segs) == 0 {
@@ -138,8 +138,15 @@ func (j *Journal) appendChunk(msgs []Message, pos []Pos, i int) (*group, int, er
 		return nil, i, err
 	}
 	first, off := i, j.reserveLocked(g, n)
+	// The seeds of the segments the chunk's frames go to, by the index of
+	// the first frame of each (placeLocked may roll over in between).
+	var runsBuf [4]seedRun
+	runs := append(runsBuf[:0], seedRun{i, r.seg.seed})
 	for {
 		s := r.seg
+		if s.seed != runs[len(runs)-1].seed {
+			runs = append(runs, seedRun{i, s.seed})
+		}
 		pos[i] = Pos{Seg: s.id, Ord: s.nextOrd, Off: uint32(s.end), Len: uint32(n)}
 		r.end = len(g.buf)
 		r.nmsg++
@@ -162,14 +169,24 @@ func (j *Journal) appendChunk(msgs []Message, pos []Pos, i int) (*group, int, er
 	j.mu.Unlock()
 
 	for k := first; k < i; k++ {
+		for len(runs) > 1 && runs[1].from <= k {
+			runs = runs[1:]
+		}
 		l := int(pos[k].Len)
-		if f := appendMsgFrame(buf[:0:l], pos[k].Ord, nil, &msgs[k]); len(f) != l {
+		if f := appendMsgFrame(buf[:0:l], runs[0].seed, pos[k].Ord, nil, &msgs[k]); len(f) != l {
 			panic("journal: frame size changed while encoding")
 		}
 		buf = buf[l:]
 	}
 	g.writers.Done()
 	return g, i, nil
+}
+
+// seedRun says that the frames of a chunk from index from on go to a
+// segment whose CRC seed is seed.
+type seedRun struct {
+	from int
+	seed uint32
 }
 
 // chunk is msgs[first:end] of one Append, encoded into group g.
@@ -250,7 +267,7 @@ func (j *Journal) AppendMoved(old Key, m *Message) (Pos, error) {
 	}
 	s := r.seg
 	p := Pos{Seg: s.id, Ord: s.nextOrd, Off: uint32(s.end), Len: uint32(n)}
-	g.buf = appendMsgFrame(g.buf, s.nextOrd, &old, m)
+	g.buf = appendMsgFrame(g.buf, s.seed, s.nextOrd, &old, m)
 	r.end = len(g.buf)
 	r.nmsg++
 	r.msgBytes += int64(n)

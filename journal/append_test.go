@@ -293,3 +293,89 @@ func benchAppend(b *testing.B, mode FsyncMode, batch, workers int) {
 	}
 	b.ReportMetric(float64(st.Fsyncs), "fsyncs")
 }
+
+// BenchmarkAppendSteady measures Append in the steady state of a journal
+// whose messages finish soon after they are written: 64 goroutines append
+// 500 B messages in batches of 100 and publish each batch right after
+// (Done), so sealed segments are deleted as fast as new ones are created.
+// recycle=on reuses deleted segments' files (the default, up to
+// defaultRecycle kept), recycle=off unlinks them and creates every segment
+// as a new file (what the journal did before recycling). Segments are
+// JOURNAL_BENCH_SEGMENT_MB (default 16) MiB. One b.N iteration is one
+// message.
+//
+//	go test -run XXX -bench AppendSteady -benchtime 1000000x ./journal/
+func BenchmarkAppendSteady(b *testing.B) {
+	segMB := 16
+	if s := os.Getenv("JOURNAL_BENCH_SEGMENT_MB"); s != "" {
+		segMB, _ = strconv.Atoi(s)
+	}
+	for _, mode := range []FsyncMode{FsyncInterval, FsyncNever} {
+		for _, rec := range []string{"on", "off"} {
+			b.Run(fmt.Sprintf("fsync=%s/recycle=%s", mode, rec), func(b *testing.B) {
+				j, err := Open(Options{Dir: b.TempDir(), Fsync: mode, SegmentBytes: int64(segMB) << 20, Logf: b.Logf})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if rec == "off" {
+					j.recycle = -1
+				}
+				if _, err := j.Recover(func(Pos, *Message) error { return nil }); err != nil {
+					b.Fatal(err)
+				}
+				defer j.Close()
+				body := make([]byte, 500)
+				for i := range body {
+					body[i] = byte('a' + i%26)
+				}
+				const batch, workers = 100, 64
+				var left atomic.Int64
+				left.Store(int64(b.N))
+				var wg sync.WaitGroup
+				b.SetBytes(500)
+				b.ResetTimer()
+				start := time.Now()
+				for w := 0; w < workers; w++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						msgs := make([]Message, batch)
+						pos := make([]Pos, batch)
+						keys := make([]Key, batch)
+						for i := range msgs {
+							msgs[i] = Message{ID: "id-" + strconv.Itoa(w), Topic: "bench", Due: time.Now().UnixMilli(), Body: body}
+						}
+						for {
+							n := left.Add(-batch)
+							if n <= -batch {
+								return
+							}
+							k := batch
+							if n < 0 {
+								k += int(n)
+							}
+							if err := j.Append(msgs[:k], pos[:k]); err != nil {
+								b.Error(err)
+								return
+							}
+							for i := range k {
+								keys[i] = pos[i].Key()
+							}
+							if err := j.Done(Published, keys[:k]); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				el := time.Since(start)
+				b.StopTimer()
+				st := j.Stats()
+				b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
+				b.ReportMetric(float64(st.Deleted), "deleted")
+				b.ReportMetric(float64(st.Recycled), "recycled")
+			})
+		}
+	}
+}

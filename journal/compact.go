@@ -35,7 +35,8 @@ func (j *Journal) Compactable() (seg uint32, ok bool) {
 // ScanLive calls fn for each still-live message of sealed segment seg, in
 // order. fn's Message is valid only during the call (Body aliases a scan
 // buffer); fn may call AppendMoved and Done. Corrupt regions are skipped
-// and reported (Logf, Stats.Corrupt). Safe for concurrent use with the
+// and logged; Stats.Corrupt counts only those not counted before in this
+// process (by Recover or an earlier ScanLive of the segment). Safe for concurrent use with the
 // other methods. Cost: reads the whole segment into a new buffer of its
 // size, one CRC pass, and takes j.mu once per message record.
 func (j *Journal) ScanLive(seg uint32, fn func(p Pos, m *Message) error) error {
@@ -49,7 +50,7 @@ func (j *Journal) ScanLive(seg uint32, fn func(p Pos, m *Message) error) error {
 		j.mu.Unlock()
 		return fmt.Errorf("journal: segment %d is active, not sealed", seg)
 	}
-	size := s.written
+	size, known := s.written, s.corrupt
 	j.mu.Unlock()
 	data := make([]byte, size)
 	s.fmu.RLock()
@@ -63,7 +64,8 @@ func (j *Journal) ScanLive(seg uint32, fn func(p Pos, m *Message) error) error {
 		return fmt.Errorf("journal: scan segment %d: %w", seg, err)
 	}
 	var m Message
-	res := scanSegment(data, false, true, func(r *record) error {
+	regions := 0
+	res := scanSegment(data, s.layout(), false, true, func(r *record) error {
 		if r.typ == recDone {
 			return nil
 		}
@@ -76,7 +78,16 @@ func (j *Journal) ScanLive(seg uint32, fn func(p Pos, m *Message) error) error {
 		m = j.message(&r.msg)
 		return fn(Pos{Seg: seg, Ord: r.msg.ord, Off: uint32(r.off), Len: uint32(r.n)}, &m)
 	}, func(line string) {
-		j.stats.corrupt.Add(1)
+		// Regions recovery (or an earlier scan) already counted are
+		// logged again, not counted again.
+		if regions++; regions > known {
+			j.mu.Lock()
+			if regions > s.corrupt {
+				s.corrupt = regions
+				j.stats.corrupt.Add(1)
+			}
+			j.mu.Unlock()
+		}
 		j.logf("journal: CORRUPT (scan) segment %08d: %s", seg, line)
 	})
 	return res.err

@@ -73,7 +73,7 @@ func (j *Journal) done(kind DoneKind, keys []Key, hold bool) (gs []*group, _ err
 			return err
 		}
 		st := len(g.buf)
-		g.buf = appendDoneFrame(g.buf, kind, batch)
+		g.buf = appendDoneFrame(g.buf, r.seg.seed, kind, batch)
 		r.end = len(g.buf)
 		r.ndone++
 		r.seg.end += int64(n)

@@ -73,6 +73,7 @@ func (j *Journal) run() {
 			if j.opts.Fsync == FsyncInterval {
 				j.syncOwed()
 			}
+			j.cutStale(j.wseg)
 			if serr := j.syncDirty(); err == nil {
 				err = serr
 			}
@@ -109,6 +110,7 @@ func (j *Journal) flush() (bool, error) {
 		dels := j.collectDeletableLocked()
 		j.mu.Unlock()
 		j.deleteSegments(dels)
+		j.drainPool()
 		return true, err
 	}
 
@@ -154,9 +156,13 @@ func (j *Journal) writeGroup(g *group) error {
 		r := &g.ranges[i]
 		s := r.seg
 		if s != j.wseg {
-			// Rolling over. FsyncAlways: make the sealed segment durable
-			// before this group's reply. FsyncInterval: the periodic fsync
-			// owes it one; the flusher does not wait for the disk.
+			// Rolling over. A recycled file's previous life past the
+			// sealed segment's end is cut first, so that a sealed segment
+			// ends at its last record. FsyncAlways: make the sealed
+			// segment durable before this group's reply. FsyncInterval:
+			// the periodic fsync owes it one; the flusher does not wait
+			// for the disk.
+			j.cutStale(j.wseg)
 			switch j.opts.Fsync {
 			case FsyncAlways:
 				if err := j.syncDirty(); err != nil {
@@ -172,15 +178,8 @@ func (j *Journal) writeGroup(g *group) error {
 			j.wseg, j.dirty = s, false
 		}
 		if s.f == nil {
-			f, err := os.OpenFile(j.segPath(s.id), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
-			if err != nil {
-				return fmt.Errorf("journal: create segment %d: %w", s.id, err)
-			}
-			s.fmu.Lock()
-			s.f = f
-			s.fmu.Unlock()
-			if j.opts.Fsync != FsyncNever {
-				syncDir(j.opts.Dir)
+			if err := j.createSegment(s); err != nil {
+				return err
 			}
 		}
 		if r.end > r.start {
@@ -188,6 +187,7 @@ func (j *Journal) writeGroup(g *group) error {
 			if _, err := j.writeAt(s.f, g.buf[r.start:r.end], r.off); err != nil {
 				return fmt.Errorf("journal: write segment %d at %d: %w", s.id, r.off, err)
 			}
+			s.fileEnd = r.off + int64(r.end-r.start)
 			if j.opts.Fsync == FsyncInterval {
 				j.toSync.Store(s)
 			}
@@ -197,6 +197,102 @@ func (j *Journal) writeGroup(g *group) error {
 		return j.syncDirty()
 	}
 	return nil
+}
+
+// createSegment creates segment s's file and writes its header: it reuses
+// (renames to s's name and overwrites from the start) a deleted segment's
+// file from the pool if there is one, else it creates a new file. The
+// header records the reused file's size (prevSize), so that recovery reads
+// the previous life's bytes past this life's end as the end of the segment,
+// never as records (their CRCs have another seed) nor as corruption. On
+// error nothing is left open or named s's. Flusher only.
+func (j *Journal) createSegment(s *segment) error {
+	path := j.segPath(s.id)
+	var f *os.File
+	var prev int64
+	if n := len(j.pool); n > 0 {
+		free := j.pool[n-1]
+		j.pool = j.pool[:n-1]
+		j.poolFiles.Add(-1)
+		if fi, err := os.Stat(free); err == nil {
+			j.poolBytes.Add(-fi.Size())
+			prev = fi.Size()
+		}
+		if err := os.Rename(free, path); err != nil {
+			j.logf("journal: recycle %s as segment %d: %v", free, s.id, err)
+			os.Remove(free)
+		} else if f, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
+			j.logf("journal: recycle %s as segment %d: %v", free, s.id, err)
+			f = nil
+		}
+	}
+	if f == nil || prev <= segHeaderLen || prev > maxSegmentBytes+MaxRecordBytes {
+		if f != nil {
+			f.Close()
+		}
+		var err error
+		prev = 0
+		if f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644); err != nil {
+			return fmt.Errorf("journal: create segment %d: %w", s.id, err)
+		}
+	}
+	s.hdr.prevSize = uint32(prev)
+	if _, err := f.WriteAt(s.hdr.encode(), 0); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("journal: write segment %d header: %w", s.id, err)
+	}
+	if prev > 0 {
+		j.stats.recycled.Add(1)
+	}
+	s.fileEnd, s.stale = segHeaderLen, prev
+	s.fmu.Lock()
+	s.f = f
+	s.fmu.Unlock()
+	if j.opts.Fsync != FsyncNever {
+		syncDir(j.opts.Dir)
+	}
+	return nil
+}
+
+// cutStale truncates s's file to the end of what this life wrote if a
+// previous life (a recycled file) left bytes past it, and marks s dirty if
+// it is the segment last written (the flusher fsyncs it). Errors are
+// logged: recovery reads those bytes as the end of the segment anyway.
+// Flusher only.
+func (j *Journal) cutStale(s *segment) {
+	if s == nil || s.f == nil || s.stale <= s.fileEnd {
+		return
+	}
+	if err := s.f.Truncate(s.fileEnd); err != nil {
+		j.logf("journal: segment %d: cut the recycled file's previous life at %d: %v", s.id, s.fileEnd, err)
+		return
+	}
+	s.stale = 0
+	if s == j.wseg {
+		j.dirty = true
+	}
+}
+
+// recycleMax is how many deleted segment files are kept for reuse.
+func (j *Journal) recycleMax() int {
+	if j.recycle != 0 {
+		return max(j.recycle, 0)
+	}
+	return defaultRecycle
+}
+
+// drainPool removes the files kept for reuse (the journal cannot write:
+// deleting them frees space). Flusher only.
+func (j *Journal) drainPool() {
+	for _, free := range j.pool {
+		if err := os.Remove(free); err != nil && !os.IsNotExist(err) {
+			j.logf("journal: remove %s: %v", free, err)
+		}
+	}
+	j.pool = nil
+	j.poolFiles.Store(0)
+	j.poolBytes.Store(0)
 }
 
 // syncLoop fsyncs, every FsyncInterval, the segment the flusher last wrote
@@ -298,6 +394,8 @@ func (j *Journal) fail(g *group, err error) {
 	if rs.f != nil {
 		if terr := rs.f.Truncate(r0.off); terr != nil {
 			j.logf("journal: truncate segment %d to %d after write error: %v", rs.id, r0.off, terr)
+		} else {
+			rs.fileEnd, rs.stale = r0.off, 0
 		}
 	}
 	for _, s := range drop {
@@ -358,10 +456,13 @@ func (j *Journal) collectDeletableLocked() []*segment {
 	return dels
 }
 
-// deleteSegments closes and unlinks dels after making the head durable (so
-// Moved records that killed their messages cannot be lost while the old
-// copies are gone). It waits for concurrent Reads of those segments.
-// Flusher only.
+// deleteSegments closes dels and unlinks them, or keeps them for reuse
+// (renamed to <id>.free; at most recycleMax, none while the journal is not
+// Writable: then deleting is what frees space), after making the head
+// durable (so Moved records that killed their messages cannot be lost
+// while the old copies are gone). A kept file is never read again: it
+// becomes a new segment with a new header and salt (createSegment). It
+// waits for concurrent Reads of those segments. Flusher only.
 func (j *Journal) deleteSegments(dels []*segment) {
 	if len(dels) == 0 {
 		return
@@ -379,6 +480,18 @@ func (j *Journal) deleteSegments(dels []*segment) {
 			s.f = nil
 		}
 		s.fmu.Unlock()
+		if len(j.pool) < j.recycleMax() && j.Writable() {
+			free := j.freePath(s.id)
+			if err := os.Rename(j.segPath(s.id), free); err == nil {
+				j.pool = append(j.pool, free)
+				j.poolFiles.Add(1)
+				if fi, err := os.Stat(free); err == nil {
+					j.poolBytes.Add(fi.Size())
+				}
+				j.stats.deleted.Add(1)
+				continue
+			}
+		}
 		if err := os.Remove(j.segPath(s.id)); err != nil && !os.IsNotExist(err) {
 			j.logf("journal: delete segment %d: %v", s.id, err)
 			continue

@@ -131,6 +131,7 @@ type Report struct {
 	Bytes          int64         `json:"bytes"`           // bytes scanned
 	TornTails      int           `json:"torn_tails"`      // torn tails truncated (last segment only)
 	TruncatedBytes int64         `json:"truncated_bytes"` // bytes removed by truncation
+	StaleBytes     int64         `json:"stale_bytes"`     // recycled files: bytes of their previous life past a segment's end (truncated in the last)
 	Corrupt        []string      `json:"corrupt"`         // one line per corrupt region; never empty when data was lost
 	Duration       time.Duration `json:"duration_ns"`
 }
@@ -146,8 +147,13 @@ type Stats struct {
 	Groups      uint64 `json:"groups"`       // write groups (one write(2) per segment touched)
 	Fsyncs      uint64 `json:"fsyncs"`
 	WriteErrors uint64 `json:"write_errors"`
-	Corrupt     uint64 `json:"corrupt"` // corrupt regions found (recovery, ScanLive, Read)
-	Deleted     uint64 `json:"deleted"` // segments deleted
+	Corrupt     uint64 `json:"corrupt"`  // corrupt regions found (recovery, ScanLive, Read), each once
+	Deleted     uint64 `json:"deleted"`  // segments deleted
+	Recycled    uint64 `json:"recycled"` // segments created by reusing a deleted segment's file
+	// SpareFiles are deleted segments' files kept to be reused (at most
+	// 2; none while the journal is not Writable), SpareBytes their size.
+	SpareFiles int   `json:"spare_files"`
+	SpareBytes int64 `json:"spare_bytes"`
 	// Writable is false while the journal cannot write (see
 	// Journal.Writable); ReadOnlySince is when that began (nil while
 	// writable). HeldMarks are the published and cancelled marks kept in
@@ -227,12 +233,20 @@ type Journal struct {
 	// segments that a concurrent call has taken but not finished.
 	syncMu sync.Mutex
 	ro     roState // not writable: since when, why, the marks held meanwhile
+	// pool holds the paths of deleted segments' files kept for reuse
+	// (*.free), at most recycleMax; poolBytes their total size (read by
+	// Stats). recycle overrides defaultRecycle (tests, benchmarks; < 0:
+	// no recycling).
+	pool      []string
+	poolBytes atomic.Int64
+	poolFiles atomic.Int32
+	recycle   int
 
 	// writeAt is the file write used by the flusher; tests inject errors.
 	writeAt func(f *os.File, b []byte, off int64) (int, error)
 
 	stats struct {
-		appends, doneRecs, groups, fsyncs, writeErrs, corrupt, deleted atomic.Uint64
+		appends, doneRecs, groups, fsyncs, writeErrs, corrupt, deleted, recycled atomic.Uint64
 	}
 	lastReport Report
 

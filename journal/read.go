@@ -36,14 +36,14 @@ func (j *Journal) Read(p Pos, buf []byte) (Message, []byte, error) {
 	if err != nil {
 		return Message{}, buf, fmt.Errorf("journal: read segment %d at %d: %w", p.Seg, p.Off, err)
 	}
-	m, err := j.decodeAt(p, buf)
+	m, err := j.decodeAt(p, s.seed, buf)
 	return m, buf, err
 }
 
 // decodeAt decodes the message record of p from b, which holds exactly its
-// frame. Body aliases b.
-func (j *Journal) decodeAt(p Pos, b []byte) (Message, error) {
-	typ, payload, n, err := decodeFrame(b, true)
+// frame, its CRC seeded with seed (its segment's). Body aliases b.
+func (j *Journal) decodeAt(p Pos, seed uint32, b []byte) (Message, error) {
+	typ, payload, n, err := decodeFrame(b, seed, true)
 	if err != nil || n != int(p.Len) || typ == recDone {
 		if err == nil {
 			err = ErrBadPos
@@ -115,7 +115,7 @@ func (j *Journal) ReadBatch(r *BatchReader, ps []Pos, fn func(i int, m Message, 
 		}
 		run := r.idx[k:e]
 		k = e
-		err := j.readSpan(t, first.Seg, from, to, r)
+		seed, err := j.readSpan(t, first.Seg, from, to, r)
 		for _, i := range run {
 			p := ps[i]
 			if err != nil {
@@ -127,17 +127,18 @@ func (j *Journal) ReadBatch(r *BatchReader, ps []Pos, fn func(i int, m Message, 
 				continue
 			}
 			off := int64(p.Off) - from
-			m, derr := j.decodeAt(p, r.buf[off:off+int64(p.Len)])
+			m, derr := j.decodeAt(p, seed, r.buf[off:off+int64(p.Len)])
 			fn(int(i), m, derr)
 		}
 	}
 }
 
-// readSpan preads bytes [from, to) of segment seg into r.buf.
-func (j *Journal) readSpan(t *segTable, seg uint32, from, to int64, r *BatchReader) error {
+// readSpan preads bytes [from, to) of segment seg into r.buf and returns
+// the segment's CRC seed.
+func (j *Journal) readSpan(t *segTable, seg uint32, from, to int64, r *BatchReader) (uint32, error) {
 	s := t.get(seg)
 	if s == nil {
-		return ErrNotFound
+		return 0, ErrNotFound
 	}
 	n := int(to - from)
 	if cap(r.buf) < n {
@@ -148,12 +149,12 @@ func (j *Journal) readSpan(t *segTable, seg uint32, from, to int64, r *BatchRead
 	defer s.fmu.RUnlock()
 	if s.f == nil {
 		if j.closed.Load() {
-			return ErrClosed
+			return 0, ErrClosed
 		}
-		return ErrNotFound
+		return 0, ErrNotFound
 	}
 	if _, err := s.f.ReadAt(r.buf, from); err != nil {
-		return fmt.Errorf("journal: read segment %d at %d: %w", seg, from, err)
+		return 0, fmt.Errorf("journal: read segment %d at %d: %w", seg, from, err)
 	}
-	return nil
+	return s.seed, nil
 }

@@ -148,7 +148,7 @@ func (j *Journal) queueHeldLocked() int {
 			size := headerLen + 2 + 8*len(keys)
 			g, r := j.placeLocked(size)
 			st := len(g.buf)
-			g.buf = appendDoneFrame(g.buf, kind, keys)
+			g.buf = appendDoneFrame(g.buf, r.seg.seed, kind, keys)
 			r.end = len(g.buf)
 			r.ndone++
 			r.seg.end += int64(size)
@@ -184,6 +184,7 @@ func (j *Journal) probe() {
 	dels := j.collectDeletableLocked()
 	j.mu.Unlock()
 	j.deleteSegments(dels)
+	j.drainPool()
 	j.mu.Lock()
 	n := j.queueHeldLocked()
 	j.mu.Unlock()

@@ -6,12 +6,9 @@ import (
 	"hash/crc32"
 )
 
-// On-disk frame (little endian):
-//
-//	[u32 len][u32 crc][u8 type][payload]
-//
-// len counts type+payload (so a frame is 8+len bytes, len >= 1); crc is
-// CRC-32C (Castagnoli) over type+payload.
+// Frames, their CRC seed and the segment header are laid out as the
+// package doc (Files) states; the seed passed around below is 0 for a v1
+// segment.
 //
 // Payloads:
 //
@@ -95,8 +92,9 @@ func timed(m *Message, moved bool) bool {
 	return m.Accepted != 0 || moved && m.Origin != (Key{})
 }
 
-// appendMsgFrame appends an Accept (old == nil) or Moved frame to dst.
-func appendMsgFrame(dst []byte, ord uint32, old *Key, m *Message) []byte {
+// appendMsgFrame appends an Accept (old == nil) or Moved frame to dst, its
+// CRC seeded with seed (the segment's; 0 writes a v1 frame).
+func appendMsgFrame(dst []byte, seed, ord uint32, old *Key, m *Message) []byte {
 	start := len(dst)
 	t := timed(m, old != nil)
 	typ := recAccept
@@ -127,33 +125,36 @@ func appendMsgFrame(dst []byte, ord uint32, old *Key, m *Message) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(m.Topic)))
 	dst = append(dst, m.Topic...)
 	dst = append(dst, m.Body...)
-	finishFrame(dst[start:])
+	finishFrame(dst[start:], seed)
 	return dst
 }
 
-// appendDoneFrame appends a Done frame listing keys to dst.
-func appendDoneFrame(dst []byte, kind DoneKind, keys []Key) []byte {
+// appendDoneFrame appends a Done frame listing keys to dst, its CRC seeded
+// with seed (the segment's; 0 writes a v1 frame).
+func appendDoneFrame(dst []byte, seed uint32, kind DoneKind, keys []Key) []byte {
 	start := len(dst)
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0, recDone, byte(kind))
 	for _, k := range keys {
 		dst = binary.LittleEndian.AppendUint32(dst, k.Seg)
 		dst = binary.LittleEndian.AppendUint32(dst, k.Ord)
 	}
-	finishFrame(dst[start:])
+	finishFrame(dst[start:], seed)
 	return dst
 }
 
-func finishFrame(frame []byte) {
+// finishFrame fills in frame's length and CRC (seeded with seed).
+func finishFrame(frame []byte, seed uint32) {
 	body := frame[headerLen:]
 	binary.LittleEndian.PutUint32(frame[0:], uint32(len(body)))
-	binary.LittleEndian.PutUint32(frame[4:], crc32.Checksum(body, crcTable))
+	binary.LittleEndian.PutUint32(frame[4:], crc32.Update(seed, crcTable, body))
 }
 
-// decodeFrame checks the frame at the start of b (its CRC only if verify:
-// false is for bytes already verified in this process) and returns its
-// type, payload (aliasing b) and total size. It is the journal's one frame
-// decoder. O(len(frame)); it never allocates.
-func decodeFrame(b []byte, verify bool) (typ byte, payload []byte, n int, err error) {
+// decodeFrame checks the frame at the start of b (its CRC, seeded with
+// seed, the segment's, only if verify: false is for bytes already verified
+// in this process) and returns its type, payload (aliasing b) and total
+// size. It is the journal's one frame decoder. O(len(frame)); it never
+// allocates.
+func decodeFrame(b []byte, seed uint32, verify bool) (typ byte, payload []byte, n int, err error) {
 	if len(b) < headerLen {
 		return 0, nil, 0, errShort
 	}
@@ -169,7 +170,7 @@ func decodeFrame(b []byte, verify bool) (typ byte, payload []byte, n int, err er
 		return 0, nil, 0, errShort
 	}
 	body := b[headerLen:n]
-	if verify && crc32.Checksum(body, crcTable) != binary.LittleEndian.Uint32(b[4:]) {
+	if verify && crc32.Update(seed, crcTable, body) != binary.LittleEndian.Uint32(b[4:]) {
 		return 0, nil, 0, errCRC
 	}
 	typ = body[0]

@@ -77,9 +77,11 @@ type recovery struct {
 	maps  [][]byte  // by index in ids: the segment's mapping, nil if not mapped
 	clean []bool    // by index in ids: the scan found no corruption
 	buf   []byte    // read(2) buffer, reused, where mmap fails
+	pool  []string  // recycled files found (*.free), for the flusher
 }
 
 // corrupt reports a corrupt region: Report.Corrupt, Stats.Corrupt, Logf.
+// It is called once per region (a region's lost messages are in its line).
 func (rc *recovery) corrupt(format string, args ...any) {
 	line := fmt.Sprintf(format, args...)
 	rc.rep.Corrupt = append(rc.rep.Corrupt, line)
@@ -105,6 +107,17 @@ func (rc *recovery) scan() error {
 		return fmt.Errorf("journal: list segments: %w", err)
 	}
 	rc.ids = ids
+	free, err := listIDs(rc.j.opts.Dir, freeSuffix)
+	if err != nil {
+		return fmt.Errorf("journal: list recycled segments: %w", err)
+	}
+	for _, id := range free {
+		if path := rc.j.freePath(id); len(rc.pool) < rc.j.recycleMax() {
+			rc.pool = append(rc.pool, path)
+		} else {
+			os.Remove(path)
+		}
+	}
 	if len(ids) > 0 {
 		t := rc.t
 		t.base = ids[0]
@@ -129,7 +142,14 @@ func (rc *recovery) scan() error {
 }
 
 // scanOne opens segment ids[idx] (read-write if it is the last, whose torn
-// tail it may truncate), maps or reads it, and accounts its records.
+// tail it may truncate), maps or reads it, reads its header (none: v1) and
+// accounts its records.
+//
+// A v2 header that is damaged makes the segment unreadable (corruption:
+// its messages are lost, count unknown), except in the last segment when
+// it is short or names another segment: the file was being created or
+// recycled when the process stopped, before any record of its own was
+// written, so it is a torn tail (truncated to 0; activate replaces it).
 func (rc *recovery) scanOne(idx int) error {
 	id := rc.ids[idx]
 	s := rc.t.get(id)
@@ -154,26 +174,65 @@ func (rc *recovery) scanOne(idx int) error {
 	}
 	rc.rep.Segments++
 	rc.rep.Bytes += int64(len(data))
-	res := scanSegment(data, last, true, func(r *record) error {
+	size := int64(len(data))
+	h, herr := parseHeader(data, id)
+	switch {
+	case herr == nil:
+		s.ver, s.hdr, s.seed, s.start = segVersion, h, h.seed(), segHeaderLen
+	case errors.Is(herr, errNoHeader):
+		s.ver = 1
+	case last && (size < segHeaderLen || errors.Is(herr, errOtherSeg)):
+		// s.ver stays 0: no records; activate replaces the file.
+		rc.j.logf("journal: segment %08d: %v: a segment file being created", id, herr)
+		if err := rc.truncateTorn(s, size, 0); err != nil {
+			return err
+		}
+		s.end, s.written, s.fileEnd = 0, 0, 0
+		return nil
+	default:
+		s.corrupt++
+		rc.corrupt("segment %08d: %v: the segment is unreadable (%d bytes; messages lost, count unknown)", id, herr, size)
+		s.end, s.written, s.fileEnd = size, size, size
+		return nil
+	}
+	res := scanSegment(data, s.layout(), last, true, func(r *record) error {
 		rc.account(s, r)
 		return nil
-	}, func(line string) { rc.corrupt("segment %08d: %s", id, line) })
+	}, func(line string) {
+		s.corrupt++
+		rc.corrupt("segment %08d: %s", id, line)
+	})
 	rc.rep.Records += res.records
 	rc.clean[idx] = res.corrupt == 0
-	size := int64(len(data))
-	if res.torn {
+	switch {
+	case res.stale:
+		stale := size - int64(res.end)
+		rc.rep.StaleBytes += stale
+		what := "the end of the segment"
+		if last {
+			// Cut it, so that appends continue from a file that ends at
+			// its last record.
+			if err := rc.truncate(s, res.end); err != nil {
+				return err
+			}
+			what = "truncated"
+		}
+		rc.j.logf("journal: segment %08d: the %d bytes after offset %d are the recycled file's previous life: %s", id, stale, res.end, what)
+		size = int64(res.end)
+	case res.torn:
 		if err := rc.truncateTorn(s, size, res.end); err != nil {
 			return err
 		}
 		size = int64(res.end)
 	}
-	s.end, s.written, s.nextOrd = size, size, s.count
+	s.end, s.written, s.nextOrd, s.fileEnd = size, size, s.count, size
 	return nil
 }
 
 // account applies a record of segment s to liveness: a Done record kills
-// its keys; a message record counts in s (ordinals it skipped are lost, and
-// reported), and a Moved one kills its old copy.
+// its keys; a message record counts in s (ordinals it skipped are lost:
+// the scan reported them with their corrupt region), and a Moved one kills
+// its old copy.
 func (rc *recovery) account(s *segment, r *record) {
 	if r.typ == recDone {
 		for i := 0; i < len(r.keys)/8; i++ {
@@ -186,7 +245,6 @@ func (rc *recovery) account(s *segment, r *record) {
 	}
 	m := &r.msg
 	if m.ord > s.count {
-		rc.corrupt("segment %08d: %d messages lost (ordinals %d..%d) before offset %d", s.id, m.ord-s.count, s.count, m.ord-1, r.off)
 		s.markLost(s.count, m.ord)
 	}
 	s.count = m.ord + 1
@@ -200,18 +258,26 @@ func (rc *recovery) account(s *segment, r *record) {
 }
 
 // truncateTorn cuts segment s, size bytes long, to end (the torn tail
-// found by the scan) and fsyncs it.
+// found by the scan) and fsyncs it, and reports it.
 func (rc *recovery) truncateTorn(s *segment, size int64, end int) error {
 	cut := size - int64(end)
-	if err := s.f.Truncate(int64(end)); err != nil {
-		return fmt.Errorf("journal: truncate torn tail of segment %d: %w", s.id, err)
-	}
-	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("journal: fsync segment %d: %w", s.id, err)
+	if err := rc.truncate(s, end); err != nil {
+		return err
 	}
 	rc.rep.TornTails++
 	rc.rep.TruncatedBytes += cut
 	rc.j.logf("journal: segment %08d: torn tail: truncated %d bytes at offset %d", s.id, cut, end)
+	return nil
+}
+
+// truncate cuts segment s to end bytes and fsyncs it.
+func (rc *recovery) truncate(s *segment, end int) error {
+	if err := s.f.Truncate(int64(end)); err != nil {
+		return fmt.Errorf("journal: truncate segment %d: %w", s.id, err)
+	}
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("journal: fsync segment %d: %w", s.id, err)
+	}
 	return nil
 }
 
@@ -234,7 +300,7 @@ func (rc *recovery) replay(fn func(p Pos, m *Message) error) error {
 		if err != nil {
 			return err
 		}
-		res := scanSegment(data, false, !rc.clean[idx], func(r *record) error {
+		res := scanSegment(data, s.layout(), false, !rc.clean[idx], func(r *record) error {
 			if r.typ == recDone || s.isDead(r.msg.ord) {
 				return nil
 			}
@@ -266,8 +332,12 @@ func (rc *recovery) segData(idx int, s *segment) ([]byte, error) {
 }
 
 // activate is Recover's last step: unless Close ran meanwhile, it installs
-// the segment table and the active segment (a fresh segment 1 if there was
-// none), records the Report and starts the flusher.
+// the segment table and the active segment, records the Report and starts
+// the flusher. The active segment is the last one if it is v2; a new v2
+// segment after it if it is v1 (or unreadable), so a v1 journal is only
+// read; a fresh v2 segment of its id if it is empty and not v2 (a file
+// being created when the process stopped); a fresh segment 1 if there was
+// none.
 func (rc *recovery) activate(start time.Time) error {
 	j := rc.j
 	j.mu.Lock()
@@ -279,15 +349,35 @@ func (rc *recovery) activate(start time.Time) error {
 	}
 	t := rc.t
 	var active *segment
-	if len(rc.ids) > 0 {
-		active = t.get(rc.ids[len(rc.ids)-1])
+	if n := len(rc.ids); n > 0 {
+		last := t.get(rc.ids[n-1])
+		switch {
+		case last.ver == segVersion:
+			active = last
+		case last.written == 0:
+			last.f.Close()
+			last.f = nil
+			os.Remove(j.segPath(last.id))
+			active = newSegment(last.id)
+			t.segs[len(t.segs)-1] = active
+		default:
+			active = newSegment(last.id + 1)
+			t = &segTable{base: t.base, segs: append(t.segs, active)}
+		}
 	} else {
-		active = &segment{id: 1}
+		active = newSegment(1)
 		t = &segTable{base: 1, segs: []*segment{active}}
 	}
 	j.table.Store(t)
 	j.active = active
 	j.wseg = active
+	j.pool = rc.pool
+	j.poolFiles.Store(int32(len(rc.pool)))
+	for _, free := range rc.pool {
+		if fi, err := os.Stat(free); err == nil {
+			j.poolBytes.Add(fi.Size())
+		}
+	}
 	j.newGroupLocked()
 	rc.rep.Duration = time.Since(start)
 	j.lastReport = rc.rep

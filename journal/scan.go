@@ -10,9 +10,22 @@ import (
 type scanResult struct {
 	end     int   // offset just past the last valid record
 	torn    bool  // last segment: bad bytes at end[:] and no valid record after them
+	stale   bool  // recycled segment: end[:] is the file's previous life (end of segment)
 	records int   // valid frames passed on (to visit, or reported as malformed payloads)
 	corrupt int   // corrupt regions reported
 	err     error // from visit
+}
+
+// layout is what scanning a segment's bytes needs of its format.
+type layout struct {
+	start    int    // offset of the first frame: segHeaderLen (v2) or 0 (v1)
+	seed     uint32 // the frames' CRC seed (0 in v1)
+	prevSize int64  // v2 recycled file: its size when it was recycled; else 0
+}
+
+// layout returns s's layout.
+func (s *segment) layout() layout {
+	return layout{start: int(s.start), seed: s.seed, prevSize: int64(s.hdr.prevSize)}
 }
 
 // record is one valid record found by scanSegment. Its slices alias the
@@ -27,35 +40,47 @@ type record struct {
 	keys []byte // 8 bytes per key; see doneKey
 }
 
-// scanSegment walks the frames of data, decodes each valid one (frame,
-// then payload) and calls visit with it. verify=false skips the CRC check,
-// only for a segment already scanned clean in this process. visit's error
-// stops the scan and is returned in res.err.
+// scanSegment walks the frames of data (a whole segment file, or its
+// first bytes), from lay.start, decodes each valid one (frame, then
+// payload) and calls visit with it. A frame is valid only if its CRC,
+// seeded with lay.seed, matches: in a v2 segment the seed holds the
+// segment's id and salt, so a frame of another segment, of an earlier
+// life of a recycled file, or inside a client's body (which cannot know
+// the salt) is never valid. verify=false skips the CRC check, only for a
+// segment already scanned clean in this process. visit's error stops the
+// scan and is returned in res.err.
 //
 // On a bad frame it looks for the next valid frame (resync). If there is
-// none and last is set, the bad bytes are a torn tail (a short record, a
-// zero-filled or partially written end): res.torn, and res.end is where to
-// truncate. Otherwise it is corruption: a line is added to res.corrupt and
-// the scan continues at the next valid frame (records there keep their
+// none, the bad bytes are the segment's end when the segment is a recycled
+// file still as long as its previous life (lay.prevSize: res.stale; the
+// bytes are what that life left past this one's last record) or, in the
+// last segment, a torn tail (a short record, a zero-filled or partially
+// written end: res.torn); res.end is where the segment ends (where to
+// truncate). Otherwise it is corruption: a line is added to res.corrupt
+// and the scan continues at the next valid frame (records there keep their
 // exact Key because message records carry their ordinal) or stops if there
 // is none (the rest of a non-last segment is unreadable; the number of
-// messages lost there is unknown).
+// messages lost there is unknown). One corrupt region is one line: the
+// messages it lost (the ordinals skipped by the next message record) are
+// stated in the region's line, not in a line of their own.
 //
 // A record that fails its CRC is skipped by its length when a valid frame
-// follows it, and is the last one when it ends the segment, so its body (a
-// client's bytes, which may hold a valid-looking frame) is not searched.
-// When its length is damaged too, or a frame runs past the end of the
-// segment (a torn tail, or a damaged length), resync searches from the
-// next byte.
+// follows it, and is the last one when it ends the segment, so its body is
+// not searched (in a v1 segment a client's bytes could hold a frame that
+// passes the unseeded CRC). When its length is damaged too, or a frame runs
+// past the end of the segment (a torn tail, or a damaged length), resync
+// searches from the next byte.
 //
 // Message records whose ordinal does not increase are reported and skipped;
 // so are payloads that fail to decode (counted in res.records, not passed
-// to visit). Each corrupt region is passed to report (may be nil) as it is
-// found. It allocates nothing per record.
-func scanSegment(data []byte, last, verify bool, visit func(r *record) error, report func(string)) scanResult {
-	s := scanner{data: data, last: last, report: report}
+// to visit). Each corrupt region is passed to report (may be nil) once the
+// next message record (or the end of the scan) tells how many messages it
+// lost. It allocates nothing per record but the lines it reports.
+func scanSegment(data []byte, lay layout, last, verify bool, visit func(r *record) error, report func(string)) scanResult {
+	s := scanner{data: data, lay: lay, last: last, report: report, off: lay.start}
+	s.res.end = min(lay.start, len(data))
 	for s.off < len(data) {
-		typ, payload, n, err := decodeFrame(data[s.off:], verify)
+		typ, payload, n, err := decodeFrame(data[s.off:], lay.seed, verify)
 		if err == nil && typ != recDone && len(payload) < 4 {
 			err = errBadBody
 		}
@@ -70,24 +95,37 @@ func scanSegment(data []byte, last, verify bool, visit func(r *record) error, re
 			break
 		}
 	}
+	s.flush()
 	return s.res
 }
 
 // scanner is scanSegment's state.
 type scanner struct {
 	data    []byte
+	lay     layout
 	last    bool
 	report  func(string)
 	off     int    // next frame
 	nextOrd uint32 // lowest ordinal the next message record may carry
+	pending string // a corrupt region's line, waiting for the messages it lost
 	rec     record
 	res     scanResult
 }
 
+// corrupt reports a corrupt region's line (after any pending one).
 func (s *scanner) corrupt(line string) {
+	s.flush()
 	s.res.corrupt++
 	if s.report != nil {
 		s.report(line)
+	}
+}
+
+// flush reports the pending region's line, if any, as it stands.
+func (s *scanner) flush() {
+	if line := s.pending; line != "" {
+		s.pending = ""
+		s.corrupt(line)
 	}
 }
 
@@ -109,6 +147,15 @@ func (s *scanner) record(typ byte, payload []byte, n int, visit func(r *record) 
 			s.res.end = s.off
 			return nil
 		}
+		if ord > s.nextOrd {
+			lost := fmt.Sprintf("%d messages lost (ordinals %d..%d)", ord-s.nextOrd, s.nextOrd, ord-1)
+			if s.pending != "" {
+				s.pending += "; " + lost
+			} else {
+				s.pending = fmt.Sprintf("offset %d: %s before this record", off, lost)
+			}
+		}
+		s.flush()
 		s.nextOrd = ord + 1
 		err = decodeMsg(typ, payload, &r.msg)
 	}
@@ -122,6 +169,22 @@ func (s *scanner) record(typ byte, payload []byte, n int, visit func(r *record) 
 	return nil
 }
 
+// endHere handles bad bytes at s.off with no valid frame after them (err
+// says why the first is bad; what is lost, if it is corruption): a
+// recycled file's previous life (res.stale) or, in the last segment, a
+// torn tail (res.torn) end the segment; otherwise it is corruption. The
+// scan stops.
+func (s *scanner) endHere(lost string) {
+	switch {
+	case s.lay.prevSize > 0 && int64(len(s.data)) == s.lay.prevSize:
+		s.res.stale = true
+	case s.last:
+		s.res.torn = true
+	default:
+		s.corrupt(lost)
+	}
+}
+
 // skipBad handles the bad frame at s.off (err says why) and reports whether
 // the scan goes on, from the next valid frame. See scanSegment.
 func (s *scanner) skipBad(err error) bool {
@@ -130,48 +193,43 @@ func (s *scanner) skipBad(err error) bool {
 	if errors.Is(err, errCRC) {
 		// The length is plausible and inside the segment: if a valid
 		// frame follows the damaged record, only the record was hit.
-		// Resume there rather than search its body, which could hold
-		// a valid-looking frame (a message's bytes are a client's).
+		// Resume there rather than search its body, which in a v1
+		// segment could hold a valid-looking frame (a message's bytes
+		// are a client's; in v2 the seed keeps them from passing).
 		nn := off + headerLen + int(binary.LittleEndian.Uint32(data[off:]))
 		if nn == len(data) {
 			// The damaged record is the segment's last: nothing can
 			// follow it, so nothing is searched for.
-			if s.last {
-				s.res.torn = true
-				return false
-			}
-			s.corrupt(fmt.Sprintf("offset %d: %v; the segment's last record is lost", off, err))
+			s.endHere(fmt.Sprintf("offset %d: %v; the segment's last record is lost", off, err))
 			return false
 		}
-		if nn+headerLen < len(data) && frameAt(data, nn, s.nextOrd, maxOrdFrom(data, nn, s.nextOrd)) {
+		if nn+headerLen < len(data) && frameAt(data, nn, s.lay.seed, s.nextOrd, maxOrdFrom(data, nn, s.nextOrd)) {
 			nxt = nn
 		}
 	}
 	if nxt < 0 {
-		nxt = resync(data, off+1, s.nextOrd)
+		nxt = resync(data, off+1, s.lay.seed, s.nextOrd)
 	}
 	if nxt < 0 {
-		if s.last {
-			s.res.torn = true
-			return false
-		}
-		s.corrupt(fmt.Sprintf("offset %d: %v; the remaining %d bytes of the segment are unreadable (records lost, count unknown)", off, err, len(data)-off))
+		s.endHere(fmt.Sprintf("offset %d: %v; the remaining %d bytes of the segment are unreadable (records lost, count unknown)", off, err, len(data)-off))
 		return false
 	}
-	s.corrupt(fmt.Sprintf("offset %d: %v; skipped %d bytes to the next valid record at %d", off, err, nxt-off, nxt))
+	s.flush()
+	s.pending = fmt.Sprintf("offset %d: %v; skipped %d bytes to the next valid record at %d", off, err, nxt-off, nxt)
 	s.off = nxt
 	return true
 }
 
-// resync returns the offset of the first plausible valid frame at or after
-// from, or -1. A candidate must pass cheap structural checks (length in
-// range, known type, a message ordinal not below minOrd and not beyond what
-// the remaining bytes could hold, a well-formed Done kind) before its CRC is
-// computed, so scanning garbage costs little more than reading it.
-func resync(data []byte, from int, minOrd uint32) int {
+// resync returns the offset of the first plausible valid frame (CRC seeded
+// with seed) at or after from, or -1. A candidate must pass cheap
+// structural checks (length in range, known type, a message ordinal not
+// below minOrd and not beyond what the remaining bytes could hold, a
+// well-formed Done kind) before its CRC is computed, so scanning garbage
+// costs little more than reading it.
+func resync(data []byte, from int, seed, minOrd uint32) int {
 	maxOrd := maxOrdFrom(data, from, minOrd)
 	for i := from; i+headerLen < len(data); i++ {
-		if frameAt(data, i, minOrd, maxOrd) {
+		if frameAt(data, i, seed, minOrd, maxOrd) {
 			return i
 		}
 	}
@@ -185,9 +243,10 @@ func maxOrdFrom(data []byte, from int, minOrd uint32) uint64 {
 	return uint64(minOrd) + uint64((len(data)-from)/minMsgFrame) + 1
 }
 
-// frameAt reports whether a valid frame starts at data[i], a message
-// record's ordinal in [minOrd, maxOrd]. i+headerLen < len(data).
-func frameAt(data []byte, i int, minOrd uint32, maxOrd uint64) bool {
+// frameAt reports whether a valid frame (CRC seeded with seed) starts at
+// data[i], a message record's ordinal in [minOrd, maxOrd].
+// i+headerLen < len(data).
+func frameAt(data []byte, i int, seed, minOrd uint32, maxOrd uint64) bool {
 	l := int(binary.LittleEndian.Uint32(data[i:]))
 	if l < 2 || l > MaxRecordBytes-headerLen || i+headerLen+l > len(data) {
 		return false
@@ -209,6 +268,6 @@ func frameAt(data []byte, i int, minOrd uint32, maxOrd uint64) bool {
 	default:
 		return false
 	}
-	_, _, _, err := decodeFrame(data[i:], true)
+	_, _, _, err := decodeFrame(data[i:], seed, true)
 	return err == nil
 }

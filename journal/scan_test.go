@@ -25,7 +25,7 @@ func writeByteAt(t *testing.T, path string, off int64, b byte) {
 func appendVictimAndDecoy(t *testing.T, j *Journal, pad int) (rec, Pos) {
 	t.Helper()
 	victim := appendN(t, j, 0, 1, 100)[0]
-	body := append(appendDoneFrame(nil, Cancelled, []Key{victim.p.Key()}), make([]byte, pad)...)
+	body := append(appendDoneFrame(nil, 0, Cancelled, []Key{victim.p.Key()}), make([]byte, pad)...)
 	var p [1]Pos
 	if err := j.Append([]Message{{Topic: "t", Body: body}}, p[:]); err != nil {
 		t.Fatal(err)

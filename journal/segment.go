@@ -12,7 +12,11 @@ import (
 
 // segment is one segment file plus its liveness.
 type segment struct {
-	id uint32
+	id    uint32
+	ver   uint8     // 1: no header, unseeded CRCs (read only); 2: header, seeded CRCs
+	hdr   segHeader // v2: written by the flusher when it creates the file
+	seed  uint32    // CRC seed of the segment's frames (0 in v1)
+	start int64     // offset of the first frame: segHeaderLen in v2, 0 in v1
 
 	fmu sync.RWMutex // guards f against close during ReadAt
 	f   *os.File     // nil until the flusher creates the file, and after deletion
@@ -25,6 +29,11 @@ type segment struct {
 	live     int64    // written messages not marked dead
 	msgBytes int64    // bytes of written message frames
 	dead     []uint64 // bit per ordinal
+	corrupt  int      // corrupt regions the scans of this process reported in it
+
+	// Flusher-owned (or Recover's, before the flusher starts).
+	fileEnd int64 // end of the bytes this life of the file wrote
+	stale   int64 // size of the file's previous life when > fileEnd: bytes to cut when sealed
 }
 
 func (s *segment) isDead(ord uint32) bool {
@@ -83,15 +92,25 @@ func (t *segTable) get(id uint32) *segment {
 
 const (
 	segSuffix       = ".seg"
+	freeSuffix      = ".free" // a deleted segment's file kept for recycling
 	maxSegmentBytes = 1 << 31
+	// defaultRecycle is how many deleted segment files are kept for reuse.
+	defaultRecycle = 2
 )
 
 func (j *Journal) segPath(id uint32) string {
 	return filepath.Join(j.opts.Dir, fmt.Sprintf("%08d%s", id, segSuffix))
 }
 
+func (j *Journal) freePath(id uint32) string {
+	return filepath.Join(j.opts.Dir, fmt.Sprintf("%08d%s", id, freeSuffix))
+}
+
 // listSegments returns the segment ids in Dir, ascending.
-func listSegments(dir string) ([]uint32, error) {
+func listSegments(dir string) ([]uint32, error) { return listIDs(dir, segSuffix) }
+
+// listIDs returns the ids of the files named <id><suffix> in dir, ascending.
+func listIDs(dir, suffix string) ([]uint32, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
@@ -99,10 +118,10 @@ func listSegments(dir string) ([]uint32, error) {
 	var ids []uint32
 	for _, e := range ents {
 		name := e.Name()
-		if !strings.HasSuffix(name, segSuffix) || e.IsDir() {
+		if !strings.HasSuffix(name, suffix) || e.IsDir() {
 			continue
 		}
-		id, err := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 10, 32)
+		id, err := strconv.ParseUint(strings.TrimSuffix(name, suffix), 10, 32)
 		if err != nil || id == 0 {
 			continue
 		}

@@ -24,5 +24,8 @@ func (j *Journal) Stats() Stats {
 	st.WriteErrors = j.stats.writeErrs.Load()
 	st.Corrupt = j.stats.corrupt.Load()
 	st.Deleted = j.stats.deleted.Load()
+	st.Recycled = j.stats.recycled.Load()
+	st.SpareFiles = int(j.poolFiles.Load())
+	st.SpareBytes = j.poolBytes.Load()
 	return st
 }
