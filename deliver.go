@@ -50,6 +50,7 @@ func (s *Scheduler) dispatch(out <-chan *wheel.Batch[ref]) {
 // publishTask reads a bucket's bodies from the journal, hands them to the
 // sink per topic and marks what it took as published.
 func (s *Scheduler) publishTask(t *task) {
+	t.start = time.Now() // lateness stage wheel to task ends here
 	defer putTask(t)
 	defer func() {
 		if v := recover(); v != nil {
@@ -102,9 +103,17 @@ func (s *Scheduler) readTask(t *task) {
 // rest waits in the wheel for RetryBackoff; never dropped).
 func (s *Scheduler) deliverGroup(t *task, g *group) {
 	for sent := 0; sent < len(g.msgs); {
-		taken, err := s.sink.Publish(g.topic, t.bodies[sent:])
+		t.batches = t.batches[:0]
+		call := time.Now()
+		var taken int
+		var err error
+		if os, ok := s.sink.(observedSink); ok {
+			taken, err = os.PublishObserved(g.topic, t.bodies[sent:], t)
+		} else {
+			taken, err = s.sink.Publish(g.topic, t.bodies[sent:])
+		}
 		taken = min(max(taken, 0), len(g.msgs)-sent)
-		s.markPublished(t, g.topic, g.msgs[sent:sent+taken])
+		s.markPublished(t, g.topic, g.msgs[sent:sent+taken], call)
 		sent += taken
 		if sent == len(g.msgs) {
 			return
@@ -121,13 +130,15 @@ func (s *Scheduler) deliverGroup(t *task, g *group) {
 	}
 }
 
-// markPublished records msgs, which the sink took, as published: the
-// journal's Done mark, the index, the counters and their lateness.
-func (s *Scheduler) markPublished(t *task, topic string, msgs []msgRef) {
+// markPublished records msgs, which the sink call made at call took, as
+// published: the journal's Done mark, the index, the counters and their
+// lateness, in all and by stage (from t.start and t.batches).
+func (s *Scheduler) markPublished(t *task, topic string, msgs []msgRef, call time.Time) {
 	if len(msgs) == 0 {
 		return
 	}
 	now := time.Now()
+	s.lateness.stages.recordStages(t.start, call, now, msgs, t.batches)
 	nowMs := now.UnixMilli()
 	var bytes int64
 	ret := s.retain(t, topic, msgs) // before the ids are given up

@@ -69,6 +69,13 @@ type Lateness struct {
 	P99  float64 `json:"p99"`
 	P999 float64 `json:"p999"`
 	Max  float64 `json:"max"`
+	// Stages breaks the lateness of the messages published through the
+	// wheel down: due to their task's start, to their MPUB, to nsqd's OK
+	// (the messages published straight from Publish are in the total
+	// only). A message's stages add up to its batch's OK minus its due
+	// time; the total counts until the sink call that took it returned,
+	// later for the earlier batches of a call of several.
+	Stages LatenessStages `json:"stages"`
 }
 
 // PoolStats describes the publish pool.
@@ -100,7 +107,7 @@ func (s *Scheduler) Stats() Stats {
 		ReadErrors:      s.readErrors.Load(),
 		Moved:           s.moved.Load(),
 		Early:           s.early.Load(),
-		Lateness:        Lateness{P50: ms(p[0]), P90: ms(p[1]), P99: ms(p[2]), P999: ms(p[3]), Max: ms(p[4])},
+		Lateness:        Lateness{P50: ms(p[0]), P90: ms(p[1]), P99: ms(p[2]), P999: ms(p[3]), Max: ms(p[4]), Stages: s.lateness.stages.stats()},
 		Pool:            PoolStats{Size: s.pool.Cap(), Running: s.pool.Running(), Waiting: s.pool.Waiting()},
 		Egress:          s.egressStats(),
 		Journal:         s.j.Stats(),

@@ -2,6 +2,7 @@ package deferd
 
 import (
 	"sync"
+	"time"
 
 	"github.com/deferd/deferd/journal"
 	"github.com/deferd/deferd/wheel"
@@ -20,7 +21,9 @@ type task struct {
 	bodies  [][]byte
 	keys    []journal.Key
 	spare   []*group
-	requeue []msgRef // items going back into the wheel (a failed read, a panic)
+	requeue []msgRef    // items going back into the wheel (a failed read, a panic)
+	start   time.Time   // the task began (lateness stage wheel to task)
+	batches []batchTime // the batches of the sink call in progress (ObserveBatch)
 }
 
 type group struct {

@@ -276,7 +276,22 @@ func (p *Publisher) Metrics() *metrics.Set { return p.set }
 // Publish returns ErrStopped promptly once Stop is called. It does not keep
 // bodies after it returns.
 func (p *Publisher) Publish(topic string, bodies [][]byte) (acked int, err error) {
-	return p.publish(topic, bodies, false)
+	return p.publish(topic, bodies, false, nil)
+}
+
+// BatchObserver is told of each batch a PublishObserved call got nsqd's
+// OK for, in order, on the calling goroutine, before the call returns: its
+// message count, when its MPUB was handed to go-nsq (the last try's) and
+// when the OK arrived. It must not keep the call waiting.
+type BatchObserver interface {
+	ObserveBatch(n int, sent, ok time.Time)
+}
+
+// PublishObserved is Publish that also reports each batch nsqd took to
+// obs (nil: none), which costs one time.Now per batch. deferd's scheduler
+// uses it to break its lateness down.
+func (p *Publisher) PublishObserved(topic string, bodies [][]byte, obs BatchObserver) (acked int, err error) {
+	return p.publish(topic, bodies, false, obs)
 }
 
 // TryPublish is Publish for a caller that has somewhere else to keep what
@@ -286,11 +301,12 @@ func (p *Publisher) Publish(topic string, bodies [][]byte) (acked int, err error
 // 0 and ErrNoNSQD without sending anything. Otherwise it waits as Publish does for nsqd's
 // answers (at most Options.Timeout per batch). Safe for concurrent use.
 func (p *Publisher) TryPublish(topic string, bodies [][]byte) (acked int, err error) {
-	return p.publish(topic, bodies, true)
+	return p.publish(topic, bodies, true, nil)
 }
 
-// publish is Publish, or TryPublish when once is set.
-func (p *Publisher) publish(topic string, bodies [][]byte, once bool) (acked int, err error) {
+// publish is Publish, or TryPublish when once is set, reporting to obs if
+// not nil.
+func (p *Publisher) publish(topic string, bodies [][]byte, once bool, obs BatchObserver) (acked int, err error) {
 	p.mu.RLock()
 	if p.stopped {
 		p.mu.RUnlock()
@@ -315,9 +331,13 @@ func (p *Publisher) publish(topic string, bodies [][]byte, once bool) (acked int
 			return acked, &PublishError{Topic: topic, Index: acked, Err: verr, permanent: true}
 		}
 		batch := bodies[acked : acked+n]
-		addr, tries, err := p.sendBatch(topic, batch, once)
+		var tm sendTimes
+		addr, tries, err := p.sendBatch(topic, batch, once, &tm)
 		if err == nil {
 			acked += n
+			if obs != nil {
+				obs.ObserveBatch(n, tm.sent, tm.ok)
+			}
 			continue
 		}
 		if errors.Is(err, ErrStopped) {
@@ -367,15 +387,15 @@ func (p *Publisher) nextBatch(bodies [][]byte, limit int) (int, error) {
 // sendBatch tries batch up to Attempts times, or once on an nsqd that is up
 // if once is set. It returns the address of the last try, the number of
 // tries and the last error (nil on success). Errors that are the batch's
-// own fault end it at once.
-func (p *Publisher) sendBatch(topic string, batch [][]byte, once bool) (addr string, tries int, err error) {
+// own fault end it at once. tm gets the times of the try that succeeded.
+func (p *Publisher) sendBatch(topic string, batch [][]byte, once bool, tm *sendTimes) (addr string, tries int, err error) {
 	if once {
 		for {
 			c, _ := p.leastBusyUp(p.view.Load(), nil)
 			if c == nil {
 				return "", 0, ErrNoNSQD
 			}
-			first, err := p.send(c, topic, batch)
+			first, err := p.send(c, topic, batch, tm)
 			if errors.Is(err, errNodeGone) {
 				continue // removed since the pick, nothing sent: pick again
 			}
@@ -392,7 +412,7 @@ func (p *Publisher) sendBatch(topic string, batch [][]byte, once bool) (addr str
 		}
 		addr = c.node.addr
 		var first bool
-		first, err = p.send(c, topic, batch)
+		first, err = p.send(c, topic, batch, tm)
 		if errors.Is(err, errNodeGone) {
 			tries-- // nothing was sent: not a try
 			c, _ = p.pick(nil)
@@ -432,10 +452,14 @@ func nodeFault(err error) bool {
 	return classify(err) == classRetry
 }
 
+// sendTimes are the times of one successful send: its MPUB handed to
+// go-nsq, and nsqd's OK received.
+type sendTimes struct{ sent, ok time.Time }
+
 // send publishes one batch on c and waits for nsqd's answer, Timeout or Stop.
 // On failure first reports whether this call was the first to see c's
-// Producer fail (and replaced it).
-func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err error) {
+// Producer fail (and replaced it). On success it sets tm.
+func (p *Publisher) send(c *conn, topic string, batch [][]byte, tm *sendTimes) (first bool, err error) {
 	n := c.node
 	n.inFlight.Add(1)
 	c.inFlight.Add(1)
@@ -494,6 +518,7 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte) (first bool, err
 	case <-p.stopCh:
 		return false, ErrStopped
 	}
+	tm.sent, tm.ok = start, time.Now()
 	prod.used.Store(true)
 	n.batchDur.UpdateDuration(start)
 	n.batches.Inc()
