@@ -10,10 +10,36 @@ import (
 
 type monoClock struct{ base time.Time }
 
+// tickPhase is how far past a multiple of the tick in Unix time the ticks
+// of a wheel on the default clock fall: a due time on such a multiple
+// (deferd's are whole ms, as its default tick is) then goes out tickPhase
+// after it, not up to a tick after it. It covers the gap between a
+// caller's reads of the wall clock and of the wheel clock (the wall clock
+// first: wheelTime, deferd's wheelDue) that converts a due time.
+const tickPhase = 10 * time.Microsecond
+
+// newMonoClock returns the default clock: monotonic, its zero tickPhase
+// past a multiple of tick in Unix time, a tick or less ago, so that the
+// multiples of tick on it (New's origin) are too. The two clocks move
+// together (NTP slews both); a step of the wall clock only shifts the
+// phase (never early either way: due times are converted when added).
+func newMonoClock(tick time.Duration) monoClock {
+	now := time.Now()
+	off := (now.UnixNano() - int64(tickPhase)) % int64(tick)
+	if off < 0 {
+		off += int64(tick)
+	}
+	return monoClock{base: now.Add(-time.Duration(off))}
+}
+
+// alignOrigin is now, a reading of a clock from newMonoClock, rounded
+// down to a multiple of tick: New's origin on the default clock.
+func alignOrigin(now int64, tick time.Duration) int64 { return now - now%int64(tick) }
+
 func (c monoClock) Now() int64 { return int64(time.Since(c.base)) }
 
 // Now returns the wheel clock: nanoseconds of Options.Clock (by default a
-// monotonic clock that reads about 0 when New is called), the clock Add's
+// monotonic clock that reads at most a tick when New is called), the clock Add's
 // due and Item.Due are on. It is not Unix time. O(1); safe for concurrent
 // use.
 func (w *Wheel[T]) Now() int64 { return w.clock.Now() }

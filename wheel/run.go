@@ -30,9 +30,12 @@ func (w *Wheel[T]) sleepFor(d uint64, ok bool) time.Duration {
 // backpressure, not loss) until stop is closed. It returns the batch it could
 // not send because stop closed (nil if none) so the owner decides its fate.
 //
-// Between batches it sleeps on one time.Timer until the next occupied slot's
+// Between batches it sleeps on one timer until the next occupied slot's
 // deadline (found through per-level occupancy bitmaps), so pending entries
-// far ahead cost no CPU; an Add due before the planned wake-up wakes it. Run
+// far ahead cost no CPU; an Add due before the planned wake-up wakes it.
+// On Linux the timer is a timerfd (timer_linux.go), which wakes it within
+// tens of µs of the tick; a time.Timer, elsewhere, may wake it up to 1 ms
+// late in an otherwise idle process. Run
 // sleeps in real time: with an injected Clock it assumes that clock runs at
 // real speed. Cost: O(due entries) amortised plus O(levels) per wake-up; no
 // CPU while nothing is due. Safe to run concurrently with every other method;
@@ -48,6 +51,12 @@ func (w *Wheel[T]) Run(stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
 func drive[T any](shards []*Wheel[T], recode func(*Batch[T], uint32), stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
 	timer := time.NewTimer(maxSleep)
 	defer timer.Stop()
+	timerC, reset, disarm := timer.C, func(d time.Duration) { timer.Reset(d) }, func() { timer.Stop() }
+	if pt := newPreciseTimer(); pt != nil {
+		defer pt.close()
+		timer.Stop()
+		timerC, reset, disarm = pt.C, pt.reset, pt.stop
+	}
 	first := shards[0]
 	for {
 		select {
@@ -60,7 +69,7 @@ func drive[T any](shards []*Wheel[T], recode func(*Batch[T], uint32), stop <-cha
 		}
 		d, ok := plan(shards)
 		if sleep := first.sleepFor(d, ok); sleep > 0 {
-			timer.Reset(sleep)
+			reset(sleep)
 			select {
 			case <-stop:
 				for _, sh := range shards {
@@ -69,10 +78,10 @@ func drive[T any](shards []*Wheel[T], recode func(*Batch[T], uint32), stop <-cha
 					sh.mu.Unlock()
 				}
 				return nil
-			case <-timer.C:
+			case <-timerC: // with a timerfd, maybe stale: deliver and plan re-check
 			case <-first.wake:
 			}
-			timer.Stop()
+			disarm()
 		}
 	}
 }

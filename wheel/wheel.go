@@ -124,10 +124,16 @@ type Wheel[T any] struct {
 // opts.Tick is non-zero and below 1µs. O(1): it allocates the first slab
 // chunk (64Ki entries, which also hold the lists' sentinels); safe for
 // concurrent use. Tick 0 of the wheel is opts.Clock.Now() at the time of
-// the call.
+// the call; on the default clock, the last multiple of the tick before
+// it, which falls tickPhase (10µs) past a multiple of the tick in Unix
+// time.
 func New[T any](opts Options) *Wheel[T] {
 	tick, clock := opts.resolve()
-	return newWheel[T](tick, clock, clock.Now(), make(chan struct{}, 1), math.MaxUint32)
+	origin := clock.Now()
+	if opts.Clock == nil {
+		origin = alignOrigin(origin, tick) // ticks on the wall clock's (clock.go)
+	}
+	return newWheel[T](tick, clock, origin, make(chan struct{}, 1), math.MaxUint32)
 }
 
 // resolve applies the defaults and checks the tick.
@@ -141,7 +147,7 @@ func (opts Options) resolve() (time.Duration, Clock) {
 	}
 	clock := opts.Clock
 	if clock == nil {
-		clock = monoClock{base: time.Now()}
+		clock = newMonoClock(tick)
 	}
 	return tick, clock
 }
