@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // build writes n messages into one segment and closes the journal.
@@ -254,6 +257,93 @@ func benchRecover(b *testing.B, v1 bool) {
 		n, _ = strconv.Atoi(s)
 	}
 	dir := b.TempDir()
+	done := buildBenchJournal(b, dir, n)
+	if v1 {
+		toV1(b, dir)
+	}
+	b.ResetTimer()
+	var rep Report
+	for i := 0; i < b.N; i++ {
+		rep = recoverOnce(b, dir)
+	}
+	b.StopTimer()
+	if rep.Live != n-done {
+		b.Fatalf("report %+v", rep)
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "records/s")
+	b.ReportMetric(float64(rep.Bytes)/(1<<20), "MiB")
+}
+
+// BenchmarkRecoverFormats recovers the same journal as v2 and as v1 (a
+// copy rewritten by toV1), alternating, one of each per op, and reports
+// the median time of each (ms), so both see the same machine load.
+//
+//	go test -run XXX -bench RecoverFormats -benchtime 10x ./journal/
+func BenchmarkRecoverFormats(b *testing.B) {
+	n := 1_000_000
+	if s := os.Getenv("JOURNAL_BENCH_RECORDS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	v2 := b.TempDir()
+	done := buildBenchJournal(b, v2, n)
+	v1 := b.TempDir()
+	ids, _ := listSegments(v2)
+	for _, id := range ids {
+		data, err := os.ReadFile(segFile(v2, id))
+		if err != nil {
+			b.Fatal(err)
+		}
+		os.WriteFile(segFile(v1, id), data, 0o644)
+	}
+	toV1(b, v1)
+	syscall.Sync()
+	var t1, t2 []float64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for k, dir := range []string{v2, v1} {
+			if i%2 == 1 {
+				dir = []string{v1, v2}[k]
+			}
+			start := time.Now()
+			rep := recoverOnce(b, dir)
+			ms := float64(time.Since(start).Microseconds()) / 1000
+			if rep.Live != n-done {
+				b.Fatalf("report %+v", rep)
+			}
+			if dir == v1 {
+				t1 = append(t1, ms)
+			} else {
+				t2 = append(t2, ms)
+			}
+		}
+	}
+	b.StopTimer()
+	med := func(x []float64) float64 { slices.Sort(x); return x[len(x)/2] }
+	b.ReportMetric(med(t2), "v2-ms")
+	b.ReportMetric(med(t1), "v1-ms")
+}
+
+// recoverOnce opens dir, recovers it (touching every live body) and closes.
+func recoverOnce(b *testing.B, dir string) Report {
+	j, err := Open(Options{Dir: dir, Fsync: FsyncNever})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var live int
+	rep, err := j.Recover(func(p Pos, m *Message) error {
+		live += len(m.Body)
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	j.Close()
+	return rep
+}
+
+// buildBenchJournal writes n live records with 500 B bodies to a journal
+// in dir and publishes every 10th; it returns how many it published.
+func buildBenchJournal(b *testing.B, dir string, n int) int {
 	j, err := Open(Options{Dir: dir, Fsync: FsyncNever})
 	if err != nil {
 		b.Fatal(err)
@@ -282,32 +372,7 @@ func benchRecover(b *testing.B, v1 bool) {
 		b.Fatal(err)
 	}
 	j.Close()
-	if v1 {
-		toV1(b, dir)
-	}
-	b.ResetTimer()
-	var rep Report
-	for i := 0; i < b.N; i++ {
-		j, err := Open(Options{Dir: dir, Fsync: FsyncNever})
-		if err != nil {
-			b.Fatal(err)
-		}
-		var live int
-		rep, err = j.Recover(func(p Pos, m *Message) error {
-			live += len(m.Body)
-			return nil
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		j.Close()
-	}
-	b.StopTimer()
-	if rep.Live != n-len(done) {
-		b.Fatalf("report %+v", rep)
-	}
-	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "records/s")
-	b.ReportMetric(float64(rep.Bytes)/(1<<20), "MiB")
+	return len(done)
 }
 
 // toV1 rewrites the v2 segments of dir as the v1 code wrote them: no
