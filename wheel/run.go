@@ -30,12 +30,12 @@ func (w *Wheel[T]) sleepFor(d uint64, ok bool) time.Duration {
 // backpressure, not loss) until stop is closed. It returns the batch it could
 // not send because stop closed (nil if none) so the owner decides its fate.
 //
-// Between batches it sleeps on one timer until the next occupied slot's
+// Between batches it sleeps on a timer until the next occupied slot's
 // deadline (found through per-level occupancy bitmaps), so pending entries
 // far ahead cost no CPU; an Add due before the planned wake-up wakes it.
-// On Linux the timer is a timerfd (timer_linux.go), which wakes it within
-// tens of µs of the tick; a time.Timer, elsewhere, may wake it up to 1 ms
-// late in an otherwise idle process. Run
+// On Linux a timerfd (timer_linux.go) also wakes it, within tens of µs of
+// the tick, where a time.Timer alone may wake it up to 1 ms late in an
+// otherwise idle process. Run
 // sleeps in real time: with an injected Clock it assumes that clock runs at
 // real speed. Cost: O(due entries) amortised plus O(levels) per wake-up; no
 // CPU while nothing is due. Safe to run concurrently with every other method;
@@ -49,13 +49,18 @@ func (w *Wheel[T]) Run(stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
 // recode turns to the Sharded handles. It drains every wheel up to now,
 // then sleeps until the earliest tick any of them needs.
 func drive[T any](shards []*Wheel[T], recode func(*Batch[T], uint32), stop <-chan struct{}, out chan<- *Batch[T]) *Batch[T] {
+	// Both timers are armed for each sleep and the first to fire wakes
+	// the driver: the timerfd in an idle process (the time.Timer would be
+	// up to 1 ms late), the time.Timer in a busy one (the runtime checks
+	// timers at every scheduling point, but polls the timerfd's readiness
+	// only when a P has nothing else to run, or every 10 ms).
 	timer := time.NewTimer(maxSleep)
 	defer timer.Stop()
-	timerC, reset, disarm := timer.C, func(d time.Duration) { timer.Reset(d) }, func() { timer.Stop() }
-	if pt := newPreciseTimer(); pt != nil {
+	pt := newPreciseTimer()
+	var ptC chan time.Time // nil without a timerfd: never ready
+	if pt != nil {
 		defer pt.close()
-		timer.Stop()
-		timerC, reset, disarm = pt.C, pt.reset, pt.stop
+		ptC = pt.C
 	}
 	first := shards[0]
 	for {
@@ -69,7 +74,10 @@ func drive[T any](shards []*Wheel[T], recode func(*Batch[T], uint32), stop <-cha
 		}
 		d, ok := plan(shards)
 		if sleep := first.sleepFor(d, ok); sleep > 0 {
-			reset(sleep)
+			timer.Reset(sleep)
+			if pt != nil {
+				pt.reset(sleep)
+			}
 			select {
 			case <-stop:
 				for _, sh := range shards {
@@ -78,10 +86,14 @@ func drive[T any](shards []*Wheel[T], recode func(*Batch[T], uint32), stop <-cha
 					sh.mu.Unlock()
 				}
 				return nil
-			case <-timerC: // with a timerfd, maybe stale: deliver and plan re-check
+			case <-timer.C:
+			case <-ptC: // maybe stale: deliver and plan re-check the time
 			case <-first.wake:
 			}
-			disarm()
+			timer.Stop()
+			if pt != nil {
+				pt.stop()
+			}
 		}
 	}
 }
