@@ -136,38 +136,21 @@ func idOwnedBy(k, n int, prefix string, seq *atomic.Int64) string {
 // least once and never early; cancelled ones and deduplicated repeats do
 // not.
 func TestClusterThreeInstances(t *testing.T) {
-	lTCP, lHTTP := startTestLookupd(t)
+	l := nsqdnodetest.StartLookupd(t)
+	lHTTP := l.HTTPAddr
 	var nodes []*nsqdnode.Node
 	for range 2 {
-		n := nsqdnodetest.Start(t, nsqdnode.Config{LookupdTCPAddresses: []string{lTCP}, BroadcastAddress: "127.0.0.1"})
+		n := l.StartNSQD(t, "")
 		nodes = append(nodes, n)
 		// The topic and channel exist before anything is published.
-		for _, pq := range []string{"/topic/create?topic=clu", "/channel/create?topic=clu&channel=c"} {
-			resp, err := http.Post("http://"+n.HTTPAddr+pq, "", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode != 200 {
-				t.Fatalf("nsqd %s: %d", pq, resp.StatusCode)
-			}
-		}
+		nsqdnodetest.CreateTopic(t, n, "clu", "c")
 	}
 	for _, n := range nodes {
-		waitUntil(t, 10*time.Second, "nsqlookupd listing an nsqd", func() bool { return lookupdLists(t, lHTTP, n.TCPAddr) })
+		waitUntil(t, 10*time.Second, "nsqlookupd listing an nsqd", func() bool { return l.Lists(t, n.TCPAddr) })
 	}
 
 	waitUntil(t, 10*time.Second, "nsqlookupd listing topic clu on both nsqds", func() bool {
-		resp, err := http.Get("http://" + lHTTP + "/lookup?topic=clu")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		var lr struct {
-			Producers []json.RawMessage `json:"producers"`
-		}
-		return json.Unmarshal(b, &lr) == nil && len(lr.Producers) == 2
+		return l.TopicProducers("clu") == 2
 	})
 
 	// The consumer.

@@ -1,84 +1,13 @@
 package deferd
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
-	"log"
-	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nsqio/nsq/nsqlookupd"
-
-	"github.com/deferd/deferd/internal/nsqdnode"
 	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
-
-// startTestLookupd starts a real nsqlookupd on free loopback ports, stopped
-// by t.Cleanup (start it before the nsqds that register with it). It
-// returns its TCP and HTTP addresses.
-func startTestLookupd(t *testing.T) (tcpAddr, httpAddr string) {
-	t.Helper()
-	o := nsqlookupd.NewOptions()
-	o.TCPAddress = "127.0.0.1:0"
-	o.HTTPAddress = "127.0.0.1:0"
-	o.BroadcastAddress = "127.0.0.1"
-	o.Logger = log.New(io.Discard, "", 0)
-	if err := o.LogLevel.Set("warn"); err != nil {
-		t.Fatal(err)
-	}
-	l, err := nsqlookupd.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		l.Main()
-	}()
-	httpAddr = l.RealHTTPAddr().String()
-	// An Exit before Main started its servers would race with it.
-	waitUntil(t, 10*time.Second, "nsqlookupd /ping", func() bool {
-		resp, err := http.Get("http://" + httpAddr + "/ping")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	t.Cleanup(func() {
-		l.Exit()
-		<-done
-	})
-	return l.RealTCPAddr().String(), httpAddr
-}
-
-// lookupdLists reports whether nsqlookupd's /nodes lists tcpAddr.
-func lookupdLists(t *testing.T, httpAddr, tcpAddr string) bool {
-	resp, err := http.Get("http://" + httpAddr + "/nodes")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var nr struct {
-		Producers []struct {
-			BroadcastAddress string `json:"broadcast_address"`
-			TCPPort          int    `json:"tcp_port"`
-		} `json:"producers"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&nr); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range nr.Producers {
-		if p.BroadcastAddress+":"+strconv.Itoa(p.TCPPort) == tcpAddr {
-			return true
-		}
-	}
-	return false
-}
 
 func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -103,12 +32,12 @@ func egressAddrs(s *Scheduler) []string {
 // and delayed, to the nsqd that nsqlookupd lists, and to one that
 // registers later once a poll found it.
 func TestLookupdHTTPAddresses(t *testing.T) {
-	lTCP, lHTTP := startTestLookupd(t)
-	a := nsqdnodetest.Start(t, nsqdnode.Config{LookupdTCPAddresses: []string{lTCP}, BroadcastAddress: "127.0.0.1"})
-	waitUntil(t, 10*time.Second, "nsqlookupd listing nsqd a", func() bool { return lookupdLists(t, lHTTP, a.TCPAddr) })
+	l := nsqdnodetest.StartLookupd(t)
+	a := l.StartNSQD(t, "")
+	waitUntil(t, 10*time.Second, "nsqlookupd listing nsqd a", func() bool { return l.Lists(t, a.TCPAddr) })
 
 	opts := testOptions(t.TempDir())
-	opts.LookupdHTTPAddresses = []string{lHTTP}
+	opts.LookupdHTTPAddresses = []string{l.HTTPAddr}
 	opts.LookupdPollInterval = 100 * time.Millisecond
 	opts.Logf = t.Logf
 	s, err := New(opts)
@@ -140,7 +69,7 @@ func TestLookupdHTTPAddresses(t *testing.T) {
 	}
 
 	// b registers mid-run: the next poll adds it, and it takes batches.
-	b := nsqdnodetest.Start(t, nsqdnode.Config{LookupdTCPAddresses: []string{lTCP}, BroadcastAddress: "127.0.0.1"})
+	b := l.StartNSQD(t, "")
 	colB := consume(t, b.TCPAddr, topic)
 	waitUntil(t, 10*time.Second, "egress to list nsqd b", func() bool {
 		return strings.Contains(strings.Join(egressAddrs(s), ","), b.TCPAddr)

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -18,134 +16,17 @@ import (
 	"time"
 
 	"github.com/nsqio/go-nsq"
-	"github.com/nsqio/nsq/nsqlookupd"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
 	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
 )
 
-// testLookupd is a real in-process nsqlookupd on free loopback ports.
-type testLookupd struct {
-	TCPAddr, HTTPAddr string
-	l                 *nsqlookupd.NSQLookupd
-}
-
-// startLookupd starts an nsqlookupd that t.Cleanup stops. Start it before
-// the nsqds that register with it, so that it is stopped after them.
-func startLookupd(t *testing.T) *testLookupd {
-	t.Helper()
-	o := nsqlookupd.NewOptions()
-	o.TCPAddress = "127.0.0.1:0"
-	o.HTTPAddress = "127.0.0.1:0"
-	o.BroadcastAddress = "127.0.0.1"
-	o.Logger = log.New(io.Discard, "", 0)
-	if err := o.LogLevel.Set("warn"); err != nil {
-		t.Fatal(err)
-	}
-	l, err := nsqlookupd.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := l.Main(); err != nil {
-			t.Logf("nsqlookupd: %v", err)
-		}
-	}()
-	tl := &testLookupd{TCPAddr: l.RealTCPAddr().String(), HTTPAddr: l.RealHTTPAddr().String(), l: l}
-	// Exit before Main started its servers would race with it (as nsqd's):
-	// wait until it answers.
-	waitFor(t, 10*time.Second, "nsqlookupd /ping", func() bool {
-		resp, err := http.Get("http://" + tl.HTTPAddr + "/ping")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	t.Cleanup(func() {
-		l.Exit()
-		<-done
-	})
-	return tl
-}
-
-// nodes returns the broadcast_address:tcp_port of what /nodes lists, sorted.
-func (l *testLookupd) nodes(t *testing.T) []string {
-	t.Helper()
-	resp, err := http.Get("http://" + l.HTTPAddr + "/nodes")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var nr nodesResponse
-	if err := json.NewDecoder(resp.Body).Decode(&nr); err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, p := range nr.Producers {
-		out = append(out, p.BroadcastAddress+":"+strconv.Itoa(p.TCPPort))
-	}
-	slices.Sort(out)
-	return out
-}
-
-// forget does what nsqlookupd does when an nsqd's connection to it
-// closes: it unregisters the nsqd at tcpAddr (found by its id in
-// /debug). An in-process nsqd needs this after Exit: nsqd v1.3.0's Exit
-// leaves its connection to nsqlookupd open (lookupLoop does not close its
-// peers), which the end of a real nsqd process closes.
-func (l *testLookupd) forget(t *testing.T, tcpAddr string) {
-	t.Helper()
-	resp, err := http.Get("http://" + l.HTTPAddr + "/debug")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var debug map[string][]struct {
-		ID               string `json:"id"`
-		BroadcastAddress string `json:"broadcast_address"`
-		TCPPort          int    `json:"tcp_port"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&debug); err != nil {
-		t.Fatal(err)
-	}
-	ids := make(map[string]bool)
-	for _, ps := range debug {
-		for _, p := range ps {
-			if p.BroadcastAddress+":"+strconv.Itoa(p.TCPPort) == tcpAddr {
-				ids[p.ID] = true
-			}
-		}
-	}
-	if len(ids) == 0 {
-		t.Fatalf("nsqlookupd does not know %s", tcpAddr)
-	}
-	for id := range ids {
-		for _, r := range l.l.DB.LookupRegistrations(id) {
-			l.l.DB.RemoveProducer(r, id)
-		}
-	}
-}
-
-// waitNodes waits until /nodes lists exactly want.
-func (l *testLookupd) waitNodes(t *testing.T, want ...string) {
+// waitNodes waits until l's /nodes lists exactly want.
+func waitNodes(t *testing.T, l *nsqdnodetest.Lookupd, want ...string) {
 	t.Helper()
 	want = slices.Sorted(slices.Values(want))
 	waitFor(t, 10*time.Second, fmt.Sprintf("nsqlookupd listing %v", want), func() bool {
-		return slices.Equal(l.nodes(t), want)
-	})
-}
-
-// startRegistered starts an nsqd that registers with the nsqlookupd at
-// lookupdTCP, broadcasting 127.0.0.1, with its data in dir ("": a temp dir).
-func startRegistered(t *testing.T, lookupdTCP, dir string) *nsqdnode.Node {
-	t.Helper()
-	return nsqdnodetest.Start(t, nsqdnode.Config{
-		DataPath:            dir,
-		LookupdTCPAddresses: []string{lookupdTCP},
-		BroadcastAddress:    "127.0.0.1",
+		return slices.Equal(l.Nodes(t), want)
 	})
 }
 
@@ -300,11 +181,11 @@ func waitAcked(t *testing.T, col *collector, topic string, acked [][]byte, withi
 // Egress finds two nsqds through one nsqlookupd (no static address) and
 // spreads batches over both, each body delivered exactly once.
 func TestLookupdDiscoversAndSpreads(t *testing.T) {
-	l := startLookupd(t)
-	a := startRegistered(t, l.TCPAddr, "")
-	b := startRegistered(t, l.TCPAddr, "")
+	l := nsqdnodetest.StartLookupd(t)
+	a := l.StartNSQD(t, "")
+	b := l.StartNSQD(t, "")
 	// /nodes lists an nsqd as soon as it registered, before it has a topic.
-	l.waitNodes(t, a.TCPAddr, b.TCPAddr)
+	waitNodes(t, l, a.TCPAddr, b.TCPAddr)
 
 	p := newTestPublisher(t, Options{
 		LookupdHTTPAddrs:    []string{l.HTTPAddr},
@@ -370,11 +251,11 @@ func TestLookupdDiscoversAndSpreads(t *testing.T) {
 // acknowledged is lost: every acknowledged body reaches a consumer (those
 // the stopped nsqd persisted at its exit, after it restarts on its data).
 func TestLookupdJoinAndStop(t *testing.T) {
-	l := startLookupd(t)
-	a := startRegistered(t, l.TCPAddr, "")
+	l := nsqdnodetest.StartLookupd(t)
+	a := l.StartNSQD(t, "")
 	bDir := t.TempDir()
-	b := startRegistered(t, l.TCPAddr, bDir)
-	l.waitNodes(t, a.TCPAddr, b.TCPAddr)
+	b := l.StartNSQD(t, bDir)
+	waitNodes(t, l, a.TCPAddr, b.TCPAddr)
 
 	const topic = "churn"
 	col := &collector{got: make(map[string]int)}
@@ -393,7 +274,7 @@ func TestLookupdJoinAndStop(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 
 	// Join: c registers; the next poll gives it connections and batches.
-	c := startRegistered(t, l.TCPAddr, "")
+	c := l.StartNSQD(t, "")
 	consumeInto(t, col, c.TCPAddr, topic)
 	joined := time.Now()
 	waitFor(t, 5*time.Second, "batches to the nsqd that joined", func() bool {
@@ -405,7 +286,7 @@ func TestLookupdJoinAndStop(t *testing.T) {
 	// it, the next poll drains it.
 	stopB()
 	b.Exit()
-	l.forget(t, b.TCPAddr)
+	l.Forget(t, b.TCPAddr)
 	waitFor(t, 10*time.Second, "the stopped nsqd removed from Stats", func() bool {
 		_, ok := statsByAddr(p)[b.TCPAddr]
 		return !ok
@@ -439,11 +320,11 @@ func TestLookupdJoinAndStop(t *testing.T) {
 // an address in both is one nsqd, and a static nsqd is never removed by
 // discovery, even once nsqlookupd stops listing it.
 func TestLookupdMergesStatic(t *testing.T) {
-	l := startLookupd(t)
+	l := nsqdnodetest.StartLookupd(t)
 	a := nsqdnodetest.Start(t, nsqdnode.Config{}) // static only
-	b := startRegistered(t, l.TCPAddr, "")        // discovered only
-	c := startRegistered(t, l.TCPAddr, "")        // both
-	l.waitNodes(t, b.TCPAddr, c.TCPAddr)
+	b := l.StartNSQD(t, "")                       // discovered only
+	c := l.StartNSQD(t, "")                       // both
+	waitNodes(t, l, b.TCPAddr, c.TCPAddr)
 
 	p := newTestPublisher(t, Options{
 		Addrs:               []string{a.TCPAddr, c.TCPAddr},
@@ -486,8 +367,8 @@ func TestLookupdMergesStatic(t *testing.T) {
 	// c leaves nsqlookupd; it stays (static), marked down once tried.
 	stopC()
 	c.Exit()
-	l.forget(t, c.TCPAddr)
-	l.waitNodes(t, b.TCPAddr)
+	l.Forget(t, c.TCPAddr)
+	waitNodes(t, l, b.TCPAddr)
 	time.Sleep(200 * time.Millisecond)
 	s, ok := statsByAddr(p)[c.TCPAddr]
 	if !ok || s.Draining {

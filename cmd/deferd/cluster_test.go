@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
-	"log"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	"github.com/nsqio/go-nsq"
-	"github.com/nsqio/nsq/nsqlookupd"
 
 	"github.com/deferd/deferd/internal/nsqdnode"
 	"github.com/deferd/deferd/internal/nsqdnode/nsqdnodetest"
@@ -29,46 +27,6 @@ func k9Shard(id string) int {
 	h := fnv.New32a()
 	h.Write([]byte(id))
 	return int(h.Sum32() % 256)
-}
-
-// k9Lookupd starts an in-process nsqlookupd v1.3.0 on free loopback ports,
-// stopped by t.Cleanup (start it before the nsqds that register with it).
-func k9Lookupd(t *testing.T) (tcpAddr, httpAddr string) {
-	t.Helper()
-	o := nsqlookupd.NewOptions()
-	o.TCPAddress = "127.0.0.1:0"
-	o.HTTPAddress = "127.0.0.1:0"
-	o.BroadcastAddress = "127.0.0.1"
-	o.Logger = log.New(io.Discard, "", 0)
-	if err := o.LogLevel.Set("warn"); err != nil {
-		t.Fatal(err)
-	}
-	l, err := nsqlookupd.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := l.Main(); err != nil {
-			t.Logf("nsqlookupd: %v", err)
-		}
-	}()
-	httpAddr = l.RealHTTPAddr().String()
-	// An Exit before Main started its servers would race with it.
-	k9WaitUntil(t, 10*time.Second, "nsqlookupd /ping", func() bool {
-		resp, err := http.Get("http://" + httpAddr + "/ping")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	t.Cleanup(func() {
-		l.Exit()
-		<-done
-	})
-	return l.RealTCPAddr().String(), httpAddr
 }
 
 func k9WaitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
@@ -135,34 +93,18 @@ func TestClusterKill9(t *testing.T) {
 	bin := buildDeferd(t)
 	const topic = "k9"
 
-	lTCP, lHTTP := k9Lookupd(t)
+	l := nsqdnodetest.StartLookupd(t)
+	lHTTP := l.HTTPAddr
 	var nodes []*nsqdnode.Node
 	for range 2 {
-		n := nsqdnodetest.Start(t, nsqdnode.Config{LookupdTCPAddresses: []string{lTCP}, BroadcastAddress: "127.0.0.1"})
+		n := l.StartNSQD(t, "")
 		nodes = append(nodes, n)
 		// The topic and channel exist before anything is published, so
 		// nsqlookupd lists both nsqds for the consumer.
-		for _, pq := range []string{"/topic/create?topic=" + topic, "/channel/create?topic=" + topic + "&channel=c"} {
-			resp, err := http.Post("http://"+n.HTTPAddr+pq, "", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode != 200 {
-				t.Fatalf("nsqd %s: %d", pq, resp.StatusCode)
-			}
-		}
+		nsqdnodetest.CreateTopic(t, n, topic, "c")
 	}
 	k9WaitUntil(t, 10*time.Second, "nsqlookupd listing topic "+topic+" on both nsqds", func() bool {
-		resp, err := http.Get("http://" + lHTTP + "/lookup?topic=" + topic)
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		var lr struct {
-			Producers []json.RawMessage `json:"producers"`
-		}
-		return json.NewDecoder(resp.Body).Decode(&lr) == nil && len(lr.Producers) == 2
+		return l.TopicProducers(topic) == 2
 	})
 
 	// The consumer, through nsqlookupd.
