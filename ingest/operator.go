@@ -36,6 +36,26 @@ func (s *Server) operator() OperatorBackend {
 	return ob
 }
 
+// operatorStart is the start of GET /message, GET /pending and POST
+// /reschedule: 404 NOT_FOUND without an operator backend, else the query
+// parsed into a request state (its errors answered). A nil st: the answer
+// is written and the handler returns; otherwise the handler defers
+// s.finish(ctx, st).
+func (s *Server) operatorStart(ctx *fasthttp.RequestCtx) (ob OperatorBackend, st *reqState) {
+	ob = s.operator()
+	if ob == nil {
+		s.writeError(ctx, errNotFound)
+		return nil, nil
+	}
+	st = getState()
+	if e := st.parseQuery(ctx); e != nil {
+		s.writeError(ctx, e)
+		s.finish(ctx, st)
+		return nil, nil
+	}
+	return ob, st
+}
+
 // ref reads id= or key= (one of them) from st.args.
 func (st *reqState) ref() (id, key string, e *Error) {
 	hasID, hasKey := st.args.Has("id"), st.args.Has("key")
@@ -58,17 +78,11 @@ func (st *reqState) ref() (id, key string, e *Error) {
 
 // message is GET /message?id=ID|key=K[&body=true].
 func (s *Server) message(ctx *fasthttp.RequestCtx) {
-	ob := s.operator()
-	if ob == nil {
-		s.writeError(ctx, errNotFound)
+	ob, st := s.operatorStart(ctx)
+	if st == nil {
 		return
 	}
-	st := getState()
 	defer s.finish(ctx, st)
-	if e := st.parseQuery(ctx); e != nil {
-		s.writeError(ctx, e)
-		return
-	}
 	id, key, e := st.ref()
 	if e != nil {
 		s.writeError(ctx, e)
@@ -93,17 +107,11 @@ func (s *Server) message(ctx *fasthttp.RequestCtx) {
 
 // pending is GET /pending?[topic=T][&limit=N][&after=CURSOR].
 func (s *Server) pending(ctx *fasthttp.RequestCtx) {
-	ob := s.operator()
-	if ob == nil {
-		s.writeError(ctx, errNotFound)
+	ob, st := s.operatorStart(ctx)
+	if st == nil {
 		return
 	}
-	st := getState()
 	defer s.finish(ctx, st)
-	if e := st.parseQuery(ctx); e != nil {
-		s.writeError(ctx, e)
-		return
-	}
 	topic := ""
 	if st.args.Has("topic") {
 		t := st.args.Peek("topic")
@@ -132,17 +140,11 @@ func (s *Server) pending(ctx *fasthttp.RequestCtx) {
 
 // reschedule is POST /reschedule?id=ID|key=K&defer=MS|at=UNIX_MS.
 func (s *Server) reschedule(ctx *fasthttp.RequestCtx) {
-	ob := s.operator()
-	if ob == nil {
-		s.writeError(ctx, errNotFound)
+	ob, st := s.operatorStart(ctx)
+	if st == nil {
 		return
 	}
-	st := getState()
 	defer s.finish(ctx, st)
-	if e := st.parseQuery(ctx); e != nil {
-		s.writeError(ctx, e)
-		return
-	}
 	id, key, e := st.ref()
 	if e != nil {
 		s.writeError(ctx, e)
