@@ -44,18 +44,7 @@ func newCollector(t *testing.T, addrs []string, topics ...string) *collector {
 		cfg := nsq.NewConfig()
 		cfg.MaxInFlight = 1000
 		cfg.LookupdPollInterval = time.Second
-		cons, err := nsq.NewConsumer(topic, "test", cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cons.SetLogger(nsqLogger{logf: t.Logf, addr: "consumer"}, nsq.LogLevelError)
-		cons.AddConcurrentHandlers(nsq.HandlerFunc(func(m *nsq.Message) error {
-			c.mu.Lock()
-			c.got[topic+"\x00"+string(m.Body)]++
-			c.total++
-			c.mu.Unlock()
-			return nil
-		}), 4)
+		cons := c.consumer(t, topic, cfg)
 		if err := cons.ConnectToNSQDs(addrs); err != nil {
 			t.Fatal(err)
 		}
@@ -66,6 +55,26 @@ func newCollector(t *testing.T, addrs []string, topics ...string) *collector {
 		})
 	}
 	return c
+}
+
+// consumer is a go-nsq Consumer of topic (channel "test", 4 handlers)
+// configured by cfg that counts each body it takes in c; the caller
+// connects and stops it.
+func (c *collector) consumer(t *testing.T, topic string, cfg *nsq.Config) *nsq.Consumer {
+	t.Helper()
+	cons, err := nsq.NewConsumer(topic, "test", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons.SetLogger(nsqLogger{logf: t.Logf, addr: "consumer"}, nsq.LogLevelError)
+	cons.AddConcurrentHandlers(nsq.HandlerFunc(func(m *nsq.Message) error {
+		c.mu.Lock()
+		c.got[topic+"\x00"+string(m.Body)]++
+		c.total++
+		c.mu.Unlock()
+		return nil
+	}), 4)
+	return cons
 }
 
 // waitTotal waits until at least n messages arrived, then a little longer so

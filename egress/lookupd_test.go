@@ -73,18 +73,7 @@ func consumeInto(t *testing.T, c *collector, addr, topic string) (stop func()) {
 	t.Helper()
 	cfg := nsq.NewConfig()
 	cfg.MaxInFlight = 1000
-	cons, err := nsq.NewConsumer(topic, "test", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons.SetLogger(nsqLogger{logf: t.Logf, addr: "consumer"}, nsq.LogLevelError)
-	cons.AddConcurrentHandlers(nsq.HandlerFunc(func(m *nsq.Message) error {
-		c.mu.Lock()
-		c.got[topic+"\x00"+string(m.Body)]++
-		c.total++
-		c.mu.Unlock()
-		return nil
-	}), 4)
+	cons := c.consumer(t, topic, cfg)
 	if err := cons.ConnectToNSQD(addr); err != nil {
 		t.Fatal(err)
 	}
