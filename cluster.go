@@ -505,19 +505,12 @@ func (s *Scheduler) readMessage(ref Ref) (journal.Message, error) {
 	}
 	defer s.leave()
 	for try := 0; ; try++ {
-		f, err := s.ix.find(ref)
+		_, m, again, err := s.readPending(ref, try)
+		if again {
+			continue // moved meanwhile
+		}
 		if err != nil {
 			return journal.Message{}, err
-		}
-		if !f.inWheel || f.p.Len == 0 {
-			return journal.Message{}, ErrInFlight
-		}
-		m, _, err := s.j.Read(f.p, nil)
-		if err != nil {
-			if try < 3 {
-				continue // moved meanwhile
-			}
-			return journal.Message{}, fmt.Errorf("%w: %w", ErrJournalUnavailable, err)
 		}
 		return m, nil
 	}

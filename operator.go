@@ -216,19 +216,12 @@ func (s *Scheduler) Reschedule(ref Ref, due time.Time) error {
 	}
 	defer s.leave()
 	for try := 0; ; try++ {
-		f, err := s.ix.find(ref)
+		f, m, again, err := s.readPending(ref, try)
+		if again {
+			continue
+		}
 		if err != nil {
 			return err
-		}
-		if !f.inWheel {
-			return ErrInFlight
-		}
-		m, _, err := s.j.Read(f.p, nil)
-		if err != nil {
-			if try < 3 {
-				continue
-			}
-			return fmt.Errorf("%w: %w", ErrJournalUnavailable, err)
 		}
 		mv, ok := s.ix.moveOut(f.p, m.ID)
 		if !ok {
@@ -255,6 +248,29 @@ func (s *Scheduler) Reschedule(ref Ref, due time.Time) error {
 	}
 }
 
+// readPending finds the message ref names, waiting in the wheel, and
+// reads its record: ErrNotFound (or find's other errors) if none is
+// pending, ErrInFlight if a publish task holds it, ErrJournalUnavailable
+// (wrapped) if the read failed on the last try. again: the read failed
+// and try < 3 (moved meanwhile: look again).
+func (s *Scheduler) readPending(ref Ref, try int) (f found, m journal.Message, again bool, err error) {
+	f, err = s.ix.find(ref)
+	if err != nil {
+		return f, m, false, err
+	}
+	if !f.inWheel || f.p.Len == 0 {
+		return f, m, false, ErrInFlight
+	}
+	m, _, err = s.j.Read(f.p, nil)
+	if err != nil {
+		if try < 3 {
+			return f, m, true, nil
+		}
+		return f, m, false, fmt.Errorf("%w: %w", ErrJournalUnavailable, err)
+	}
+	return f, m, false, nil
+}
+
 // CancelRef is Cancel of the message ref names, by id or by Key, with
 // Cancel's results. By key it reads the message's record first (its id
 // and topic). Safe for concurrent use.
@@ -267,19 +283,12 @@ func (s *Scheduler) CancelRef(ref Ref) error {
 	}
 	defer s.leave()
 	for try := 0; ; try++ {
-		f, err := s.ix.find(ref)
+		f, m, again, err := s.readPending(ref, try)
+		if again {
+			continue
+		}
 		if err != nil {
 			return err
-		}
-		if !f.inWheel {
-			return ErrInFlight
-		}
-		m, _, err := s.j.Read(f.p, nil)
-		if err != nil {
-			if try < 3 {
-				continue
-			}
-			return fmt.Errorf("%w: %w", ErrJournalUnavailable, err)
 		}
 		p, err := s.ix.removeAt(ref.Key, f.p, m.ID, m.Topic)
 		if errors.Is(err, errMoved) {
