@@ -153,19 +153,7 @@ func (s *Scheduler) clusterListen(b *httpBackend, ln net.Listener) (ingest.Backe
 		}
 	}
 	d := cluster.NewDemux(ln, c.m.Fingerprint(), s.opts.HTTPHeaderTimeout, s.logf)
-	peerSrv, err := ingest.NewServer(ingest.Options{
-		Addr:                 s.opts.HTTPAddress,
-		MaxMsgSize:           s.opts.MaxMsgSize,
-		MaxBodySize:          s.opts.MaxBodySize,
-		MaxDefer:             s.opts.MaxDefer,
-		Logf:                 s.logf,
-		MaxConns:             s.opts.HTTPMaxConns,
-		HeaderTimeout:        s.opts.HTTPHeaderTimeout,
-		BodyTimeout:          s.opts.HTTPBodyTimeout,
-		IdleTimeout:          s.opts.HTTPIdleTimeout,
-		MaxInflightBodyBytes: s.opts.MaxInflightBodyBytes,
-		Listener:             d.Peer(),
-	}, b)
+	peerSrv, err := ingest.NewServer(s.httpServerOptions(d.Peer()), b)
 	if err != nil {
 		d.Public().Close()
 		return nil, nil, err

@@ -35,20 +35,9 @@ func (s *Scheduler) ListenHTTP() (*ingest.Server, error) {
 		}
 		return nil, err
 	}
-	srv, err := ingest.NewServer(ingest.Options{
-		Addr:                 s.opts.HTTPAddress,
-		MaxMsgSize:           s.opts.MaxMsgSize,
-		MaxBodySize:          s.opts.MaxBodySize,
-		MaxDefer:             s.opts.MaxDefer,
-		Logf:                 s.logf,
-		MaxConns:             s.opts.HTTPMaxConns,
-		HeaderTimeout:        s.opts.HTTPHeaderTimeout,
-		BodyTimeout:          s.opts.HTTPBodyTimeout,
-		IdleTimeout:          s.opts.HTTPIdleTimeout,
-		MaxInflightBodyBytes: s.opts.MaxInflightBodyBytes,
-		Listener:             ln,
-		UI:                   s.opts.UI,
-	}, backend)
+	o := s.httpServerOptions(ln)
+	o.UI = s.opts.UI
+	srv, err := ingest.NewServer(o, backend)
 	if err != nil {
 		if ln != nil {
 			ln.Close()
@@ -130,4 +119,23 @@ func (s *Scheduler) ingestStats() map[string]ingest.IngestStats {
 		m[l.protocol] = m[l.protocol].Add(l.stats())
 	}
 	return m
+}
+
+// httpServerOptions is what an HTTP ingest server of s is given, on ln:
+// the limits of Options (the public listener adds UI; the cluster's peer
+// listener has none).
+func (s *Scheduler) httpServerOptions(ln net.Listener) ingest.Options {
+	return ingest.Options{
+		Addr:                 s.opts.HTTPAddress,
+		MaxMsgSize:           s.opts.MaxMsgSize,
+		MaxBodySize:          s.opts.MaxBodySize,
+		MaxDefer:             s.opts.MaxDefer,
+		Logf:                 s.logf,
+		MaxConns:             s.opts.HTTPMaxConns,
+		HeaderTimeout:        s.opts.HTTPHeaderTimeout,
+		BodyTimeout:          s.opts.HTTPBodyTimeout,
+		IdleTimeout:          s.opts.HTTPIdleTimeout,
+		MaxInflightBodyBytes: s.opts.MaxInflightBodyBytes,
+		Listener:             ln,
+	}
 }
