@@ -28,7 +28,9 @@ import (
 //     return of its Publish): the sink's round trip, go-nsq's goroutines
 //     included, and the tries of that batch that failed before it.
 //
-// A message's three stages add up to its lateness (publish OK minus due).
+// A message's three stages add up to its batch's OK minus its due time:
+// its lateness, except that the total of a message in an earlier batch of
+// a sink call of several counts until the call returned.
 const (
 	stageWheelToTask = iota
 	stageTaskToMPUB
@@ -213,9 +215,9 @@ func (st *stages) recordStages(start, call, now time.Time, msgs []msgRef, bs []b
 }
 
 // LatenessStages breaks Lateness down for the messages published through
-// the wheel (see Lateness.Stages); each stage's figures are over messages,
-// so the stages of one message add up to its lateness, but percentiles do
-// not add up.
+// the wheel (see Lateness.Stages); each stage's figures are over messages:
+// the stages of one message add up (to its batch's OK minus its due
+// time), their percentiles do not.
 type LatenessStages struct {
 	// WheelToTask is due time to the start of the publish task: the tick,
 	// the wheel driver's wake-up and the wait for a pool worker.
