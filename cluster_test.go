@@ -102,6 +102,9 @@ func (c *clusterInst) stop() {
 	c.srv.ShutdownWithin(10 * time.Millisecond)
 	<-c.done
 	c.s.Close(0)
+	// The client's keep-alive connections to it are dead now; a later
+	// instance may get the same port, and a POST reusing one reads EOF.
+	clusterHTTP.CloseIdleConnections()
 }
 
 var clusterHTTP = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
@@ -348,6 +351,10 @@ func TestClusterThreeInstances(t *testing.T) {
 	})
 
 	inst[2] = startInst(t, peers, peers[2], dirs[2], withLookupd)
+	// The test's client still holds keep-alive connections to the stopped
+	// process: a POST reusing one would read EOF (not retried, POST is not
+	// idempotent), as any client's would after a restart.
+	clusterHTTP.CloseIdleConnections()
 	load(500*time.Millisecond, []int{0, 1, 2})
 
 	// Everything acknowledged arrives.
