@@ -132,12 +132,19 @@ func Chart(path string, rs []Result, nsqdTake time.Duration) error {
 	if err != nil {
 		return err
 	}
+	return writePanels(path, panels, 11*vg.Centimeter)
+}
+
+// writePanels draws panels into one PNG at path, two to a row (one if
+// there is only one), each 15 cm wide and rowHeight high; with no panels
+// it writes nothing and returns ErrNoChartData.
+func writePanels(path string, panels []*plot.Plot, rowHeight vg.Length) error {
 	if len(panels) == 0 {
 		return ErrNoChartData
 	}
 	cols := min(2, len(panels))
 	rows := (len(panels) + cols - 1) / cols
-	w, h := vg.Length(cols)*15*vg.Centimeter, vg.Length(rows)*11*vg.Centimeter
+	w, h := vg.Length(cols)*15*vg.Centimeter, vg.Length(rows)*rowHeight
 	img := vgimg.NewWith(vgimg.UseWH(w, h), vgimg.UseDPI(110))
 	dc := draw.New(img)
 	tiles := draw.Tiles{Rows: rows, Cols: cols, PadX: vg.Millimeter * 6, PadY: vg.Millimeter * 6,

@@ -1,19 +1,10 @@
 package benchmarks
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/binary"
-	"encoding/json"
-	"errors"
-	"fmt"
 	"math"
 	"math/bits"
-	"net"
 	"sync"
 	"time"
-
-	"github.com/nsqio/go-nsq"
 )
 
 // LatHist is a lateness histogram in microseconds with buckets about 1.6%
@@ -104,126 +95,22 @@ type SoakConsumer struct {
 	dup, early uint64
 	minutes    []LatHist
 
-	conn net.Conn
-	done chan struct{}
-	err  error
+	*nsqSub // Err, Stop
 }
 
 // NewSoakConsumer subscribes to topic (channel "soak") for messages with
 // seq < n; minutes count from start. buffered is as Load.BufferedConsumer.
 func NewSoakConsumer(nsqdTCP, topic string, n int, buffered bool, start time.Time) (*SoakConsumer, error) {
-	c := &SoakConsumer{start: start, seen: make([]uint64, (n+63)/64), done: make(chan struct{})}
-	conn, err := net.DialTimeout("tcp", nsqdTCP, 5*time.Second)
+	c := &SoakConsumer{start: start, seen: make([]uint64, (n+63)/64)}
+	s, err := subscribe(nsqdTCP, topic, nsqSubConfig{
+		clientID: "deferd-soak", userAgent: "deferd-soak-consumer", channel: "soak",
+		buffered: buffered, readBuf: 1 << 20, errPrefix: "soak consumer",
+	}, c.record, &c.mu) // c.mu held over each read's frames
 	if err != nil {
 		return nil, err
 	}
-	ident := map[string]any{
-		"client_id": "deferd-soak", "hostname": "deferd-soak", "user_agent": "deferd-soak-consumer",
-		"feature_negotiation": true, "heartbeat_interval": 5000, "msg_timeout": 60000,
-		"output_buffer_size": -1, "output_buffer_timeout": -1,
-	}
-	if buffered {
-		ident["output_buffer_size"], ident["output_buffer_timeout"] = 16384, 250
-	}
-	br := bufio.NewReaderSize(conn, 1<<20)
-	bw := bufio.NewWriterSize(conn, 64<<10)
-	fail := func(err error) (*SoakConsumer, error) {
-		conn.Close()
-		return nil, fmt.Errorf("soak consumer: %w", err)
-	}
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := bw.Write(nsq.MagicV2); err != nil {
-		return fail(err)
-	}
-	idc, err := nsq.Identify(ident)
-	if err != nil {
-		return fail(err)
-	}
-	for _, cmd := range []*nsq.Command{idc, nsq.Subscribe(topic, "soak")} {
-		if _, err := cmd.WriteTo(bw); err != nil {
-			return fail(err)
-		}
-		if err := bw.Flush(); err != nil {
-			return fail(err)
-		}
-		typ, data, err := nsq.ReadUnpackedResponse(br)
-		if err != nil {
-			return fail(err)
-		}
-		if typ != nsq.FrameTypeResponse || !(bytes.Equal(data, []byte("OK")) || json.Valid(data)) {
-			return fail(fmt.Errorf("%s: nsqd answered %d %q", cmd.Name, typ, data))
-		}
-	}
-	if _, err := nsq.Ready(recorderInFlight).WriteTo(bw); err != nil {
-		return fail(err)
-	}
-	if err := bw.Flush(); err != nil {
-		return fail(err)
-	}
-	conn.SetDeadline(time.Time{})
-	c.conn = conn
-	buf := make([]byte, max(1<<20, br.Buffered()))
-	have, _ := br.Read(buf[:br.Buffered()])
-	go c.readLoop(buf, have, bw)
+	c.nsqSub = s
 	return c, nil
-}
-
-func (c *SoakConsumer) readLoop(buf []byte, n int, bw *bufio.Writer) {
-	defer close(c.done)
-	now := time.Now().UnixNano()
-	start := 0
-	for {
-		c.mu.Lock()
-		for n-start >= 8 {
-			size := int(binary.BigEndian.Uint32(buf[start:]))
-			if size < 4 || size > 64<<20 {
-				c.err = fmt.Errorf("bad frame size %d", size)
-				c.mu.Unlock()
-				return
-			}
-			if n-start < 4+size {
-				if 4+size > len(buf) {
-					nb := make([]byte, 4+size)
-					n = copy(nb, buf[start:n])
-					buf, start = nb, 0
-				}
-				break
-			}
-			typ := int32(binary.BigEndian.Uint32(buf[start+4:]))
-			body := buf[start+8 : start+4+size]
-			start += 4 + size
-			switch typ {
-			case nsq.FrameTypeMessage:
-				if len(body) < 26 {
-					c.err = errors.New("short message frame")
-					c.mu.Unlock()
-					return
-				}
-				c.record(body[26:], now)
-				bw.WriteString("FIN ")
-				bw.Write(body[10:26])
-				bw.WriteByte('\n')
-			case nsq.FrameTypeResponse:
-				if bytes.Equal(body, []byte("_heartbeat_")) {
-					nsq.Nop().WriteTo(bw)
-				}
-			}
-		}
-		c.mu.Unlock()
-		if err := bw.Flush(); err != nil {
-			c.err = err
-			return
-		}
-		n = copy(buf, buf[start:n])
-		start = 0
-		m, err := c.conn.Read(buf[n:])
-		now = time.Now().UnixNano()
-		n += m
-		if err != nil {
-			c.err = err
-			return
-		}
-	}
 }
 
 // record counts one body received at now (c.mu held).
@@ -280,20 +167,4 @@ func (c *SoakConsumer) Missing(accepted []uint64) uint64 {
 		n += uint64(bits.OnesCount64(a))
 	}
 	return n
-}
-
-// Err is why the connection ended before Stop (nil while it is up).
-func (c *SoakConsumer) Err() error {
-	select {
-	case <-c.done:
-		return c.err
-	default:
-		return nil
-	}
-}
-
-// Stop disconnects and waits for the read loop.
-func (c *SoakConsumer) Stop() {
-	c.conn.Close()
-	<-c.done
 }
