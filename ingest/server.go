@@ -172,6 +172,22 @@ const (
 	stateShut
 )
 
+// beginServe moves a server's state (guarded by mu) from stateNew to
+// stateServing for its Serve. serve is false if Serve must return at once:
+// with nil after Shutdown, with an error if Serve was called before.
+func beginServe(mu *sync.Mutex, state *int) (serve bool, err error) {
+	mu.Lock()
+	defer mu.Unlock()
+	switch *state {
+	case stateShut:
+		return false, nil
+	case stateServing:
+		return false, errors.New("ingest: Serve called twice")
+	}
+	*state = stateServing
+	return true, nil
+}
+
 // readBufferSize bounds a request's head (request line and headers).
 const readBufferSize = 16 << 10
 
@@ -299,17 +315,9 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 // Serve serves HTTP until Shutdown, then returns nil. It returns at once if
 // Shutdown came first.
 func (s *Server) Serve() error {
-	s.mu.Lock()
-	switch s.state {
-	case stateShut:
-		s.mu.Unlock()
-		return nil
-	case stateServing:
-		s.mu.Unlock()
-		return errors.New("ingest: Serve called twice")
+	if serve, err := beginServe(&s.mu, &s.state); !serve {
+		return err
 	}
-	s.state = stateServing
-	s.mu.Unlock()
 	err := s.srv.Serve(s.ln)
 	s.mu.Lock()
 	shut := s.state == stateShut

@@ -168,17 +168,9 @@ func (s *TCPServer) Metrics() *metrics.Set { return s.m.set }
 // good. Connections are served on their own goroutines, which Shutdown
 // waits for.
 func (s *TCPServer) Serve() error {
-	s.mu.Lock()
-	switch s.state {
-	case stateShut:
-		s.mu.Unlock()
-		return nil
-	case stateServing:
-		s.mu.Unlock()
-		return errors.New("ingest: Serve called twice")
+	if serve, err := beginServe(&s.mu, &s.state); !serve {
+		return err
 	}
-	s.state = stateServing
-	s.mu.Unlock()
 	defer close(s.served)
 	var backoff time.Duration
 	for {
