@@ -21,6 +21,11 @@ type TCPOptions struct {
 	MaxMsgSize  int64         // default 1 MiB (nsqd's --max-msg-size)
 	MaxBodySize int64         // default 5 MiB (nsqd's --max-body-size)
 	MaxDefer    time.Duration // longest DPUB (and MPUB) delay, default 365*24h (nsqd: --max-req-timeout, 1h)
+	// Listener, if set, is the bound listener to serve on instead of
+	// binding Addr, so a caller can bind before slow work (cmd/deferd:
+	// before the journal's replay). The TCPServer owns it from then on:
+	// Shutdown closes it.
+	Listener net.Listener
 	// HeartbeatInterval is a connection's heartbeat until its IDENTIFY
 	// sets another; default 30s (nsqd: --client-timeout/2). A connection
 	// is closed when no command starts within two intervals.
@@ -84,8 +89,9 @@ type TCPServer struct {
 	open     atomic.Int64
 }
 
-// NewTCPServer validates opts and binds the listener, so Addr is known
-// before Serve. It costs one listening socket.
+// NewTCPServer validates opts and binds the listener (or takes
+// opts.Listener), so Addr is known before Serve. It costs one listening
+// socket.
 func NewTCPServer(opts TCPOptions, b Backend) (*TCPServer, error) {
 	if b == nil {
 		return nil, errors.New("ingest: nil Backend")
@@ -93,9 +99,12 @@ func NewTCPServer(opts TCPOptions, b Backend) (*TCPServer, error) {
 	if err := opts.fill(); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", opts.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("ingest: %w", err)
+	ln := opts.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", opts.Addr); err != nil {
+			return nil, fmt.Errorf("ingest: %w", err)
+		}
 	}
 	s := &TCPServer{
 		b:          b,
