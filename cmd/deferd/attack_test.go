@@ -13,8 +13,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/deferd/deferd"
 )
 
 // vmRSS is the resident set of process pid in bytes (/proc/PID/status).
