@@ -12,45 +12,50 @@ import (
 // the bodies it holds on the heap: PoolSize x maxTaskBytes in all.
 const maxTaskBytes = 8 << 20
 
-// dispatch hands due buckets to the pool, split into tasks of at most
-// TaskSize messages and maxTaskBytes of records (but at least one). It
-// returns when the Scheduler stops.
+// dispatch hands due buckets to the pool (dispatchBatch). It returns
+// when the Scheduler stops.
 func (s *Scheduler) dispatch(out <-chan *wheel.Batch[ref]) {
 	for {
-		var b *wheel.Batch[ref]
 		select {
-		case b = <-out:
+		case b := <-out:
+			s.dispatchBatch(b, s.pool.Submit)
 		case <-s.stop:
 			return
 		}
-		items := b.Items
-		for len(items) > 0 {
-			k, size := 0, int64(0)
-			for k < len(items) && k < s.opts.TaskSize {
-				l := int64(items[k].Value.Len)
-				if k > 0 && size+l > maxTaskBytes {
-					break
-				}
-				size += l
-				k++
-			}
-			t := getTask()
-			t.items = append(t.items[:0], items[:k]...)
-			items = items[k:]
-			if err := s.pool.Submit(func() { s.publishTask(t) }); err != nil {
-				// The pool is closed: deferd is stopping. The messages stay
-				// live in the journal and go out after restart.
-				putTask(t)
-			}
-		}
-		b.Release()
 	}
+}
+
+// dispatchBatch hands due bucket b to submit (the pool's Submit; a test's
+// wrapper of it), split into tasks of at most TaskSize messages and
+// maxTaskBytes of records (but at least one), and releases b.
+func (s *Scheduler) dispatchBatch(b *wheel.Batch[ref], submit func(func()) error) {
+	items := b.Items
+	for len(items) > 0 {
+		k, size := 0, int64(0)
+		for k < len(items) && k < s.opts.TaskSize {
+			l := int64(items[k].Value.Len)
+			if k > 0 && size+l > maxTaskBytes {
+				break
+			}
+			size += l
+			k++
+		}
+		t := getTask()
+		t.items = append(t.items[:0], items[:k]...)
+		items = items[k:]
+		if err := submit(func() { s.publishTask(t) }); err != nil {
+			// The pool is closed: deferd is stopping. The messages stay
+			// live in the journal and go out after restart.
+			putTask(t)
+		}
+	}
+	b.Release()
 }
 
 // publishTask reads a bucket's bodies from the journal, hands them to the
 // sink per topic and marks what it took as published.
 func (s *Scheduler) publishTask(t *task) {
-	t.start = time.Now() // lateness stage wheel to task ends here
+	t.start = s.clk.now() // lateness stage wheel to task ends here
 	defer putTask(t)
 	defer func() {
 		if v := recover(); v != nil {
@@ -104,7 +109,7 @@ func (s *Scheduler) readTask(t *task) {
 func (s *Scheduler) deliverGroup(t *task, g *group) {
 	for sent := 0; sent < len(g.msgs); {
 		t.batches = t.batches[:0]
-		call := time.Now()
+		call := s.clk.now()
 		var taken int
 		var err error
 		if os, ok := s.sink.(observedSink); ok {
@@ -137,7 +142,7 @@ func (s *Scheduler) markPublished(t *task, topic string, msgs []msgRef, call tim
 	if len(msgs) == 0 {
 		return
 	}
-	now := time.Now()
+	now := s.clk.now()
 	s.lateness.stages.recordStages(t.start, call, now, msgs, t.batches)
 	nowMs := now.UnixMilli()
 	var bytes int64

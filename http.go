@@ -89,8 +89,10 @@ type listenerSet struct {
 	listeners   map[string]any
 	ingest      []ingestSource // every listener made, in order; under listenersMu
 
-	// httpListenerTaken: a ListenHTTP took Options.HTTPListener.
+	// httpListenerTaken: a ListenHTTP took Options.HTTPListener;
+	// tcpListenerTaken: a ListenTCP took Options.TCPListener.
 	httpListenerTaken bool
+	tcpListenerTaken  bool
 
 	// The cluster side (cluster.go), made by the first ListenHTTP with
 	// Options.ClusterPeers; cluster under listenersMu.

@@ -27,7 +27,8 @@ type ref = journal.Pos
 // (amortised, map and slab operations) unless it says otherwise. mu is
 // never held across I/O. The zero index is not usable: see newIndex.
 type index struct {
-	w *wheel.Wheel[ref]
+	w   *wheel.Wheel[ref]
+	clk clocks // the Scheduler's wall clock
 
 	mu sync.Mutex
 	// ids maps a client id to its pending message.
@@ -450,7 +451,7 @@ func (x *index) keysOf(ps []journal.Pos, dst []journal.Key) []journal.Key {
 //
 // topic is theirs, "" if unknown.
 func (x *index) requeue(due int64, items []wheel.Item[ref], msgs []msgRef, topic string) {
-	wall := time.Now().UnixNano()
+	wall := x.clk.nowNs()
 	retryMs := ceilMs(sat.Add(due, wall-x.w.Now())) // due on the wall clock
 	x.mu.Lock()
 	for _, r := range msgs {

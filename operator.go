@@ -203,7 +203,7 @@ func (s *Scheduler) Lookup(ref Ref, body bool) (MessageInfo, error) {
 // keeps its old due time); ErrClosed while closing. Cost: one read of its
 // record and one group commit. Safe for concurrent use.
 func (s *Scheduler) Reschedule(ref Ref, due time.Time) error {
-	now := time.Now()
+	now := s.clk.now()
 	dueMs := now.UnixMilli()
 	if !due.IsZero() && due.After(now) {
 		if due.Sub(now) > s.opts.MaxDefer {

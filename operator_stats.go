@@ -160,7 +160,7 @@ func (s *Scheduler) Due() DueReport {
 }
 
 func (s *Scheduler) computeDue() DueReport {
-	now := time.Now()
+	now := s.clk.now()
 	nowMs := now.UnixMilli()
 	var ps []journal.Pos
 	s.w.Sample(dueSample, rand.Uint64, func(p journal.Pos) { ps = append(ps, p) })

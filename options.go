@@ -167,6 +167,10 @@ type Options struct {
 
 	// Logf logs; nil means log.Printf.
 	Logf func(format string, args ...any)
+
+	// clock, if set (by tests only: export_test.go), is the wall clock and
+	// the wheel's, and New starts no wheel driver. nil: the real clocks.
+	clock testClock
 }
 
 // NewOptions returns Options with every default set: an embedded-nsqd-free

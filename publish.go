@@ -66,7 +66,7 @@ func (s *Scheduler) checkPub(p *Pub) (int64, error) {
 		}
 		total += int64(len(b))
 	}
-	now := time.Now()
+	now := s.clk.now()
 	d := p.Delay
 	if !p.At.IsZero() {
 		d = p.At.Sub(now)
@@ -94,7 +94,7 @@ func (s *Scheduler) publish(topic string, bodies [][]byte, dueMs int64, id strin
 		return nil
 	}
 	direct := false // bodies went to the sink first; what is left is journaled below
-	if s.opts.DirectPublish && id == "" && dueMs <= time.Now().UnixMilli() {
+	if s.opts.DirectPublish && id == "" && dueMs <= s.clk.nowMs() {
 		// The short path. Never early: the due time has passed. A client
 		// id takes the journal path, where ids are tracked.
 		taken := s.dq.publish(topic, bodies)
@@ -145,7 +145,7 @@ func (s *Scheduler) journalAndSchedule(topic string, bodies [][]byte, dueMs int6
 
 	b := getPubBuf(len(bodies))
 	defer putPubBuf(b)
-	acc := time.Now().UnixMilli()
+	acc := s.clk.nowMs()
 	for i, body := range bodies {
 		b.msgs[i] = journal.Message{ID: id, Topic: topic, Due: dueMs, Body: body, Accepted: acc}
 	}
@@ -180,7 +180,7 @@ var movedOverhead = int64(journal.RecordLen(&journal.Message{
 // publishedDirect counts n messages due at dueMs that the sink took
 // straight from Publish, and records their lateness.
 func (s *Scheduler) publishedDirect(n int, dueMs int64) {
-	late := time.Since(time.UnixMilli(dueMs)).Seconds()
+	late := s.clk.now().Sub(time.UnixMilli(dueMs)).Seconds()
 	for range n {
 		s.lateness.Update(late)
 	}

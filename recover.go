@@ -12,7 +12,7 @@ import (
 // the clocks once: per record it costs one wheel Add and a few slice and
 // map updates.
 func (x *index) replay(j *journal.Journal) (rep journal.Report, n, bytes int64, err error) {
-	wall := time.Now().UnixNano() // first: a pause before the wheel read makes messages late, not early
+	wall := x.clk.nowNs() // first: a pause before the wheel read makes messages late, not early
 	mono := x.w.Now()
 	var (
 		lastSeg = ^uint32(0)

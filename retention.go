@@ -81,7 +81,7 @@ func (x *index) retainedLocked(id string) bool {
 		return false
 	}
 	r, ok := x.retained[id]
-	return ok && time.Now().UnixMilli() < r.published+x.retention.Milliseconds()
+	return ok && x.clk.nowMs() < r.published+x.retention.Milliseconds()
 }
 
 // retainLocked keeps r for id; a retention record it replaces is marked
@@ -182,7 +182,7 @@ func (s *Scheduler) retain(t *task, topic string, msgs []msgRef) []retainedRef {
 	if n == 0 {
 		return nil
 	}
-	now := time.Now().UnixMilli()
+	now := s.clk.nowMs()
 	ret := make([]retainedRef, 0, n)
 	jm := make([]journal.Message, 0, n)
 	ps := make([]journal.Pos, 0, n)
@@ -237,7 +237,7 @@ func (s *Scheduler) retentionLoop() {
 func (s *Scheduler) expireRetained(keys []journal.Key) {
 	s.op.retMu.Lock()
 	defer s.op.retMu.Unlock()
-	keys = s.ix.expire(time.Now().UnixMilli()-s.opts.IDRetention.Milliseconds(), keys)
+	keys = s.ix.expire(s.clk.nowMs()-s.opts.IDRetention.Milliseconds(), keys)
 	if len(keys) > 0 {
 		if err := s.j.Done(journal.Published, keys); err != nil {
 			s.logf("journal: end of id retention for %d records: %v", len(keys), err)

@@ -28,6 +28,7 @@ import (
 type Scheduler struct {
 	opts Options
 	logf func(string, ...any)
+	clk  clocks // the wall clock; Options.clock in tests
 
 	j    *journal.Journal
 	w    *wheel.Wheel[ref]
@@ -88,12 +89,14 @@ func New(opts Options) (*Scheduler, error) {
 	s := &Scheduler{
 		opts:    opts,
 		logf:    opts.Logf,
-		w:       wheel.New[ref](wheel.Options{Tick: opts.Tick}),
+		clk:     clocks{opts.clock},
+		w:       wheel.New[ref](wheel.Options{Tick: opts.Tick, Clock: opts.clock}),
 		stop:    make(chan struct{}),
 		startAt: time.Now(),
 	}
 	s.listeners = make(map[string]any)
 	s.ix = newIndex(s.w)
+	s.ix.clk = s.clk
 	s.ix.retention = opts.IDRetention // before replay, which keeps retained ids
 	if err := s.open(); err != nil {
 		s.closeParts()
@@ -101,9 +104,11 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	s.initMetrics()
 	s.startOperator()
-	out := make(chan *wheel.Batch[ref], 4)
-	s.goLoop(func() { s.w.Run(s.stop, out) })
-	s.goLoop(func() { s.dispatch(out) })
+	if opts.clock == nil { // else the test polls the wheel (export_test.go)
+		out := make(chan *wheel.Batch[ref], 4)
+		s.goLoop(func() { s.w.Run(s.stop, out) })
+		s.goLoop(func() { s.dispatch(out) })
+	}
 	if opts.CompactInterval > 0 {
 		s.goLoop(s.compactLoop)
 	}

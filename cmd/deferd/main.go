@@ -65,27 +65,33 @@ func main() {
 	}
 }
 
-// bindListeners binds --http-address into c.HTTPListener (ListenHTTP
-// serves on it) and checks that --tcp-address can be bound: the TCP
-// listener binds its own address after New (ingest.NewTCPServer has no
-// pre-bound form), so a port taken in between is still found then.
+// bindListeners binds --http-address into c.HTTPListener and
+// --tcp-address (unless "") into c.TCPListener; ListenHTTP and ListenTCP
+// serve on them. On error nothing stays bound.
 func bindListeners(c *config) error {
 	ln, err := net.Listen("tcp", c.HTTPAddress)
 	if err != nil {
 		return fmt.Errorf("--http-address: %w", err)
 	}
 	if c.TCPAddress != "" {
-		if _, port, _ := net.SplitHostPort(c.TCPAddress); port != "0" {
-			probe, err := net.Listen("tcp", c.TCPAddress)
-			if err != nil {
-				ln.Close()
-				return fmt.Errorf("--tcp-address: %w", err)
-			}
-			probe.Close()
+		tln, err := net.Listen("tcp", c.TCPAddress)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("--tcp-address: %w", err)
 		}
+		c.TCPListener = tln
 	}
 	c.HTTPListener = ln
 	return nil
+}
+
+// closeListeners closes what bindListeners bound, for a start that fails
+// before a server took it (closing a listener twice is harmless).
+func closeListeners(c *config) {
+	c.HTTPListener.Close()
+	if c.TCPListener != nil {
+		c.TCPListener.Close()
+	}
 }
 
 func signalChan() <-chan os.Signal {
@@ -109,11 +115,12 @@ func run(c config, logger *log.Logger, sig <-chan os.Signal) error {
 	}
 	s, err := deferd.New(c.Options)
 	if err != nil {
-		c.HTTPListener.Close()
+		closeListeners(&c)
 		return err
 	}
 	srv, err := s.ListenHTTP()
 	if err != nil {
+		closeListeners(&c)
 		s.Close(c.ShutdownGrace)
 		return err
 	}

@@ -12,8 +12,9 @@ import (
 )
 
 // The listeners are bound before the journal is replayed: with the HTTP
-// port taken, deferd fails at once with the flag's name, and neither the
-// embedded nsqd nor the replay of a journal of many records has started.
+// or the TCP port taken, deferd fails at once with the flag's name, and
+// neither the embedded nsqd nor the replay of a journal of many records
+// has started.
 func TestPortInUseFailsBeforeReplay(t *testing.T) {
 	dir := t.TempDir()
 	o := deferd.NewOptions()
@@ -59,17 +60,20 @@ func TestPortInUseFailsBeforeReplay(t *testing.T) {
 	}
 	t.Logf("failed after %v: %v", took, err)
 
-	// The TCP port too, found by its probe before New.
+	// The TCP port too: bound before New (the listener ListenTCP serves).
 	takenTCP, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer takenTCP.Close()
-	c.HTTPAddress, c.TCPAddress = "127.0.0.1:0", takenTCP.Addr().String()
+	c.HTTPAddress, c.TCPAddress = freeAddr(t), takenTCP.Addr().String()
 	if err := run(c, log.New(&logBuf, "", 0), make(chan os.Signal)); err == nil || !strings.Contains(err.Error(), "--tcp-address") {
 		t.Fatalf("run with the TCP port taken: %v", err)
 	}
 	if strings.Contains(logBuf.String(), "journal: recovered") {
 		t.Errorf("the journal was replayed before the TCP port was found taken")
+	}
+	if !portsFree(nsqdTCP, c.HTTPAddress) {
+		t.Errorf("the embedded nsqd was started, or the HTTP listener left bound")
 	}
 }
