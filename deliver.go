@@ -151,6 +151,7 @@ func (s *Scheduler) markPublished(t *task, topic string, msgs []msgRef, call tim
 	if err := s.j.Done(journal.Published, t.keys); err != nil {
 		s.logf("journal: published marks: %v (these may be published again after restart)", err)
 	}
+	s.lateness.protos.record(now, msgs) // after published set their proto
 	for _, r := range msgs {
 		if nowMs < r.due {
 			s.early.Add(1)

@@ -232,7 +232,7 @@ func restartableNSQD(t *testing.T) (node *nsqdnode.Node, restart func() *nsqdnod
 // pubReq publishes req as ingest hands it over (validated, due in unix
 // ms), through the path HTTP requests take.
 func pubReq(s *Scheduler, req *ingest.PubRequest) error {
-	return s.publish(req.Topic, req.Bodies, req.Due, req.ID)
+	return s.publish(protoHTTP, req.Topic, req.Bodies, req.Due, req.ID)
 }
 
 // topicCount is how many messages nsqd has taken for topic.

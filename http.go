@@ -21,7 +21,7 @@ const Version = "0.2.0"
 // (Ingest["http"]). It may be called more than once (one server each);
 // safe for concurrent use.
 func (s *Scheduler) ListenHTTP() (*ingest.Server, error) {
-	b := &httpBackend{s: s}
+	b := &httpBackend{s: s, proto: protoHTTP}
 	var ln net.Listener // Options.HTTPListener: the first call's
 	s.listenersMu.Lock()
 	if !s.httpListenerTaken {
@@ -57,12 +57,13 @@ func (s *Scheduler) ListenHTTP() (*ingest.Server, error) {
 // and validated by nsqd's rules go to the unexported publish path, and the
 // sentinel errors come back for ingest to map to nsqd's answers.
 type httpBackend struct {
-	s    *Scheduler
-	addr string
+	s     *Scheduler
+	addr  string
+	proto ingestProto // protoHTTP, or protoTCP for ListenTCP's
 }
 
 func (b *httpBackend) Publish(req *ingest.PubRequest) error {
-	return b.s.publish(req.Topic, req.Bodies, req.Due, req.ID)
+	return b.s.publish(b.proto, req.Topic, req.Bodies, req.Due, req.ID)
 }
 
 func (b *httpBackend) Cancel(id string) error   { return b.s.Cancel(id) }

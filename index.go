@@ -93,9 +93,12 @@ type idRef struct {
 }
 
 // segTable holds the wheel handles of one segment's messages by ordinal (0
-// for messages not in the wheel) and how many are set.
+// for messages not in the wheel) and how many are set, and their ingest
+// protocols by ordinal: one byte each, up to the last ordinal set to
+// another than protoRecovered (a segment replayed at start has none).
 type segTable struct {
 	h       []wheel.Handle
+	proto   []ingestProto
 	pending int
 }
 
@@ -133,6 +136,25 @@ func (st *segTable) set(ord uint32, h wheel.Handle) {
 		st.pending++
 	}
 	st.h[ord] = h
+}
+
+// protoOf returns the ingest protocol of ordinal ord; st may be nil.
+func (st *segTable) protoOf(ord uint32) ingestProto {
+	if st == nil || uint32(len(st.proto)) <= ord {
+		return protoRecovered
+	}
+	return st.proto[ord]
+}
+
+// setProto records p as the ingest protocol of ordinal ord.
+func (st *segTable) setProto(ord uint32, p ingestProto) {
+	if p == protoRecovered && uint32(len(st.proto)) <= ord {
+		return
+	}
+	for uint32(len(st.proto)) <= ord {
+		st.proto = append(st.proto, protoRecovered)
+	}
+	st.proto[ord] = p
 }
 
 // segTableLocked returns seg's handle table, creating it.
@@ -272,12 +294,13 @@ func (x *index) release(id string, ch chan struct{}) {
 	x.mu.Unlock()
 }
 
-// add puts the messages at ps, all of topic and due at wheel time due, into
+// add puts the messages at ps, all of topic, due at wheel time due and in
+// by protocol proto, into
 // the wheel and the index in one critical section (a message due now could
 // otherwise be published, and untracked, before it is tracked). hs is
 // scratch of len(ps). With id set, the (single) message gets it and
 // reservation ch ends. It returns the record bytes added.
-func (x *index) add(due int64, ps []journal.Pos, hs []wheel.Handle, topic, id string, ch chan struct{}) (bytes int64) {
+func (x *index) add(due int64, ps []journal.Pos, hs []wheel.Handle, topic, id string, ch chan struct{}, proto ingestProto) (bytes int64) {
 	x.mu.Lock()
 	x.w.AddBatch(due, ps, hs)
 	var st *segTable // of the segment of the message before, usually the same
@@ -286,6 +309,7 @@ func (x *index) add(due int64, ps []journal.Pos, hs []wheel.Handle, topic, id st
 			st = x.segTableLocked(p.Seg)
 		}
 		st.set(p.Ord, hs[i])
+		st.setProto(p.Ord, proto)
 		bytes += int64(p.Len)
 		if id != "" {
 			x.ids[id] = idRef{p, topic, true}
@@ -359,7 +383,8 @@ func (x *index) remove(id string) (idRef, error) {
 
 // published forgets msgs of topic, which the sink took: positions, ids
 // (where they still name these messages) and the topic count. keys gets
-// their journal keys appended; it returns it and their record bytes.
+// their journal keys appended; it returns it and their record bytes. It
+// sets each msgs[i].proto to that message's ingest protocol.
 //
 // ret, if not nil, holds the retention entries of those msgs that have an
 // id (in order), to keep in the same critical section that gives the id
@@ -368,10 +393,11 @@ func (x *index) published(topic string, items []wheel.Item[ref], msgs []msgRef, 
 	var bytes int64
 	x.mu.Lock()
 	k := 0
-	for _, r := range msgs {
+	for i, r := range msgs {
 		p := items[r.item].Value
 		keys = append(keys, p.Key())
 		bytes += int64(p.Len)
+		msgs[i].proto = x.segs[p.Seg].protoOf(p.Ord) // before untrackLocked drops it
 		x.untrackLocked(p)
 		if r.id != "" && x.idAtLocked(r.id, p) {
 			delete(x.ids, r.id)
@@ -489,6 +515,7 @@ func (x *index) unhandled(items []wheel.Item[ref], dst []msgRef) []msgRef {
 type move struct {
 	backoff    backoff
 	backingOff bool
+	proto      ingestProto   // the message's ingest protocol
 	key        journal.Key   // the message's Key
 	wait       chan struct{} // closed by moveIn: lookups by key wait for it
 	ch         chan struct{} // the id's wait, if it has one
@@ -505,6 +532,7 @@ func (x *index) moveOut(p journal.Pos, id string) (mv move, ok bool) {
 		return move{}, false
 	}
 	mv.backoff, mv.backingOff = x.backoffDue[p.Key()]
+	mv.proto = x.segs[p.Seg].protoOf(p.Ord)
 	mv.key = x.keyOfLocked(p)
 	mv.wait = make(chan struct{})
 	x.moving[mv.key] = mv.wait
@@ -525,7 +553,9 @@ func (x *index) moveIn(mv move, np journal.Pos, due int64, topic, id string, res
 		due = max(due, mv.backoff.due) // waiting out a retry or park: keep waiting
 	}
 	x.mu.Lock()
-	x.segTableLocked(np.Seg).set(np.Ord, x.w.Add(due, np))
+	st := x.segTableLocked(np.Seg)
+	st.set(np.Ord, x.w.Add(due, np))
+	st.setProto(np.Ord, mv.proto)
 	if mv.backingOff {
 		b := mv.backoff
 		if reset {

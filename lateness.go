@@ -160,10 +160,21 @@ func (h *stageHist) percentiles(qs ...float64) []float64 {
 }
 
 // writePrometheus writes h as Prometheus histogram name (seconds): # HELP
-// and # TYPE, cumulative _bucket{le} lines over stageBuckets and +Inf,
-// _sum and _count (the +Inf bucket's count).
+// and # TYPE, then its series (writeSeries, no labels).
 func (h *stageHist) writePrometheus(w io.Writer, name string) {
 	metrics.WriteMetadataIfNeeded(w, name, "histogram")
+	h.writeSeries(w, name, "")
+}
+
+// writeSeries writes h's series of histogram name: cumulative
+// _bucket{labels,le} lines over stageBuckets and +Inf, _sum{labels} and
+// _count{labels} (the +Inf bucket's count). labels is "" or label pairs
+// without braces (`proto="tcp"`), already escaped.
+func (h *stageHist) writeSeries(w io.Writer, name, labels string) {
+	pre, braced := "", ""
+	if labels != "" {
+		pre, braced = labels+",", "{"+labels+"}"
+	}
 	var cum uint64
 	for i := range h.le {
 		cum += h.le[i].Load()
@@ -171,10 +182,10 @@ func (h *stageHist) writePrometheus(w io.Writer, name string) {
 		if i < len(stageBuckets) {
 			le = strconv.FormatFloat(stageBuckets[i], 'g', -1, 64)
 		}
-		fmt.Fprintf(w, "%s_bucket{le=%q} %d\n", name, le, cum)
+		fmt.Fprintf(w, "%s_bucket{%sle=%q} %d\n", name, pre, le, cum)
 	}
-	fmt.Fprintf(w, "%s_sum %g\n", name, float64(h.sumNs.Load())/1e9)
-	fmt.Fprintf(w, "%s_count %d\n", name, cum)
+	fmt.Fprintf(w, "%s_sum%s %g\n", name, braced, float64(h.sumNs.Load())/1e9)
+	fmt.Fprintf(w, "%s_count%s %d\n", name, braced, cum)
 }
 
 // stages are the lateness stage histograms of a Scheduler, in stage order.
@@ -243,12 +254,15 @@ type StageLateness struct {
 	Count uint64  `json:"count"`
 }
 
+// stageLateness is h's figures for /stats. O(fine buckets).
+func (h *stageHist) stageLateness() StageLateness {
+	p := h.percentiles(0.5, 0.9, 0.99, 0.999, 1)
+	return StageLateness{P50: p[0] * 1000, P90: p[1] * 1000, P99: p[2] * 1000, P999: p[3] * 1000, Max: p[4] * 1000, Count: h.count()}
+}
+
 // stats returns the stages' figures for /stats. O(fine buckets).
 func (st *stages) stats() LatenessStages {
-	one := func(h *stageHist) StageLateness {
-		p := h.percentiles(0.5, 0.9, 0.99, 0.999, 1)
-		return StageLateness{P50: p[0] * 1000, P90: p[1] * 1000, P99: p[2] * 1000, P999: p[3] * 1000, Max: p[4] * 1000, Count: h.count()}
-	}
+	one := (*stageHist).stageLateness
 	return LatenessStages{
 		WheelToTask: one(&st[stageWheelToTask]),
 		TaskToMPUB:  one(&st[stageTaskToMPUB]),
@@ -278,4 +292,68 @@ type observedSink interface {
 // PublishObserved is Publish, reporting each batch nsqd took to obs.
 func (s nsqdSink) PublishObserved(topic string, bodies [][]byte, obs egress.BatchObserver) (int, error) {
 	return rejected(s.p.PublishObserved(topic, bodies, obs))
+}
+
+// ingestProto is the protocol a message came in by. The index keeps it
+// with each pending message (a byte per journal ordinal, beside the wheel
+// handle; see segTable) so that its lateness counts under it at delivery
+// (protoHists). The journal does not record it: a message replayed from
+// the journal at start counts as protoRecovered, whatever it came in by.
+// The zero value is protoRecovered.
+type ingestProto uint8
+
+const (
+	protoRecovered ingestProto = iota // replayed from the journal at start
+	protoHTTP                         // the HTTP API (ListenHTTP), a cluster peer's forwards included
+	protoTCP                          // nsqd's TCP protocol (ListenTCP)
+	protoLib                          // Scheduler.Publish, from Go
+	numProtos
+)
+
+// protoNames are the protocols' names in /stats (lateness_ms.by_proto)
+// and the proto label of protoFamily, in protocol order.
+var protoNames = [numProtos]string{"recovered", "http", "tcp", "lib"}
+
+// protoFamily is the Prometheus histogram family of the lateness by
+// protocol, one series per protocol (label proto, every protocol always
+// written), over the le buckets of the stages (stageBuckets).
+const protoFamily = "deferd_delivery_lateness_by_proto_seconds"
+
+// protoHists is the delivery lateness by protocol: every message the sink
+// took, through the wheel or straight from Publish, counts once under its
+// protocol, so their counts add up to the total lateness histogram's.
+// Safe for concurrent use; the zero value is empty and ready.
+type protoHists [numProtos]stageHist
+
+// record records the lateness at now of msgs, a sink call's messages
+// (their proto set by index.published): one add per run of equal due time
+// and protocol (a task's messages share a tick, so mostly one run).
+func (ph *protoHists) record(now time.Time, msgs []msgRef) {
+	for i := 0; i < len(msgs); {
+		j := i + 1
+		for j < len(msgs) && msgs[j].due == msgs[i].due && msgs[j].proto == msgs[i].proto {
+			j++
+		}
+		ph[msgs[i].proto].add(now.Sub(time.UnixMilli(msgs[i].due)), j-i)
+		i = j
+	}
+}
+
+// stats returns each protocol's figures for /stats, by name; every
+// protocol is present (Count 0 if none came by it). O(fine buckets).
+func (ph *protoHists) stats() map[string]StageLateness {
+	m := make(map[string]StageLateness, numProtos)
+	for p := range ph {
+		m[protoNames[p]] = ph[p].stageLateness()
+	}
+	return m
+}
+
+// writePrometheus writes protoFamily: # HELP and # TYPE once, then a
+// series per protocol.
+func (ph *protoHists) writePrometheus(w io.Writer) {
+	metrics.WriteMetadataIfNeeded(w, protoFamily, "histogram")
+	for p := range ph {
+		ph[p].writeSeries(w, protoFamily, `proto="`+protoNames[p]+`"`)
+	}
 }

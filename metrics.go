@@ -21,13 +21,14 @@ var latenessBuckets = []float64{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0
 // together: VictoriaMetrics' vmrange one (buckets about 12% wide, what
 // Percentiles and /stats read; deferd_delivery_lateness_seconds) and a
 // Prometheus le one over latenessBuckets
-// (deferd_delivery_lateness_le_seconds, for histogram_quantile); and, for
-// messages published through the wheel, its stages (lateness.go). Safe
-// for concurrent use.
+// (deferd_delivery_lateness_le_seconds, for histogram_quantile); for
+// messages published through the wheel, its stages; and, for all, the
+// same by ingest protocol (both lateness.go). Safe for concurrent use.
 type latency struct {
 	vm     *metrics.Histogram
 	prom   *metrics.PrometheusHistogram
 	stages stages
+	protos protoHists
 }
 
 // Update records one lateness of v seconds in both histograms.
@@ -154,6 +155,7 @@ func (s *Scheduler) writeMetrics(w io.Writer) {
 	}
 	s.writeDueMetrics(w)
 	s.lateness.stages.writePrometheus(w)
+	s.lateness.protos.writePrometheus(w)
 }
 
 // help is the # HELP text of deferd's families; a family not listed keeps
@@ -174,6 +176,7 @@ var help = map[string]string{
 	"deferd_delivery_wheel_to_task_seconds":       "Lateness stage, messages through the wheel: due time to the start of their publish task (tick, wheel wake-up, pool queue).",
 	"deferd_delivery_task_to_mpub_seconds":        "Lateness stage: publish task start to the MPUB carrying the message handed to go-nsq (journal read, grouping, batches ahead in the task).",
 	"deferd_delivery_mpub_to_ok_seconds":          "Lateness stage: the MPUB handed to go-nsq to nsqd's OK (the sink's round trip).",
+	protoFamily:                                   "Publish time minus due time by ingest protocol, proto=http|tcp|lib (Scheduler.Publish)|recovered (replayed from the journal after a restart, whatever its protocol); the series add up to deferd_delivery_lateness_le_seconds.",
 	"deferd_pending_messages":                     "Messages accepted and not yet published or cancelled.",
 	"deferd_pending_bytes":                        "Bytes of the pending messages' bodies.",
 	"deferd_pending_by_topic":                     "Pending messages per topic (topics with pending messages only).",

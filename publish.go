@@ -41,7 +41,7 @@ func (s *Scheduler) Publish(p Pub) error {
 	if err != nil {
 		return err
 	}
-	return s.publish(p.Topic, p.Bodies, due, p.ID)
+	return s.publish(protoLib, p.Topic, p.Bodies, due, p.ID)
 }
 
 // checkPub validates p and returns its due time in unix ms, rounded up
@@ -82,10 +82,11 @@ func (s *Scheduler) checkPub(p *Pub) (int64, error) {
 	return ceilMs(now.Add(d).UnixNano()), nil
 }
 
-// publish is Publish after validation (ingest validated by nsqd's rules).
+// publish is Publish after validation (ingest validated by nsqd's rules),
+// of messages in by protocol proto.
 // dueMs is in unix ms; bodies alias the caller's memory, valid during the
 // call.
-func (s *Scheduler) publish(topic string, bodies [][]byte, dueMs int64, id string) error {
+func (s *Scheduler) publish(proto ingestProto, topic string, bodies [][]byte, dueMs int64, id string) error {
 	if !s.enter() {
 		return ErrClosed
 	}
@@ -99,7 +100,7 @@ func (s *Scheduler) publish(topic string, bodies [][]byte, dueMs int64, id strin
 		// id takes the journal path, where ids are tracked.
 		taken := s.dq.publish(topic, bodies)
 		if taken > 0 {
-			s.publishedDirect(taken, dueMs)
+			s.publishedDirect(taken, dueMs, proto)
 			s.ix.countDirect(topic, taken)
 		}
 		// What the sink did not take is journaled and retried by the
@@ -109,12 +110,12 @@ func (s *Scheduler) publish(topic string, bodies [][]byte, dueMs int64, id strin
 		}
 		direct = true
 	}
-	return s.journalAndSchedule(topic, bodies, dueMs, id, direct)
+	return s.journalAndSchedule(topic, bodies, dueMs, id, direct, proto)
 }
 
 // journalAndSchedule appends bodies to the journal, then puts them into
 // the wheel: the long path.
-func (s *Scheduler) journalAndSchedule(topic string, bodies [][]byte, dueMs int64, id string, direct bool) error {
+func (s *Scheduler) journalAndSchedule(topic string, bodies [][]byte, dueMs int64, id string, direct bool, proto ingestProto) error {
 	n := int64(len(bodies))
 	var size int64 // in the unit of the pending-bytes counter: journal record bytes
 	for _, b := range bodies {
@@ -158,7 +159,7 @@ func (s *Scheduler) journalAndSchedule(topic string, bodies [][]byte, dueMs int6
 		}
 		return fmt.Errorf("%w: %w", ErrJournalUnavailable, err)
 	}
-	bytes := s.ix.add(s.wheelDue(dueMs), b.pos[:n], b.hs[:n], topic, id, reserved)
+	bytes := s.ix.add(s.wheelDue(dueMs), b.pos[:n], b.hs[:n], topic, id, reserved, proto)
 	s.pending.Add(n)
 	s.pendingBytes.Add(bytes)
 	s.accepted.Add(uint64(n))
@@ -177,13 +178,14 @@ func (s *Scheduler) journalAndSchedule(topic string, bodies [][]byte, dueMs int6
 var movedOverhead = int64(journal.RecordLen(&journal.Message{
 	ID: strings.Repeat("i", ingest.MaxIDLen), Topic: strings.Repeat("t", 64), Accepted: 1})) + 16
 
-// publishedDirect counts n messages due at dueMs that the sink took
-// straight from Publish, and records their lateness.
-func (s *Scheduler) publishedDirect(n int, dueMs int64) {
+// publishedDirect counts n messages due at dueMs, in by protocol proto,
+// that the sink took straight from Publish, and records their lateness.
+func (s *Scheduler) publishedDirect(n int, dueMs int64, proto ingestProto) {
 	late := s.clk.now().Sub(time.UnixMilli(dueMs)).Seconds()
 	for range n {
 		s.lateness.Update(late)
 	}
+	s.lateness.protos[proto].add(time.Duration(late*1e9), n)
 	s.accepted.Add(uint64(n))
 	s.published.Add(uint64(n))
 	s.direct.Add(uint64(n))

@@ -76,6 +76,13 @@ type Lateness struct {
 	// time; the total counts until the sink call that took it returned,
 	// later for the earlier batches of a call of several.
 	Stages LatenessStages `json:"stages"`
+	// ByProto is the lateness of the messages that came in by each
+	// protocol: "http" (the HTTP API, a cluster peer's forwards
+	// included), "tcp" (nsqd's TCP protocol), "lib" (Scheduler.Publish)
+	// and "recovered" (replayed from the journal after a restart: the
+	// journal does not keep the protocol). Every protocol is present;
+	// their counts add up to the messages in the total.
+	ByProto map[string]StageLateness `json:"by_proto"`
 }
 
 // PoolStats describes the publish pool.
@@ -107,7 +114,7 @@ func (s *Scheduler) Stats() Stats {
 		ReadErrors:      s.readErrors.Load(),
 		Moved:           s.moved.Load(),
 		Early:           s.early.Load(),
-		Lateness:        Lateness{P50: ms(p[0]), P90: ms(p[1]), P99: ms(p[2]), P999: ms(p[3]), Max: ms(p[4]), Stages: s.lateness.stages.stats()},
+		Lateness:        Lateness{P50: ms(p[0]), P90: ms(p[1]), P99: ms(p[2]), P999: ms(p[3]), Max: ms(p[4]), Stages: s.lateness.stages.stats(), ByProto: s.lateness.protos.stats()},
 		Pool:            PoolStats{Size: s.pool.Cap(), Running: s.pool.Running(), Waiting: s.pool.Waiting()},
 		Egress:          s.egressStats(),
 		Journal:         s.j.Stats(),

@@ -39,6 +39,7 @@ type msgRef struct {
 	due        int64
 	accepted   int64 // unix ms, 0 if unknown
 	start, end int
+	proto      ingestProto // set by index.published
 }
 
 var taskPool = sync.Pool{New: func() any { return &task{byTopic: make(map[string]*group)} }}

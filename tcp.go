@@ -28,7 +28,7 @@ func (s *Scheduler) ListenTCP() (*ingest.TCPServer, error) {
 		MaxBodySize: s.opts.MaxBodySize,
 		MaxDefer:    s.opts.MaxDefer,
 		Logf:        s.logf,
-	}, &httpBackend{s: s})
+	}, &httpBackend{s: s, proto: protoTCP})
 	if err != nil {
 		if ln != nil {
 			ln.Close()
