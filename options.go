@@ -84,6 +84,10 @@ type Options struct {
 	// can bind before New replays the journal and find a port in use
 	// first. ListenHTTP's Server owns it from then on. No flag.
 	HTTPListener net.Listener
+	// TCPListener is the same for ListenTCP: a bound listener the first
+	// ListenTCP serves on instead of binding TCPAddress; its TCPServer
+	// owns it from then on. No flag.
+	TCPListener net.Listener
 	// UI serves the status page at GET / of the HTTP API (charts of what
 	// is pending, egress and the journal; look up, cancel, reschedule).
 	// Its POSTs are the API's, under the API's cross-origin check
