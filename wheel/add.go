@@ -63,7 +63,14 @@ func (w *Wheel[T]) add(due int64, v T, try, mayFail bool) (Handle, bool) {
 		s := int(t>>(levelBits*l)) & slotMask
 		w.occupied[l] |= 1 << s
 		e.due = uint32(t)
-		sn := uint32(l*numSlots + s + 1)
+		list := s // level 0
+		if l > 0 {
+			ls := (l-1)*numSlots + s
+			sub := int(t>>(levelBits*(l-1))) & slotMask
+			w.subOcc[ls] |= 1 << sub
+			list = subBase + ls*numSlots + sub
+		}
+		sn := uint32(list + 1)
 		sent := &w.sent[sn]
 		e.next, e.prev = sn, sent.prev
 		w.at(e.prev).next = i

@@ -48,8 +48,12 @@
 // # Memory
 //
 // Entries are value structs in slab chunks of 64Ki entries, linked by uint32
-// indices into circular doubly linked lists (one sentinel entry per slot, so
-// an entry need not record its slot), with a free list by index. An entry is
+// indices into circular doubly linked lists (one sentinel entry per list, so
+// an entry need not record its list), with a free list by index. A slot of
+// levels 1 to 5 is 64 lists, one per 64th of its span (so Scan can stop
+// early in a crowded slot): 20,609 lists in all, whose sentinels take that
+// many entries of the first chunk (480 KiB for T = uint64), once per Wheel
+// and per shard of a Sharded one. An entry is
 // 16 bytes plus T: 24 bytes for T = uint64. It keeps only the low 32 bits of
 // its due tick; the rest follows from its slot, since below the top level a
 // slot spans at most 2^30 ticks. Entries at the top level (due at least

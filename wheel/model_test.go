@@ -250,6 +250,23 @@ func (h *harness) checkLen() {
 	}
 }
 
+// checkLists checks the wheel's lists against its occupancy bits and every
+// entry's place (see Wheel.checkLists).
+func (h *harness) checkLists() {
+	var shards []*Wheel[int64]
+	switch w := h.w.(type) {
+	case *Wheel[int64]:
+		shards = []*Wheel[int64]{w}
+	case *spread:
+		shards = w.shards
+	}
+	for s, sh := range shards {
+		if msg := sh.checkLists(); msg != "" {
+			h.tb.Fatalf("shard %d: %s", s, msg)
+		}
+	}
+}
+
 // ops is a source of random choices: a PRNG in the property test, bytes in
 // the fuzz target.
 type ops interface {
@@ -337,15 +354,20 @@ func runModel(tb testing.TB, r ops, tick time.Duration, start int64, steps, shar
 		if i%16 == 0 {
 			h.checkLen()
 		}
+		if i%512 == 0 {
+			h.checkLists()
+		}
 		if len(h.handles) > 1<<16 {
 			h.handles = h.handles[len(h.handles)-1024:]
 		}
 	}
 	h.checkLen()
+	h.checkLists()
 	// Drain: jump to the end of time; everything but never-reachable
 	// entries must come out, each exactly once.
 	h.advance(math.MaxInt64)
 	h.checkLen()
+	h.checkLists()
 	for _, e := range h.pending {
 		if !e.never {
 			tb.Fatalf("after draining, %+v still pending", e)

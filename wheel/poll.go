@@ -108,19 +108,12 @@ func (w *Wheel[T]) collect(nowTick uint64) *Batch[T] {
 			return nil
 		}
 		w.elapsed = deadline
-		list := l*numSlots + s
 		if l == 0 {
-			return w.drain(list)
+			return w.drain(s)
 		}
 		// Cascade: re-insert each entry at a finer level; those due now land
 		// on the ready list, handed out on the next iteration.
-		i, sn := w.detach(list)
-		for i != sn {
-			e := w.at(i)
-			next := e.next
-			w.place(i, e, w.slotTick(e, deadline))
-			i = next
-		}
+		w.cascade(l, s, deadline)
 	}
 }
 

@@ -17,13 +17,20 @@ import (
 // disjoint, increasing time ranges, all after those of the level below).
 //
 // Cost: O(levels) per slot it visits, plus, per step, the entries it
-// copies and sorts (k log k) before passing them to fn. A level-0 slot (one
-// tick) is copied whole. A coarser slot (a level-L slot spans 64^L ticks:
-// at 1 ms, level 1 64 ms, level 2 4 s, level 3 4.4 min) is walked twice per
-// step: once to count its entries per 64th of its span, once to copy those
-// of its earliest 64ths holding at least 4096 entries (or all of them); so
-// a scan that stops early in a slot of k entries costs O(k) walking plus
-// O(k/64) copying, not O(k log k). Top level entries (due 2^36 ticks or
+// walks, and copies and sorts (k log k) before passing them to fn. A
+// level-0 slot (one tick) is copied whole. A coarser slot (a level-L slot
+// spans 64^L ticks: at 1 ms, level 1 64 ms, level 2 4 s, level 3 4.4 min,
+// level 4 4.7 h) keeps its entries in 64 sub-lists, one per 64th of its
+// span, which a step takes one at a time, in order, skipping empty ones
+// through a bitmap: a sub-list of one tick (level 1) is copied whole, a
+// wider one is walked twice, once to count its entries per 64th of its
+// span, once to copy those of its earliest 64ths holding at least 4096
+// entries (or all of them). So a scan that stops early costs the entries
+// due within the 64ths of coarse slots it reaches (64^(L-1) ticks each: 1
+// ms at level 1, 64 ms at level 2, 4 s at level 3, 4.4 min at level 4),
+// walked twice, plus what it passes; not the whole slot, however crowded
+// (12M entries in one level-3 slot spread over 120 s: about 200-400k
+// entries walked for a first page). Top level entries (due 2^36 ticks or
 // more ahead) are copied all at once. Memory: one slice of what a step
 // copies, reused.
 //
@@ -71,10 +78,11 @@ const (
 )
 
 // scanStep appends to buf the entries with tick >= from of the earliest
-// list (the ready list or a slot) that holds ticks >= from, or of the
-// first part of it, and returns the first tick after what it covered; more
-// is false if no list holds such ticks. A step that found its slot
-// changed under it returns nothing, from and true: Scan tries again.
+// list (the ready list, a level-0 slot or a sub-list of a coarser slot)
+// that holds ticks >= from, or of the first part of it, and returns the
+// first tick after what it covered; more is false if no list holds such
+// ticks. A step that found its slot changed under it returns nothing,
+// from and true: Scan tries again.
 func (w *Wheel[T]) scanStep(from uint64, buf []scanItem[T]) (_ []scanItem[T], next uint64, more bool) {
 	w.mu.Lock()
 	if from <= w.elapsed {
@@ -85,6 +93,7 @@ func (w *Wheel[T]) scanStep(from uint64, buf []scanItem[T]) (_ []scanItem[T], ne
 				if t := w.readyTick(e); t >= from {
 					buf = append(buf, scanItem[T]{t, e.value})
 				}
+				w.visits++
 				i = e.next
 			}
 		}
@@ -97,12 +106,13 @@ func (w *Wheel[T]) scanStep(from uint64, buf []scanItem[T]) (_ []scanItem[T], ne
 		if w.occupied[topLevel] != 0 {
 			// The top level: its entries keep their full tick; take them all.
 			for s := range numSlots {
-				sn := uint32(topLevel*numSlots + s + 1)
+				sn := uint32(topBase + s + 1)
 				for i := w.sent[sn].next; i != sn; {
 					e := w.at(i)
 					if t := w.slotTick(e, 0); t >= from {
 						buf = append(buf, scanItem[T]{t, e.value})
 					}
+					w.visits++
 					i = e.next
 				}
 			}
@@ -110,21 +120,51 @@ func (w *Wheel[T]) scanStep(from uint64, buf []scanItem[T]) (_ []scanItem[T], ne
 		w.mu.Unlock()
 		return buf, 0, false
 	}
-	w.mu.Unlock()
 	shift := uint(levelBits * l)
-	list := l*numSlots + s
 	end := start + uint64(1)<<shift
 	if l == 0 { // one tick
-		if !w.walkSlot(list, start, func(e *entry[T]) { buf = append(buf, scanItem[T]{start, e.value}) }) {
+		w.mu.Unlock()
+		if !w.walkSlot(s, start, func(e *entry[T]) { buf = append(buf, scanItem[T]{start, e.value}) }) {
 			return buf[:0], from, true
 		}
 		return buf, end, true
 	}
+	// The slot's first sub-list that holds ticks >= from (sub-list k
+	// spans [start+k<<sub, +1<<sub)).
 	sub := shift - levelBits
+	ls := (l-1)*numSlots + s
+	k := 0
+	if from > start {
+		k = int((from - start) >> sub) // < 64: from < end
+	}
+	m := w.subOcc[ls] &^ (uint64(1)<<k - 1)
+	w.mu.Unlock()
+	if m == 0 {
+		return buf, end, true // nothing at ticks >= from left in the slot
+	}
+	k = bits.TrailingZeros64(m)
+	return w.scanList(subBase+ls*numSlots+k, start, start+uint64(k)<<sub, sub, from, buf)
+}
+
+// scanList appends to buf the entries with tick >= from of list, a
+// sub-list spanning [lo, lo+1<<span) of the slot whose first tick is
+// start, or those of its earliest 64ths holding at least scanBatch such
+// entries (so it walks list twice), and returns the first tick after what
+// it covered. A list of one tick is copied whole in one walk. If the slot
+// changed under it, it returns nothing and from.
+func (w *Wheel[T]) scanList(list int, start, lo uint64, span uint, from uint64, buf []scanItem[T]) (_ []scanItem[T], next uint64, more bool) {
+	end := lo + uint64(1)<<span
+	if span == 0 {
+		if !w.walkSlot(list, start, func(e *entry[T]) { buf = append(buf, scanItem[T]{lo, e.value}) }) {
+			return buf[:0], from, true
+		}
+		return buf, end, true
+	}
+	sub := span - levelBits
 	var counts [numSlots]int
 	if !w.walkSlot(list, start, func(e *entry[T]) {
 		if t := w.slotTick(e, start); t >= from {
-			counts[(t-start)>>sub]++
+			counts[(t-lo)>>sub]++
 		}
 	}) {
 		return buf[:0], from, true
@@ -132,7 +172,7 @@ func (w *Wheel[T]) scanStep(from uint64, buf []scanItem[T]) (_ []scanItem[T], ne
 	upTo, n := end, 0
 	for k, c := range counts {
 		if n += c; n >= scanBatch {
-			upTo = start + uint64(k+1)<<sub
+			upTo = lo + uint64(k+1)<<sub
 			break
 		}
 	}
@@ -195,11 +235,13 @@ func (w *Wheel[T]) walkSlot(list int, start uint64, visit func(e *entry[T])) boo
 	}
 	i := w.sent[sn].next
 	for {
-		for k := 0; k < scanChunk && i != sn; k++ {
+		k := 0
+		for ; k < scanChunk && i != sn; k++ {
 			e := w.at(i)
 			visit(e)
 			i = e.next
 		}
+		w.visits += uint64(k)
 		if i == sn {
 			w.mu.Unlock()
 			return true

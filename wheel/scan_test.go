@@ -211,20 +211,66 @@ func TestGetAndSample(t *testing.T) {
 	}
 }
 
+// TestScanCrowdedSlot checks that a scan of a crowded coarse slot stops
+// early: a page of 100 from 200k entries in one level-3 slot (due 600 s to
+// 720 s ahead at 1 ms) looks at the entries of the first 64th of the slot
+// it reaches (4096 ticks, about 6.8k entries here) at most twice, not at
+// the slot's 200k, and passes the earliest 100 in order, from the slot's
+// start and from a time within it.
+func TestScanCrowdedSlot(t *testing.T) {
+	const n = 200_000
+	w := New[int64](Options{Clock: &fakeClock{}})
+	due := func(i int) int64 { return int64(600*time.Second) + int64(i)*int64(120*time.Second)/n }
+	for i := range n {
+		w.Add(due(i), int64(i))
+	}
+	for _, first := range []int{0, n / 2} {
+		before := w.scanVisits()
+		var got, dues []int64
+		w.Scan(due(first), func(d int64, v int64) bool {
+			got, dues = append(got, v), append(dues, d)
+			return len(got) < 100
+		})
+		visits := w.scanVisits() - before
+		if len(got) != 100 {
+			t.Fatalf("from entry %d: passed %d, want 100", first, len(got))
+		}
+		// Entry i is due in tick ceil(due(i)/1ms): entries just before
+		// first may share first's tick.
+		for i, v := range got {
+			if dues[i] < due(first) || i > 0 && dues[i] < dues[i-1] || v < int64(first-2) || v > int64(first+200) {
+				t.Fatalf("from entry %d: passed %d (due %d) at %d: not among the earliest, in order", first, v, dues[i], i)
+			}
+		}
+		if perSub := 4096 * n / 120_000; visits > uint64(2*perSub+100) {
+			t.Fatalf("from entry %d: Scan looked at %d entries for a page of 100; the first 64th of the slot holds about %d", first, visits, perSub)
+		}
+	}
+}
+
 // BenchmarkScanFirst100 is a page of 100 from the start of a wheel of
-// DEFERD_BENCH_SCAN entries (default 1M) spread over 120 s.
+// DEFERD_BENCH_SCAN entries (default 1M) spread over 120 s: from now on
+// (layout=ref, the reference load's: levels 0 to 2) and from 10 min ahead
+// on (layout=crowded, all in one 4.4-minute level-3 slot).
 func BenchmarkScanFirst100(b *testing.B) {
 	n := 1 << 20
 	if os.Getenv("DEFERD_BENCH_SCAN") != "" {
 		n = 12_000_000
 	}
-	w := New[uint64](Options{Clock: &fakeClock{}})
-	for i := range n {
-		w.Add(int64(i)*int64(120*time.Second)/int64(n), uint64(i))
-	}
-	b.ResetTimer()
-	for range b.N {
-		k := 0
-		w.Scan(int64(b.N%1000)*int64(time.Millisecond), func(int64, uint64) bool { k++; return k < 100 })
+	for _, layout := range []struct {
+		name string
+		at   int64
+	}{{"ref", 0}, {"crowded", int64(600 * time.Second)}} {
+		b.Run("layout="+layout.name, func(b *testing.B) {
+			w := New[uint64](Options{Clock: &fakeClock{}})
+			for i := range n {
+				w.Add(layout.at+int64(i)*int64(120*time.Second)/int64(n), uint64(i))
+			}
+			b.ResetTimer()
+			for range b.N {
+				k := 0
+				w.Scan(layout.at+int64(b.N%1000)*int64(time.Millisecond), func(int64, uint64) bool { k++; return k < 100 })
+			}
+		})
 	}
 }

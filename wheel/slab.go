@@ -119,7 +119,7 @@ func (w *Wheel[T]) place(i uint32, e *entry[T], t uint64) {
 
 // listFor is the list for an entry due at tick t, whether it is the top
 // level, and the tick to record (clamped for the ready list, see
-// readyTick). It marks the slot occupied. Caller holds mu.
+// readyTick). It marks the list occupied. Caller holds mu.
 func (w *Wheel[T]) listFor(t uint64) (list int, top bool, rec uint64) {
 	if t <= w.elapsed {
 		if w.elapsed-t > math.MaxUint32 {
@@ -130,19 +130,44 @@ func (w *Wheel[T]) listFor(t uint64) (list int, top bool, rec uint64) {
 	l := levelFor(w.elapsed, t)
 	s := int(t>>(levelBits*l)) & slotMask
 	w.occupied[l] |= 1 << s
-	return l*numSlots + s, l == topLevel, t
+	switch l {
+	case 0:
+		return s, false, t
+	case topLevel:
+		return topBase + s, true, t
+	}
+	ls := (l-1)*numSlots + s
+	sub := int(t>>(levelBits*(l-1))) & slotMask
+	w.subOcc[ls] |= 1 << sub
+	return subBase + ls*numSlots + sub, false, t
 }
 
-// unlink removes e from its list, clearing the slot's occupancy bit
-// if the list is left empty. Caller holds mu.
+// unlink removes e from its list, clearing the list's occupancy bits if
+// it is left empty. Caller holds mu.
 func (w *Wheel[T]) unlink(e *entry[T]) {
 	p, n := e.prev, e.next
 	w.at(p).next = n
 	w.at(n).prev = p
 	if p == n && p < firstEntry { // only the sentinel is left
-		if list := int(p) - 1; list < readyList {
-			w.occupied[list/numSlots] &^= 1 << (list % numSlots)
+		w.emptied(int(p) - 1)
+	}
+}
+
+// emptied clears the occupancy bits of list, which has just been left
+// empty: its sub-list bit and, with the last sub-list of a slot, the
+// slot's bit. Caller holds mu.
+func (w *Wheel[T]) emptied(list int) {
+	switch {
+	case list < subBase:
+		w.occupied[0] &^= 1 << list
+	case list < topBase:
+		ls := (list - subBase) >> levelBits
+		w.subOcc[ls] &^= 1 << (list & slotMask) // subBase is a multiple of 64
+		if w.subOcc[ls] == 0 {
+			w.occupied[1+ls>>levelBits] &^= 1 << (ls & slotMask)
 		}
+	case list < readyList:
+		w.occupied[topLevel] &^= 1 << (list - topBase)
 	}
 }
 
@@ -159,8 +184,34 @@ func (w *Wheel[T]) detach(list int) (first, sn uint32) {
 	sent := &w.sent[sn]
 	first = sent.next
 	sent.next, sent.prev = sn, sn
-	if list < readyList {
-		w.occupied[list/numSlots] &^= 1 << (list % numSlots)
-	}
+	w.emptied(list)
 	return first, sn
+}
+
+// cascade re-inserts every entry of slot s of level l > 0, whose first
+// tick start has just been processed, at a finer level (or, at the top
+// level, parks it again if still out of range): the sub-lists in time
+// order, so entries due in the same tick keep their order. None lands in
+// the slot itself below the top level. Caller holds mu.
+func (w *Wheel[T]) cascade(l, s int, start uint64) {
+	if l == topLevel {
+		w.replace(topBase+s, start)
+		return
+	}
+	ls := (l-1)*numSlots + s
+	for m := w.subOcc[ls]; m != 0; m &= m - 1 {
+		w.replace(subBase+ls*numSlots+bits.TrailingZeros64(m), start)
+	}
+}
+
+// replace detaches list, of a slot starting at tick start, and places
+// each of its entries anew. Caller holds mu.
+func (w *Wheel[T]) replace(list int, start uint64) {
+	i, sn := w.detach(list)
+	for i != sn {
+		e := w.at(i)
+		next := e.next
+		w.place(i, e, w.slotTick(e, start))
+		i = next
+	}
 }

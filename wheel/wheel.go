@@ -13,12 +13,17 @@ const (
 	numLevels = 7
 	topLevel  = numLevels - 1
 
-	// List ids: 0..numLevels*numSlots-1 are wheel slots (level*64+slot),
-	// readyList holds entries whose tick is already processed. Each list is
-	// circular through a sentinel entry, list id + 1 in the slab; index 0
-	// means "none" (the end of the free list) and real entries start at
-	// firstEntry.
-	readyList  = numLevels * numSlots
+	// List ids: 0..63 are level 0's slots (one tick each); a slot of
+	// levels 1 to 5 is 64 lists, one per 64th of its span (sub-list),
+	// subBase + ((level-1)*64+slot)*64 + sub; the top level's slots are
+	// topBase+slot; readyList holds entries whose tick is already
+	// processed. Each list is circular through a sentinel entry, list id +
+	// 1 in the slab; index 0 means "none" (the end of the free list) and
+	// real entries start at firstEntry.
+	subBase    = numSlots
+	numSubbed  = (topLevel - 1) * numSlots // slots with sub-lists
+	topBase    = subBase + numSubbed*numSlots
+	readyList  = topBase + numSlots
 	numLists   = readyList + 1
 	firstEntry = numLists + 1
 
@@ -95,6 +100,12 @@ type Wheel[T any] struct {
 	elapsed  uint64 // last processed tick
 	n        int    // pending entries
 	occupied [numLevels]uint64
+	// subOcc[(level-1)*64+slot] has bit k set iff that slot's sub-list k
+	// holds entries (levels 1 to 5); occupied's bit of the slot is set iff
+	// it is non-zero.
+	subOcc [numSubbed]uint64
+	// visits counts the entries Scan has looked at (for tests).
+	visits uint64
 
 	chunks [][]entry[T]          // chunks[0] holds the list sentinels
 	sent   *[firstEntry]entry[T] // chunks[0][:firstEntry], for direct access to the sentinels
