@@ -3,6 +3,7 @@ package journal
 import (
 	"errors"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -199,5 +200,30 @@ func TestDoneWaitSplit(t *testing.T) {
 	defer j2.Close()
 	if len(got) != 1 {
 		t.Fatalf("after the crash copy %d messages live, want 1", len(got))
+	}
+}
+
+// Done calls close together share one write: their records wait for the
+// next group (here none: the mark timer's), not one write each; and they
+// are written without any Append, Close or DoneWait behind them.
+func TestDoneMarksShareAWrite(t *testing.T) {
+	j, _, _ := openJ(t, Options{Dir: t.TempDir()})
+	recs := appendN(t, j, 0, 20, 100)
+	before := j.Stats()
+	for _, r := range recs {
+		if err := j.Done(Published, []Key{r.p.Key()}); err != nil {
+			t.Fatal(err)
+		}
+		runtime.Gosched() // a flusher kicked per call would write here
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for j.Stats().DoneRecords-before.DoneRecords < uint64(len(recs)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d Done records written after 5 s", j.Stats().DoneRecords-before.DoneRecords, len(recs))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if g := j.Stats().Groups - before.Groups; g > 3 {
+		t.Fatalf("%d Done calls took %d writes, want at most 3", len(recs), g)
 	}
 }

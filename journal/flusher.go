@@ -15,6 +15,7 @@ import (
 // Close.
 func (j *Journal) run() {
 	defer close(j.stopped)
+	defer j.marks.Stop()
 	var probeT *time.Ticker // non-nil while read-only
 	defer func() {
 		if probeT != nil {
@@ -48,6 +49,8 @@ func (j *Journal) run() {
 		}
 		select {
 		case <-j.kick:
+			j.flush()
+		case <-j.marks.C:
 			j.flush()
 		case <-tick:
 			j.flush()
@@ -96,6 +99,10 @@ func (j *Journal) flush() (bool, error) {
 		return false, nil
 	}
 	j.newGroupLocked()
+	if j.marksArmed { // g carries the marks the timer was armed for
+		j.marksArmed = false
+		j.marks.Stop()
+	}
 	j.cond.Broadcast()
 	j.mu.Unlock()
 	g.writers.Wait() // appenders still encoding into their reservations

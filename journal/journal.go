@@ -214,10 +214,15 @@ type Journal struct {
 	recovered bool
 	closing   bool
 
-	kick    chan struct{}
-	stop    chan struct{}
-	stopped chan struct{}
-	closeMu sync.Mutex
+	kick chan struct{}
+	// marks fires markDelay after Done queued a record into a group that
+	// no write has taken yet (marksArmed, guarded by mu): the flusher then
+	// writes it, unless an append's kick wrote it first.
+	marks      *time.Timer
+	marksArmed bool
+	stop       chan struct{}
+	stopped    chan struct{}
+	closeMu    sync.Mutex
 
 	// Flusher-owned.
 	wseg  *segment // segment last written
@@ -310,6 +315,7 @@ func Open(opts Options) (*Journal, error) {
 		logf:    opts.Logf,
 		lock:    lf,
 		kick:    make(chan struct{}, 1),
+		marks:   time.NewTimer(time.Hour),
 		stop:    make(chan struct{}),
 		stopped: make(chan struct{}),
 		writeAt: func(f *os.File, b []byte, off int64) (int, error) { return f.WriteAt(b, off) },
@@ -317,6 +323,7 @@ func Open(opts Options) (*Journal, error) {
 	if j.logf == nil {
 		j.logf = log.Printf
 	}
+	j.marks.Stop()
 	j.cond = sync.NewCond(&j.mu)
 	j.table.Store(&segTable{})
 	if probeErr != nil {
