@@ -23,6 +23,11 @@ var (
 	// ErrJournalUnavailable: the journal cannot be written (e.g. the disk
 	// is full). What is pending keeps being delivered.
 	ErrJournalUnavailable = errs.JournalUnavailable
+	// ErrTooManyTopics: the publish would add a topic to the
+	// Options.MaxTopics that deferd already holds (topics with messages
+	// pending and, with the embedded nsqd, that nsqd's topics); nothing of
+	// the request was kept.
+	ErrTooManyTopics = errs.TooManyTopics
 	// ErrClosed: the Scheduler is closing or closed.
 	ErrClosed = errs.Closed
 	// ErrInvalid: an argument breaks nsqd's rules or deferd's limits (topic,

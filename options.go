@@ -136,6 +136,17 @@ type Options struct {
 	// (> 0) is used as given.
 	MaxPending      int64 `flag:"max-pending"`
 	MaxPendingBytes int64 `flag:"max-pending-bytes"`
+	// MaxTopics bounds the distinct topics deferd holds: those with
+	// messages pending and, with the embedded nsqd, the topics that nsqd
+	// holds (it keeps one until it is deleted there, at about
+	// EmbeddedNSQDMemQueueSize x 8 B of heap each: 0.82 MB at the
+	// default). A publish that would add one past it gets
+	// ErrTooManyTopics (HTTP 503 TOO_MANY_TOPICS); a topic frees its slot
+	// when nothing of it is pending (and, with the embedded nsqd, it is
+	// deleted there). It is checked before a client id is looked up: a
+	// publish to a new topic past it is refused even if its id is
+	// pending. Default 100: about 82 MB of embedded nsqd topics.
+	MaxTopics int `flag:"max-topics"`
 	// RetryBackoff is how long a message waits after its sink did not take
 	// it before it is tried again; ParkBackoff the wait after the sink
 	// refused the message itself (ErrRejected) or its record failed to
@@ -211,6 +222,7 @@ func NewOptions() Options {
 		ClusterPollInterval:      2 * time.Second,
 		MaxPending:               AutoCapacity,
 		MaxPendingBytes:          AutoCapacity,
+		MaxTopics:                DefaultMaxTopics,
 		RetryBackoff:             time.Second,
 		ParkBackoff:              time.Minute,
 		Fsync:                    journal.FsyncInterval.String(),
@@ -222,6 +234,11 @@ func NewOptions() Options {
 		ShutdownGrace:            10 * time.Second,
 	}
 }
+
+// DefaultMaxTopics is Options.MaxTopics' default: 100 topics of the
+// embedded nsqd cost about 82 MB of heap at its default mem-queue-size
+// (BenchmarkTopicHeap in internal/nsqdnode).
+const DefaultMaxTopics = 100
 
 // mpubHeadroom is how much of MaxBodySize the default sink leaves unused
 // in its MPUBs to nsqd.
@@ -275,6 +292,7 @@ func (o *Options) Validate() error {
 		{"BatchSize", "batch-size", int64(o.BatchSize)}, {"ConnsPerNSQD", "conns-per-nsqd", int64(o.ConnsPerNSQD)},
 		{"SegmentSize", "segment-size", o.SegmentSize}, {"ClusterForwardConns", "cluster-forward-conns", int64(o.ClusterForwardConns)},
 		{"HTTPMaxConns", "http-max-conns", int64(o.HTTPMaxConns)}, {"MaxInflightBodyBytes", "max-inflight-body-bytes", o.MaxInflightBodyBytes},
+		{"MaxTopics", "max-topics", int64(o.MaxTopics)},
 	} {
 		if n.v <= 0 {
 			return bad(n.field, n.flag, "must be > 0", n.v)

@@ -30,9 +30,9 @@ type Pub struct {
 // Options.Fsync "always"): a nil error survives kill -9. A message already
 // due and without an id goes straight to the sink instead (DirectPublish):
 // nil then means the sink took it. The error is ErrInvalid (wrapped, with
-// the reason), ErrOverCapacity, ErrJournalUnavailable (also when a write or
-// move of the same id under way did not end within a second: a stalled
-// disk) or ErrClosed.
+// the reason), ErrOverCapacity, ErrTooManyTopics, ErrJournalUnavailable
+// (also when a write or move of the same id under way did not end within
+// a second: a stalled disk) or ErrClosed.
 //
 // Cost: one group commit of the journal (shared with concurrent calls),
 // O(len(p.Bodies)) otherwise. Safe for concurrent use.
@@ -79,7 +79,7 @@ func (s *Scheduler) checkPub(p *Pub) (int64, error) {
 	if d <= 0 {
 		return now.UnixMilli(), nil
 	}
-	return ceilMs(now.Add(d).UnixNano()), nil
+	return now.Add(d).UnixMilli(), nil
 }
 
 // publish is Publish after validation (ingest validated by nsqd's rules),
@@ -93,6 +93,9 @@ func (s *Scheduler) publish(proto ingestProto, topic string, bodies [][]byte, du
 	defer s.leave()
 	if len(bodies) == 0 {
 		return nil
+	}
+	if err := s.admitTopic(topic); err != nil { // before an id is looked up (Options.MaxTopics)
+		return err
 	}
 	direct := false // bodies went to the sink first; what is left is journaled below
 	if s.opts.DirectPublish && id == "" && dueMs <= s.clk.nowMs() {

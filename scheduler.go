@@ -40,6 +40,8 @@ type Scheduler struct {
 	nlog *nsqdLog          // the embedded nsqd's log writer, which counts its lost messages
 	dq   directQ           // DirectPublish's batching
 
+	topics topicsHeld // MaxTopics (topics.go)
+
 	pending      atomic.Int64
 	pendingBytes atomic.Int64
 	accepted     atomic.Uint64

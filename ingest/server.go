@@ -115,6 +115,9 @@ var (
 	// now: the outcome is not known yet (if nsqd does not take it, it is
 	// retried later, and a cancel then succeeds).
 	ErrInFlight = &Error{409, "IN_FLIGHT"}
+	// ErrTooManyTopics answers a publish that would add a topic past the
+	// topic cap (deferd.Options.MaxTopics).
+	ErrTooManyTopics = &Error{503, "TOO_MANY_TOPICS"}
 )
 
 // backendErrors maps the scheduler's sentinel errors to their answers.
@@ -124,6 +127,7 @@ var backendErrors = [...]struct {
 }{
 	{errs.NotFound, ErrNotFound},
 	{errs.OverCapacity, ErrOverCapacity},
+	{errs.TooManyTopics, ErrTooManyTopics},
 	{errs.JournalUnavailable, ErrUnavailable},
 	{errs.Closed, ErrExiting},
 	{errs.InFlight, ErrInFlight},

@@ -22,6 +22,8 @@ var (
 	JournalUnavailable = errors.New("deferd: journal unavailable")
 	// Closed: the scheduler is closing or closed.
 	Closed = errors.New("deferd: closed")
+	// TooManyTopics: a publish would add a topic past Options.MaxTopics.
+	TooManyTopics = errors.New("deferd: too many topics")
 	// Invalid: an argument breaks the rules (topic, id, size, due time).
 	Invalid = errors.New("deferd: invalid argument")
 )
