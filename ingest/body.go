@@ -206,7 +206,8 @@ func lingerIfUnread(ctx *fasthttp.RequestCtx, read int64, ended bool) {
 func lingerClose(ctx *fasthttp.RequestCtx) { lingerCloseFor(ctx, lingerTimeout, lingerMaxBytes) }
 
 // lingerCloseFor is lingerClose with its own bounds on the wait and the
-// bytes read.
+// bytes read; with maxBytes 0 it reads nothing and closes timeout after the
+// answer (the client's close is not noticed then).
 func lingerCloseFor(ctx *fasthttp.RequestCtx, timeout time.Duration, maxBytes int64) {
 	ctx.Response.SetConnectionClose()
 	resp := ctx.Response.String()
@@ -219,6 +220,10 @@ func lingerCloseFor(ctx *fasthttp.RequestCtx, timeout time.Duration, maxBytes in
 		}
 		if cw, ok := raw.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
+		}
+		if maxBytes == 0 {
+			time.Sleep(timeout)
+			return
 		}
 		c.SetReadDeadline(time.Now().Add(timeout))
 		io.CopyN(io.Discard, c, maxBytes)

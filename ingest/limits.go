@@ -197,25 +197,26 @@ func (s *Server) bodyError(err error) *Error {
 	return errInternal
 }
 
-// refuseLinger bounds how long, and how much of the refused body, a
-// connection whose body the budget refused is read after its 503: long
-// enough for a client still sending to read the answer before the close
-// (closing with unread data resets the connection, which can destroy the
-// 503 before the client reads it), short enough that a refused sender
-// costs deferd little (lingerClose, for a 413, waits up to 3 s).
-const (
-	refuseLingerTimeout  = 250 * time.Millisecond
-	refuseLingerMaxBytes = 8 << 20
-)
+// refuseWait is how long a connection whose body the budget refused
+// stays open after its 503, reading nothing: long enough for a client
+// still sending to read the answer before the close (closing with unread
+// data resets the connection, and a reset can destroy the 503 before the
+// client reads it), short enough that a refused sender costs deferd a
+// socket and a sleeping goroutine for that long. Nothing of the refused
+// body is read: a sender reopening at once and sending 5 MB each time
+// (TestAttack) would otherwise have deferd's cores copying its bytes.
+const refuseWait = 250 * time.Millisecond
 
 // refuseBody answers a body the budget refused: 503 BODY_BUDGET_EXCEEDED
-// with Connection: close, the write side half-closed at once, and what the
-// client still sends read and dropped for at most refuseLinger. Nothing of
-// the request is published.
+// with Connection: close, the write side half-closed at once; the
+// connection is closed refuseWait later without reading what the client
+// still sends. Nothing of the request is published. A client that reads
+// its answer only after sending the whole body (no concurrent read, as Go's
+// http.Transport and curl have) sees a reset instead of the 503.
 func (s *Server) refuseBody(ctx *fasthttp.RequestCtx, st *reqState) {
 	s.writeError(ctx, ErrBodyBudget)
 	st.ended = true // finish must not linger again
-	lingerCloseFor(ctx, refuseLingerTimeout, refuseLingerMaxBytes)
+	lingerCloseFor(ctx, refuseWait, 0)
 }
 
 // countBodyError counts a failed body read (not the budget's refusal),

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -121,6 +122,93 @@ func TestBodyBudget(t *testing.T) {
 	}
 	wantMetric(t, srv, `deferd_ingest_client_errors_total{reason="body_cut_off",code="500"} 1`)
 }
+
+// A large body the budget refuses is not read: its sender gets the 503
+// while it is still sending (Go's client reads the answer as it sends, so
+// it gets the 503, not a reset) and the connection is closed refuseWait
+// after the answer, however much more the sender sends.
+func TestBodyBudgetRefusalReadsNothing(t *testing.T) {
+	rec := &recorder{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := &countingListener{Listener: ln}
+	srv := startServer(t, Options{MaxInflightBodyBytes: 1 << 20, MaxBodySize: 64 << 20, BodyTimeout: 10 * time.Second,
+		Listener: counted}, rec)
+	dialSend(t, srv.Addr(), head("/mpub?topic=t", 800<<10)+strings.Repeat("a\n", 10000)) // holds 800 KiB
+	time.Sleep(100 * time.Millisecond)
+	body := bytes.Repeat([]byte("b\n"), 2<<20) // 4 MiB
+	for range 5 {
+		if r := do(t, "POST", srv.Addr(), "/mpub?topic=t", body, false); r.code != 503 || r.body != `{"message":"BODY_BUDGET_EXCEEDED"}` {
+			t.Fatalf("4 MiB over the budget from Go's client: %d %s", r.code, r.body)
+		}
+	}
+	// A sender of 32 MiB, more than the sockets' buffers hold: the answer,
+	// then the close.
+	const size = 32 << 20
+	c := dialSend(t, srv.Addr(), head("/mpub?topic=t", size))
+	var wg sync.WaitGroup
+	wg.Add(1)
+	sent := 0
+	go func() {
+		defer wg.Done()
+		chunk := bytes.Repeat([]byte("c\n"), 32<<10)
+		for sent < size {
+			n, err := c.Write(chunk)
+			sent += n
+			if err != nil {
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	if code, body := readAnswer(t, c, 5*time.Second); code != 503 || body != `{"message":"BODY_BUDGET_EXCEEDED"}` {
+		t.Fatalf("over the budget: %d %s", code, body)
+	}
+	wg.Wait() // the write fails at the close
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("the refused sender's connection was closed %v after the answer, want about %v", took, refuseWait)
+	}
+	if sent >= size {
+		t.Errorf("the refused sender sent all of its %d bytes: deferd read them", sent)
+	}
+	if n := len(rec.take()); n != 0 {
+		t.Errorf("published %d requests, want none", n)
+	}
+	// The holder's 20 KB, and of each refused body what came with its head.
+	if n := counted.read.Load(); n > 1<<20 {
+		t.Errorf("deferd read %d bytes from the connections: it read refused bodies", n)
+	}
+}
+
+// countingListener counts the bytes read from the connections it accepts.
+type countingListener struct {
+	net.Listener
+	read atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, read: &l.read}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	read *atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+// CloseWrite half-closes the connection, as a refusal's linger needs.
+func (c *countingConn) CloseWrite() error { return c.Conn.(*net.TCPConn).CloseWrite() }
 
 // Connections that do not send their head within HeaderTimeout (nothing
 // at all, or half a head) are closed without an answer; a body that does
