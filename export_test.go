@@ -22,13 +22,12 @@ func newFakeClock(wall time.Time) *fakeClock {
 	return &fakeClock{wall0: wall.UnixNano(), mono0: 1 << 40}
 }
 
-func (c *fakeClock) Now() int64                   { return c.mono0 + c.off.Load() }
-func (c *fakeClock) WallNs() int64                { return c.wall0 + c.off.Load() }
-func (c *fakeClock) nowMs() int64                 { return c.WallNs() / int64(time.Millisecond) }
-func (c *fakeClock) add(d time.Duration)          { c.off.Add(int64(d)) }
-func (c *fakeClock) time() time.Time              { return time.Unix(0, c.WallNs()) }
-func (c *fakeClock) set(o *Options) *Options      { o.clock = c; return o }
-func (c *fakeClock) since(ns int64) time.Duration { return time.Duration(c.WallNs() - ns) }
+func (c *fakeClock) Now() int64              { return c.mono0 + c.off.Load() }
+func (c *fakeClock) WallNs() int64           { return c.wall0 + c.off.Load() }
+func (c *fakeClock) nowMs() int64            { return c.WallNs() / int64(time.Millisecond) }
+func (c *fakeClock) add(d time.Duration)     { c.off.Add(int64(d)) }
+func (c *fakeClock) time() time.Time         { return time.Unix(0, c.WallNs()) }
+func (c *fakeClock) set(o *Options) *Options { o.clock = c; return o }
 
 // advance moves the fake clock the Scheduler runs on (Options.clock) by d,
 // then does what the wheel's driver does at a tick, synchronously: hands
