@@ -149,6 +149,10 @@
 //   - A refused request whose unread body is over 256 KiB is answered with
 //     Connection: close and the connection lingers (half-closed, draining,
 //     at most 3 s) so the client reads the answer, as Go's net/http does.
+//     A body the body budget refused (503 BODY_BUDGET_EXCEEDED) is not
+//     drained: the connection is half-closed and closed 250 ms after the
+//     answer, so a refused sender costs no copying; a client that reads
+//     the answer only after sending all of its body may see a reset.
 //     With Expect: 100-continue fasthttp sends 100 Continue before the
 //     handler runs, so a body the handler refuses unread (oversized, a bad
 //     topic, a wrong method) is sent and drained where nsqd (which never
