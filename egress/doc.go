@@ -1,8 +1,13 @@
 // Package egress publishes due messages to nsqd in MPUB batches over several
 // connections per nsqd, with retry and failover.
 //
-// A Publisher holds ConnsPerAddr go-nsq Producers (one TCP connection each)
-// per nsqd. Publish splits its bodies into batches within MaxBatchMsgs and
+// A Publisher holds ConnsPerAddr connections per nsqd, each made with
+// go-nsq's Conn (dial, IDENTIFY, heartbeats, reading nsqd's answers) but
+// not its Producer: egress encodes each MPUB into a buffer the connection
+// reuses (go-nsq's MultiPublish builds a new command of the batch's size
+// per call) and hands nsqd's answer from go-nsq's read loop to the waiting
+// sender directly. MPUBs are pipelined on a connection, answered in order.
+// Publish splits its bodies into batches within MaxBatchMsgs and
 // MaxBatchBytes, sends them one after the other on the least-busy connection
 // of a healthy nsqd, and counts a body as acknowledged only once nsqd
 // answered OK for its batch: delivery is at-least-once (a batch that timed
@@ -17,14 +22,14 @@
 // this process can reach). An address also in Addrs is that static nsqd.
 // egress only reads nsqlookupd: it never registers itself.
 //
-//   - An nsqd that appears gets ConnsPerAddr Producers (go-nsq connects on
-//     first use) and takes batches from the next pick on.
+//   - An nsqd that appears gets ConnsPerAddr connections (each dialled on
+//     its first use) and takes batches from the next pick on.
 //   - An nsqd that disappears (no longer listed, and every nsqlookupd
 //     answered) is drained: it leaves the set Publish picks from at once,
 //     so no new batch goes to it; a batch already in flight there finishes
 //     there, and its outcome (acknowledged, or failed and retried on
 //     another nsqd or returned to the caller, who reschedules it) is that
-//     of any other batch. Once none is in flight its Producers are stopped
+//     of any other batch. Once none is in flight its connections are closed
 //     and its metrics removed. A Publish that picked it just before it
 //     left picks again, without counting a try. Nothing it did not
 //     acknowledge is reported as acknowledged.
@@ -35,7 +40,7 @@
 //     (and its recovery), the others' answers can only add nsqds, and with
 //     none answering the set stays as it was.
 //   - An nsqd listed again while it is still draining is added back by
-//     the first poll after the drain ends, with new Producers.
+//     the first poll after the drain ends, with new connections.
 //   - With no nsqd known (only LookupdHTTPAddrs, none listed yet) Publish
 //     and TryPublish return ErrNoNSQD at once, as TryPublish does with
 //     every nsqd down: the caller retries later.
@@ -57,18 +62,18 @@
 //   - bodies egress can tell are unsendable (empty, over MaxMsgSize) and
 //     invalid topic names: permanent, never sent.
 //
-// A Producer whose connection failed is replaced by a new one rather than
-// left to reconnect: go-nsq v1.1.0's reconnect races with the old
-// connection's router goroutine (reported by the race detector). An idle
-// Producer whose connection nsqd closed without egress noticing (nsqd
-// restarted while the Producer was unused, and never marked down) still
-// reconnects itself; that race is benign (it reads a pointer for a log line).
+// A connection is dialled once and never redialled: once it failed,
+// closed (also while idle: nsqd restarted) or never came up, the next
+// batch for its slot dials a new one. Every failed try replaces the
+// connection it used (nsqd closes it after any MPUB error; a timed-out
+// MPUB may still be answered on it), as do the idle connections of an
+// nsqd that is marked down.
 //
-// Bounds: a Publish try waits at most Timeout for nsqd's answer; a try that
-// must first (re)connect can also spend go-nsq's DialTimeout and, for an
-// nsqd that accepts but never answers IDENTIFY, its 10s read timeout. Stop
-// makes waiting Publish calls return ErrStopped at once, except one blocked
-// in such a connect. A drain lasts as long as the batches in flight to its
+// Bounds: a Publish try waits at most Timeout, for a dial and nsqd's
+// answer together; a dial it stops waiting for goes on in the background,
+// within go-nsq's DialTimeout and, for an nsqd that accepts but never
+// answers IDENTIFY, its 10s read timeout. Stop makes waiting Publish calls
+// return ErrStopped at once, then waits for such a dial. A drain lasts as long as the batches in flight to its
 // nsqd (each within those bounds); Stop waits for drains and for the poll
 // loop, whose query in progress it cancels.
 //

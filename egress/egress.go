@@ -46,9 +46,10 @@ type Options struct {
 	LookupdHTTPAddrs []string
 	// LookupdPollInterval is the time between polls of LookupdHTTPAddrs.
 	LookupdPollInterval time.Duration
-	// ConnsPerAddr is the number of go-nsq Producers (one TCP connection
-	// each) per nsqd. A Producer serialises its calls on its connection, so
-	// this bounds the batches in flight to one nsqd.
+	// ConnsPerAddr is the number of TCP connections per nsqd. Batches
+	// are written to a connection one at a time (and pipelined: the next
+	// may go before nsqd answered the last); Publish picks the connection
+	// with the fewest batches waiting for an answer.
 	ConnsPerAddr int
 	// MaxBatchMsgs is the most messages per MPUB.
 	MaxBatchMsgs int
@@ -172,11 +173,11 @@ type Publisher struct {
 	stopped bool
 	stopCh  chan struct{}
 	active  sync.WaitGroup // Publish calls in progress
-	retired sync.WaitGroup // Stop of replaced Producers
+	retired sync.WaitGroup // stop of replaced links
 }
 
-// New validates opts and creates the Producers. go-nsq connects lazily, on a
-// Producer's first publish, so New does not fail when an nsqd is down.
+// New validates opts and creates the connection slots. Each connection is
+// dialled on its first publish, so New does not fail when an nsqd is down.
 // With LookupdHTTPAddrs, New also polls every nsqlookupd once (waiting up
 // to Timeout for their answers; one that is down is only logged) and
 // starts the poll loop, which Stop ends.
@@ -188,9 +189,10 @@ func New(opts Options) (*Publisher, error) {
 	cfg := nsq.NewConfig()
 	cfg.DialTimeout = opts.DialTimeout
 	cfg.WriteTimeout = max(time.Second, opts.Timeout)
-	// go-nsq answers nsqd's heartbeats itself; they never reach a
-	// transaction. The read timeout also bounds go-nsq's IDENTIFY during a
-	// (re)connect, which Options.Timeout does not cover, so it is shortened
+	// go-nsq's Conn answers nsqd's heartbeats itself; they never reach a
+	// link's waiters. The read timeout also bounds go-nsq's IDENTIFY during a
+	// dial, which a Publish stops waiting for after Options.Timeout but
+	// Stop waits for, so it is shortened
 	// from 60s to 10s, with heartbeats at half of it to keep idle
 	// connections alive.
 	cfg.HeartbeatInterval = 5 * time.Second
@@ -211,12 +213,7 @@ func New(opts Options) (*Publisher, error) {
 	p.gaveUp = p.set.NewCounter("deferd_egress_gave_up_total")
 	v := &view{}
 	for _, addr := range opts.Addrs {
-		n, err := p.newNodeConns(addr)
-		if err != nil {
-			p.view.Store(v)
-			p.stopProducers()
-			return nil, err
-		}
+		n := p.newNodeConns(addr)
 		n.static = true
 		v.add(n)
 	}
@@ -230,27 +227,16 @@ func New(opts Options) (*Publisher, error) {
 	return p, nil
 }
 
-// newNodeConns returns a node for addr with its ConnsPerAddr Producers,
-// its metrics registered in p's Set.
-func (p *Publisher) newNodeConns(addr string) (*node, error) {
-	prods := make([]*producer, 0, p.opts.ConnsPerAddr)
-	for range p.opts.ConnsPerAddr {
-		prod, err := p.newProducer(addr)
-		if err != nil {
-			for _, pr := range prods {
-				pr.Stop()
-			}
-			return nil, err
-		}
-		prods = append(prods, prod)
-	}
+// newNodeConns returns a node for addr with its ConnsPerAddr connection
+// slots (links not dialled yet), its metrics registered in p's Set.
+func (p *Publisher) newNodeConns(addr string) *node {
 	n := newNode(addr, p.set)
-	for _, prod := range prods {
+	for range p.opts.ConnsPerAddr {
 		c := &conn{node: n}
-		c.prod.Store(prod)
+		c.link.Store(p.newLink(addr))
 		n.conns = append(n.conns, c)
 	}
-	return n, nil
+	return n
 }
 
 // Metrics returns the Publisher's metrics (deferd_egress_*). Register it
@@ -280,7 +266,7 @@ func (p *Publisher) Publish(topic string, bodies [][]byte) (acked int, err error
 
 // BatchObserver is told of each batch a PublishObserved call got nsqd's
 // OK for, in order, on the calling goroutine, before the call returns: its
-// message count, when its MPUB was handed to go-nsq (the last try's) and
+// message count, when its MPUB was about to be written (the last try's) and
 // when the OK arrived. It must not keep the call waiting.
 type BatchObserver interface {
 	ObserveBatch(n int, sent, ok time.Time)
@@ -324,11 +310,11 @@ func (p *Publisher) Stats() []NodeStats {
 
 // Stop makes Publish return ErrStopped, waits for running Publish calls to
 // return (they do so promptly), ends the nsqlookupd poll loop (cancelling a
-// query in progress) and the drains of removed nsqds, then stops all
-// Producers. Batches in flight
-// are not acknowledged to the caller even if nsqd queued them. Stopping a
-// Producer that is still connecting to an nsqd that accepted the connection
-// but does not answer waits for go-nsq's 10 s read timeout: a caller that
+// query in progress) and the drains of removed nsqds, then closes all
+// connections (about 100 ms: go-nsq's close polls). Batches in flight
+// are not acknowledged to the caller even if nsqd queued them. Closing a
+// connection still being dialled to an nsqd that accepted it but does
+// not answer IDENTIFY waits for go-nsq's 10 s read timeout: a caller that
 // needs a bound (deferd's engine) waits for Stop with its own deadline.
 // Idempotent; safe to call concurrently with Publish.
 func (p *Publisher) Stop() {
@@ -348,16 +334,16 @@ func (p *Publisher) Stop() {
 	if p.lookupd != nil {
 		p.lookupd.closeIdle()
 	}
-	p.stopProducers()
+	p.stopLinks()
 }
 
-// stopProducers stops the Producers of the nodes in the view (drain stops
-// those of removed nodes) and waits for the retired ones.
-func (p *Publisher) stopProducers() {
+// stopLinks stops the links of the nodes in the view (drain stops those
+// of removed nodes) and waits for the retired ones.
+func (p *Publisher) stopLinks() {
 	var wg sync.WaitGroup
 	for _, c := range p.view.Load().conns {
-		if prod := c.prod.Load(); prod != nil {
-			wg.Go(prod.Stop)
+		if l := c.link.Load(); l != nil {
+			wg.Go(l.stop)
 		}
 	}
 	wg.Wait()

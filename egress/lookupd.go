@@ -211,12 +211,7 @@ func (p *Publisher) apply(found map[string]bool, complete bool) {
 	}
 	slices.Sort(added)
 	for _, a := range added {
-		n, err := p.newNodeConns(a)
-		if err != nil {
-			p.opts.Logf("egress: nsqd %s (discovered): %v", a, err)
-			continue
-		}
-		nv.add(n)
+		nv.add(p.newNodeConns(a))
 		p.opts.Logf("egress: nsqd %s discovered", a)
 	}
 	if len(removed) == 0 && len(nv.nodes) == len(old.nodes) {
@@ -233,7 +228,7 @@ func (p *Publisher) apply(found map[string]bool, complete bool) {
 }
 
 // drain waits until no batch is in flight to n (removed from the view, gone
-// set, so none starts), stops its Producers and unregisters its metrics.
+// set, so none starts), stops its links and unregisters its metrics.
 // Batches in flight finish on n: their outcome goes to their Publish call
 // as any other's. Bounded by those batches' Timeout (and a connect in
 // progress; see Stop).
@@ -246,10 +241,10 @@ func (p *Publisher) drain(n *node) {
 	t.Stop()
 	var wg sync.WaitGroup
 	for _, c := range n.conns {
-		// Swap: a concurrent replace's CompareAndSwap then fails and
-		// stops its fresh Producer itself.
-		if prod := c.prod.Swap(nil); prod != nil {
-			wg.Go(prod.Stop)
+		// Swap: a concurrent replace's CompareAndSwap then fails, and
+		// its fresh link, never dialled, is dropped.
+		if l := c.link.Swap(nil); l != nil {
+			wg.Go(l.stop)
 		}
 	}
 	wg.Wait()

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-	"github.com/nsqio/go-nsq"
 )
 
 // NodeStats is a snapshot of one nsqd as the Publisher sees it.
@@ -54,25 +53,12 @@ type node struct {
 	batchDur  durations
 }
 
-// conn is one go-nsq Producer: one TCP connection, calls serialised.
+// conn is one connection slot of an nsqd: its current link (one TCP
+// connection, MPUBs pipelined on it), replaced when it fails.
 type conn struct {
 	node     *node
-	prod     atomic.Pointer[producer]
+	link     atomic.Pointer[link]
 	inFlight atomic.Int32
-}
-
-// producer is a go-nsq Producer, whether go-nsq has logged trouble on its
-// connection (an I/O or protocol error: nsqd went away, or closed the
-// connection after an error), and whether a publish on it succeeded (so it
-// is connected). go-nsq would reconnect a lost one on its next publish,
-// which races (see Publisher.failed), so a lost producer is replaced before
-// it is used again, even when the trouble came while it was idle and no
-// publish failed. used belongs to the producer, not the conn: a success
-// on a producer just replaced must not mark its fresh successor connected.
-type producer struct {
-	*nsq.Producer
-	lost atomic.Bool
-	used atomic.Bool
 }
 
 // leastBusy returns n's connection with the fewest batches in flight.

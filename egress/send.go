@@ -2,8 +2,6 @@ package egress
 
 import (
 	"errors"
-	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/nsqio/go-nsq"
@@ -157,13 +155,13 @@ func nodeFault(err error) bool {
 	return classify(err) == classRetry
 }
 
-// sendTimes are the times of one successful send: its MPUB handed to
-// go-nsq, and nsqd's OK received.
+// sendTimes are the times of one successful send: its MPUB written to
+// the connection, and nsqd's OK received.
 type sendTimes struct{ sent, ok time.Time }
 
 // send publishes one batch on c and waits for nsqd's answer, Timeout or Stop.
 // On failure first reports whether this call was the first to see c's
-// Producer fail (and replaced it). On success it sets tm.
+// link fail (and replaced it). On success it sets tm.
 func (p *Publisher) send(c *conn, topic string, batch [][]byte, tm *sendTimes) (first bool, err error) {
 	n := c.node
 	n.inFlight.Add(1)
@@ -178,53 +176,46 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte, tm *sendTimes) (
 		return false, errNodeGone
 	}
 	start := time.Now()
-	// Buffered: if we stop waiting, go-nsq's router can still deliver the
-	// answer without blocking.
-	done := make(chan *nsq.ProducerTransaction, 1)
-	prod := c.prod.Load()
-	if prod.lost.Load() {
-		// Its connection failed while idle: go-nsq would reconnect it.
-		p.replace(c, prod)
-		prod = c.prod.Load()
+	l := c.link.Load()
+	if l.lost.Load() {
+		// Its connection failed, possibly while idle: a link never redials.
+		p.replace(c, l)
+		l = c.link.Load()
 	}
-	// The timer covers the connect too: go-nsq connects inside
-	// MultiPublishAsync on a Producer's first use, and its IDENTIFY is
-	// bounded only by the 10s read timeout (a hung nsqd held a direct
-	// publish's reply 10 s, and Stop as long). On a connection's first
-	// use the call runs on its own goroutine with a copy of the bodies,
-	// so abandoning it keeps none of the caller's (go-nsq copies them
-	// too, but only once that goroutine runs).
+	// The timer covers the dial too: a link dials on first use, and
+	// go-nsq's IDENTIFY is bounded only by its 10s read timeout (a hung
+	// nsqd held a direct publish's reply 10 s, and Stop as long). The dial
+	// runs on its own goroutine, so this call can give up on it; it keeps
+	// none of the bodies.
 	t := time.NewTimer(p.opts.Timeout)
 	defer t.Stop()
-	if prod.used.Load() {
-		err = prod.MultiPublishAsync(topic, batch, done)
-	} else {
-		own := copyBodies(batch)
-		errc := make(chan error, 1)
-		go func() { errc <- prod.MultiPublishAsync(topic, own, done) }()
+	select {
+	case <-l.dialed:
+	default:
 		select {
-		case err = <-errc:
+		case <-l.dial():
 		case <-t.C:
-			return p.failed(c, prod, ErrTimeout)
+			return p.failed(c, l, ErrTimeout)
 		case <-p.stopCh:
 			return false, ErrStopped
 		}
 	}
+	ans, err := l.write(topic, batch)
 	if err != nil {
-		return p.failed(c, prod, p.stoppedOr(err))
+		return p.failed(c, l, p.stoppedOr(err))
 	}
 	select {
-	case tr := <-done:
-		if tr.Error != nil {
-			return p.failed(c, prod, p.stoppedOr(tr.Error))
+	case err := <-ans:
+		if err != nil {
+			return p.failed(c, l, p.stoppedOr(err))
 		}
 	case <-t.C:
-		return p.failed(c, prod, ErrTimeout)
+		return p.failed(c, l, ErrTimeout)
 	case <-p.stopCh:
 		return false, ErrStopped
 	}
 	tm.sent, tm.ok = start, time.Now()
-	prod.used.Store(true)
+	l.used.Store(true)
 	n.batchDur.UpdateDuration(start)
 	n.batches.Inc()
 	n.published.Add(len(batch))
@@ -232,76 +223,44 @@ func (p *Publisher) send(c *conn, topic string, batch [][]byte, tm *sendTimes) (
 	return false, nil
 }
 
-// copyBodies copies bodies into one new buffer.
-func copyBodies(bodies [][]byte) [][]byte {
-	n := 0
-	for _, b := range bodies {
-		n += len(b)
-	}
-	buf := make([]byte, 0, n)
-	out := make([][]byte, len(bodies))
-	for i, b := range bodies {
-		buf = append(buf, b...)
-		out[i] = buf[len(buf)-len(b) : len(buf) : len(buf)]
-	}
-	return out
-}
-
-// failed handles a failed send of prod on c and returns err. Every failure
-// from nsqd leaves the connection closed or in doubt (nsqd closes it after
-// any MPUB error), so prod is replaced by a new Producer.
-//
-// Why replace rather than let go-nsq reconnect: a go-nsq v1.1.0 Producer
-// that reconnects races with its previous connection's router goroutine
-// (producer.go: the router reads w.conn after wg.Done, connect writes it),
-// which the race detector reports. A Producer that never reconnects has no
-// such race: failed sends replace it here, and a connection that fails
-// while idle marks it lost (nsqLogger) so that send replaces it first.
-func (p *Publisher) failed(c *conn, prod *producer, err error) (bool, error) {
+// failed handles a failed send on c's link l and returns err. Every
+// failure leaves the connection closed or in doubt (nsqd closes it after
+// any MPUB error; a timed-out MPUB may still be answered), so l is
+// replaced by a fresh link, which dials on its first use.
+func (p *Publisher) failed(c *conn, l *link, err error) (bool, error) {
 	if errors.Is(err, ErrStopped) {
 		return false, err
 	}
-	return p.replace(c, prod), err
+	return p.replace(c, l), err
 }
 
-// replace swaps c's Producer old for a new one unless another goroutine
-// already did, stops old in the background, and reports whether it swapped.
-func (p *Publisher) replace(c *conn, old *producer) bool {
-	fresh, err := p.newProducer(c.node.addr)
-	if err != nil {
-		panic("BUG: go-nsq config validated in New: " + err.Error())
-	}
-	if !c.prod.CompareAndSwap(old, fresh) {
-		fresh.Stop()
+// replace swaps c's link old for a fresh one unless another goroutine
+// already did, stops old in the background, and reports whether it
+// swapped. A fresh link costs nothing until its first use.
+func (p *Publisher) replace(c *conn, old *link) bool {
+	if !c.link.CompareAndSwap(old, p.newLink(c.node.addr)) {
 		return false
 	}
-	p.retired.Go(old.Stop)
+	p.retired.Go(old.stop)
 	return true
 }
 
-// replaceIdle replaces the idle Producers of n that have had a connection:
-// called when n goes down, so none of them later reconnects (see failed).
-// Busy ones are left to finish or fail on their own.
+// replaceIdle replaces the idle links of n that have had a connection:
+// called when n goes down, so that the next batch on each dials again
+// rather than writing into a connection that is likely dead too. Busy
+// ones are left to finish or fail on their own.
 func (p *Publisher) replaceIdle(n *node) {
 	if n.gone.Load() {
 		return // drain stops them
 	}
 	for _, c := range n.conns {
-		if prod := c.prod.Load(); prod != nil && prod.used.Load() && c.inFlight.Load() == 0 {
-			p.replace(c, prod)
+		if l := c.link.Load(); l != nil && l.used.Load() && c.inFlight.Load() == 0 {
+			p.replace(c, l)
 		}
 	}
 }
 
-func (p *Publisher) newProducer(addr string) (*producer, error) {
-	prod, err := nsq.NewProducer(addr, p.cfg)
-	if err != nil {
-		return nil, fmt.Errorf("egress: %s: %w", addr, err)
-	}
-	pr := &producer{Producer: prod}
-	prod.SetLogger(nsqLogger{logf: p.opts.Logf, addr: addr, lost: &pr.lost}, nsq.LogLevelWarning)
-	return pr, nil
-}
+func (p *Publisher) newLink(addr string) *link { return newLink(addr, p.cfg, p.opts.Logf) }
 
 // stoppedOr maps a go-nsq error to ErrStopped when the Publisher is stopping.
 func (p *Publisher) stoppedOr(err error) error {
@@ -311,19 +270,4 @@ func (p *Publisher) stoppedOr(err error) error {
 	default:
 		return err
 	}
-}
-
-// nsqLogger routes one Producer's go-nsq log lines (warnings and errors) to
-// Options.Logf, and marks the Producer lost: go-nsq logs them when its
-// connection fails, before the Producer could reconnect.
-type nsqLogger struct {
-	logf func(format string, args ...any)
-	addr string
-	lost *atomic.Bool
-}
-
-func (l nsqLogger) Output(_ int, s string) error {
-	l.lost.Store(true)
-	l.logf("egress: nsqd %s: %s", l.addr, s)
-	return nil
 }
