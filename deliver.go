@@ -70,15 +70,15 @@ func (s *Scheduler) publishTask(t *task) {
 	for _, g := range t.groups {
 		t.bodies = t.bodies[:0]
 		for _, r := range g.msgs {
-			t.bodies = append(t.bodies, t.arena[r.start:r.end])
+			t.bodies = append(t.bodies, r.body)
 		}
 		s.deliverGroup(t, g)
 	}
 }
 
-// readTask reads t's records into t.arena, grouped by topic. A message
-// whose record could not be read stays pending and goes back into the
-// wheel after ParkBackoff: the error may pass (an I/O error), and until
+// readTask reads t's records, grouped by topic; their bodies stay in
+// t.reader's memory, not copied. A message whose record could not be read
+// stays pending and goes back into the wheel after ParkBackoff: the error may pass (an I/O error), and until
 // then it is still counted, cancellable and keeps its segment alive.
 func (s *Scheduler) readTask(t *task) {
 	t.reset()
@@ -94,9 +94,7 @@ func (s *Scheduler) readTask(t *task) {
 			t.requeue = append(t.requeue, msgRef{item: i}) // an id names it by position, which stays
 			return
 		}
-		start := len(t.arena)
-		t.arena = append(t.arena, m.Body...)
-		t.add(m.Topic, msgRef{item: i, id: m.ID, due: m.Due, accepted: m.Accepted, start: start, end: len(t.arena)})
+		t.add(m.Topic, msgRef{item: i, id: m.ID, due: m.Due, accepted: m.Accepted, body: m.Body})
 	})
 	if len(t.requeue) > 0 {
 		s.reschedule(t, "", t.requeue, s.opts.ParkBackoff)

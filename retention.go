@@ -200,7 +200,7 @@ func (s *Scheduler) retain(t *task, topic string, msgs []msgRef) []retainedRef {
 			continue
 		}
 		rr := retainedRef{key: keys[k], topic: topic, due: r.due, accepted: r.accepted, published: now,
-			size: uint32(r.end - r.start), attempts: atts[k] + 1}
+			size: uint32(len(r.body)), attempts: atts[k] + 1}
 		ret = append(ret, rr)
 		jm = append(jm, journal.Message{ID: r.id, Topic: retainTopic, Due: now, Accepted: r.accepted, Body: retainBody(&rr)})
 		k++

@@ -9,13 +9,12 @@ import (
 )
 
 // task is one pool task: up to TaskSize due messages, their bodies read
-// back from the journal into one arena, grouped by topic. Tasks are pooled;
-// a task's memory is reused, never kept by anyone after putTask.
+// back from the journal into reader's memory, grouped by topic. Tasks are
+// pooled; a task's memory is reused, never kept by anyone after putTask.
 type task struct {
 	items   []wheel.Item[ref]
 	ps      []journal.Pos
-	reader  journal.BatchReader
-	arena   []byte
+	reader  journal.BatchReader // holds the bodies until its next ReadBatch
 	groups  []*group
 	byTopic map[string]*group
 	bodies  [][]byte
@@ -32,14 +31,14 @@ type group struct {
 }
 
 // msgRef locates one message of a task: its wheel item, client id, due time
-// (unix ms) and body in the task's arena.
+// (unix ms) and body (in the task's reader).
 type msgRef struct {
-	item       int
-	id         string
-	due        int64
-	accepted   int64 // unix ms, 0 if unknown
-	start, end int
-	proto      ingestProto // set by index.published
+	item     int
+	id       string
+	due      int64
+	accepted int64 // unix ms, 0 if unknown
+	body     []byte
+	proto    ingestProto // set by index.published
 }
 
 var taskPool = sync.Pool{New: func() any { return &task{byTopic: make(map[string]*group)} }}
@@ -48,15 +47,11 @@ func getTask() *task { return taskPool.Get().(*task) }
 
 func putTask(t *task) {
 	t.reset()
-	if cap(t.arena) > 2*maxTaskBytes {
-		t.arena = nil // a task of one message larger than maxTaskBytes
-	}
 	t.items = t.items[:0]
 	taskPool.Put(t)
 }
 
 func (t *task) reset() {
-	t.arena = t.arena[:0]
 	for _, g := range t.groups {
 		g.msgs = g.msgs[:0]
 		t.spare = append(t.spare, g)

@@ -86,8 +86,10 @@ const (
 // ps, with its message or its error, in journal order (not the order of
 // ps). Records of one segment that lie close together, as a due bucket's
 // messages usually do, are read with one pread: a few syscalls for a
-// thousand messages where Read would make a thousand. m.Body is valid only
-// during fn. Safe for concurrent use with other calls, as Read.
+// thousand messages where Read would make a thousand. m.Body aliases r's
+// memory and stays valid until the next ReadBatch with r, so a caller can
+// keep the bodies of one call without copying them. Safe for concurrent
+// use with other calls, as Read.
 func (j *Journal) ReadBatch(r *BatchReader, ps []Pos, fn func(i int, m Message, err error)) {
 	r.idx = r.idx[:0]
 	for i := range ps {
@@ -100,6 +102,10 @@ func (j *Journal) ReadBatch(r *BatchReader, ps []Pos, fn func(i int, m Message, 
 		}
 		return cmp.Compare(pa.Off, pb.Off)
 	})
+	if cap(r.buf) > maxKeptBatchBuf {
+		r.buf = nil // one call's rare big batch is not kept for all later ones
+	}
+	r.buf = r.buf[:0]
 	t := j.table.Load()
 	for k := 0; k < len(r.idx); {
 		first := ps[r.idx[k]]
@@ -115,6 +121,7 @@ func (j *Journal) ReadBatch(r *BatchReader, ps []Pos, fn func(i int, m Message, 
 		}
 		run := r.idx[k:e]
 		k = e
+		base := len(r.buf)
 		seed, err := j.readSpan(t, first.Seg, from, to, r)
 		for _, i := range run {
 			p := ps[i]
@@ -126,25 +133,28 @@ func (j *Journal) ReadBatch(r *BatchReader, ps []Pos, fn func(i int, m Message, 
 				fn(int(i), Message{}, ErrBadPos)
 				continue
 			}
-			off := int64(p.Off) - from
-			m, derr := j.decodeAt(p, seed, r.buf[off:off+int64(p.Len)])
+			off := int64(base) + int64(p.Off) - from
+			m, derr := j.decodeAt(p, seed, r.buf[off:off+int64(p.Len):off+int64(p.Len)])
 			fn(int(i), m, derr)
 		}
 	}
 }
 
-// readSpan preads bytes [from, to) of segment seg into r.buf and returns
-// the segment's CRC seed.
+// maxKeptBatchBuf is the largest buffer a BatchReader keeps between calls.
+const maxKeptBatchBuf = 2 * MaxRecordBytes
+
+// readSpan preads bytes [from, to) of segment seg onto the end of r.buf
+// (bytes already there keep their offsets; a buffer that must grow is
+// copied, and the old one stays as it was for the bodies aliasing it) and
+// returns the segment's CRC seed.
 func (j *Journal) readSpan(t *segTable, seg uint32, from, to int64, r *BatchReader) (uint32, error) {
 	s := t.get(seg)
 	if s == nil {
 		return 0, ErrNotFound
 	}
-	n := int(to - from)
-	if cap(r.buf) < n {
-		r.buf = make([]byte, n)
-	}
-	r.buf = r.buf[:n]
+	base := len(r.buf)
+	r.buf = slices.Grow(r.buf, int(to-from))[:base+int(to-from)]
+	dst := r.buf[base:]
 	s.fmu.RLock()
 	defer s.fmu.RUnlock()
 	if s.f == nil {
@@ -153,7 +163,7 @@ func (j *Journal) readSpan(t *segTable, seg uint32, from, to int64, r *BatchRead
 		}
 		return 0, ErrNotFound
 	}
-	if _, err := s.f.ReadAt(r.buf, from); err != nil {
+	if _, err := s.f.ReadAt(dst, from); err != nil {
 		return 0, fmt.Errorf("journal: read segment %d at %d: %w", seg, from, err)
 	}
 	return s.seed, nil

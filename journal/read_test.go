@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bytes"
 	"errors"
 	"math/rand"
 	"strconv"
@@ -80,8 +81,10 @@ func TestReadBatchMatchesRead(t *testing.T) {
 		}
 		// a position repeated is read once per index too
 		seen := make([]int, n)
+		kept := make([][]byte, n)
 		j.ReadBatch(&r, ps, func(i int, m Message, err error) {
 			seen[i]++
+			kept[i] = m.Body
 			if err != nil {
 				t.Fatalf("round %d: index %d %+v: %v", round, i, ps[i], err)
 			}
@@ -92,6 +95,10 @@ func TestReadBatchMatchesRead(t *testing.T) {
 		for i, c := range seen {
 			if c != 1 {
 				t.Fatalf("round %d: index %d reported %d times", round, i, c)
+			}
+			// The bodies stay valid after the call, across all its spans.
+			if !bytes.Equal(kept[i], want[i].Body) {
+				t.Fatalf("round %d: index %d %+v: body changed after ReadBatch returned", round, i, ps[i])
 			}
 		}
 	}
