@@ -79,7 +79,7 @@ func (s *Scheduler) checkPub(p *Pub) (int64, error) {
 	if d <= 0 {
 		return now.UnixMilli(), nil
 	}
-	return now.Add(d).UnixMilli(), nil
+	return ceilMs(now.Add(d).UnixNano()), nil
 }
 
 // publish is Publish after validation (ingest validated by nsqd's rules),
