@@ -145,7 +145,10 @@ type Options struct {
 	// when nothing of it is pending (and, with the embedded nsqd, it is
 	// deleted there). It is checked before a client id is looked up: a
 	// publish to a new topic past it is refused even if its id is
-	// pending. Default 100: about 82 MB of embedded nsqd topics.
+	// pending. Default AutoCapacity (-1): New makes it DefaultMaxTopics
+	// (100, about 82 MB of embedded nsqd topics) with EmbeddedNSQD, and
+	// DefaultMaxTopicsExternal (10,000) without, where a topic costs
+	// deferd only its per-topic counters.
 	MaxTopics int `flag:"max-topics"`
 	// RetryBackoff is how long a message waits after its sink did not take
 	// it before it is tried again; ParkBackoff the wait after the sink
@@ -222,7 +225,7 @@ func NewOptions() Options {
 		ClusterPollInterval:      2 * time.Second,
 		MaxPending:               AutoCapacity,
 		MaxPendingBytes:          AutoCapacity,
-		MaxTopics:                DefaultMaxTopics,
+		MaxTopics:                int(AutoCapacity),
 		RetryBackoff:             time.Second,
 		ParkBackoff:              time.Minute,
 		Fsync:                    journal.FsyncInterval.String(),
@@ -239,6 +242,11 @@ func NewOptions() Options {
 // embedded nsqd cost about 82 MB of heap at its default mem-queue-size
 // (BenchmarkTopicHeap in internal/nsqdnode).
 const DefaultMaxTopics = 100
+
+// DefaultMaxTopicsExternal is Options.MaxTopics' default without the
+// embedded nsqd: deferd's own cost per topic is its per-topic counters,
+// so the cap only bounds a client that invents topic names.
+const DefaultMaxTopicsExternal = 10_000
 
 // mpubHeadroom is how much of MaxBodySize the default sink leaves unused
 // in its MPUBs to nsqd.
@@ -292,7 +300,6 @@ func (o *Options) Validate() error {
 		{"BatchSize", "batch-size", int64(o.BatchSize)}, {"ConnsPerNSQD", "conns-per-nsqd", int64(o.ConnsPerNSQD)},
 		{"SegmentSize", "segment-size", o.SegmentSize}, {"ClusterForwardConns", "cluster-forward-conns", int64(o.ClusterForwardConns)},
 		{"HTTPMaxConns", "http-max-conns", int64(o.HTTPMaxConns)}, {"MaxInflightBodyBytes", "max-inflight-body-bytes", o.MaxInflightBodyBytes},
-		{"MaxTopics", "max-topics", int64(o.MaxTopics)},
 	} {
 		if n.v <= 0 {
 			return bad(n.field, n.flag, "must be > 0", n.v)
@@ -303,9 +310,10 @@ func (o *Options) Validate() error {
 		v           int64
 	}{
 		{"MaxPending", "max-pending", o.MaxPending}, {"MaxPendingBytes", "max-pending-bytes", o.MaxPendingBytes},
+		{"MaxTopics", "max-topics", int64(o.MaxTopics)},
 	} {
 		if n.v <= 0 && n.v != AutoCapacity {
-			return bad(n.field, n.flag, "must be > 0 or -1 (AutoCapacity: derived from memory and disk)", n.v)
+			return bad(n.field, n.flag, "must be > 0 or -1 (AutoCapacity: derived from the machine or the nsqd used)", n.v)
 		}
 	}
 	if o.EmbeddedNSQDMemQueueSize < 0 {

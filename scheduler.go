@@ -88,6 +88,12 @@ func New(opts Options) (*Scheduler, error) {
 		return nil, err
 	}
 	opts.resolveCapacity() // AutoCapacity: from this machine's memory and disk
+	if opts.MaxTopics == int(AutoCapacity) {
+		opts.MaxTopics = DefaultMaxTopicsExternal
+		if opts.EmbeddedNSQD {
+			opts.MaxTopics = DefaultMaxTopics
+		}
+	}
 	s := &Scheduler{
 		opts:    opts,
 		logf:    opts.Logf,

@@ -175,3 +175,27 @@ func TestMaxTopicsCountsEmbeddedNSQDTopics(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Without the embedded nsqd the default cap is DefaultMaxTopicsExternal:
+// more topics than DefaultMaxTopics are taken, pending at once.
+func TestMaxTopicsDefaultExternal(t *testing.T) {
+	o := deferd.NewOptions()
+	o.DataPath = t.TempDir()
+	o.Logf = t.Logf
+	o.Sink = deferd.SinkFunc(func(_ string, b [][]byte) (int, error) { return len(b), nil })
+	s, err := deferd.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(5 * time.Second)
+	body := [][]byte{[]byte("m")}
+	for i := range deferd.DefaultMaxTopics + 50 {
+		topic := "t" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + string(rune('a'+i/26))
+		if err := s.Publish(deferd.Pub{Topic: topic, Bodies: body, Delay: time.Hour}); err != nil {
+			t.Fatalf("topic %d (%s): %v", i, topic, err)
+		}
+	}
+	if got := len(s.Stats().PendingByTopic); got != deferd.DefaultMaxTopics+50 {
+		t.Errorf("pending topics %d, want %d", got, deferd.DefaultMaxTopics+50)
+	}
+}

@@ -39,7 +39,7 @@ var usage = map[string]string{
 	"conns-per-nsqd":               "TCP connections (go-nsq producers) per nsqd",
 	"max-pending":                  "most messages held; past it publishes get 503 OVER_CAPACITY; -1: derived at start from memory (half of MemAvailable / 128 B, within 1M-1G)",
 	"max-pending-bytes":            "most journal bytes of pending messages; past it publishes get 503 OVER_CAPACITY; -1: derived at start from disk (half of the free space under --data-path plus the journal, within 1 GiB-1 PiB)",
-	"max-topics":                   "most distinct topics held (with messages pending, and the embedded nsqd's topics, about 0.82 MB of heap each at the default --embedded-nsqd-mem-queue-size: 100 are ~82 MB); a publish to a new topic past it gets 503 TOO_MANY_TOPICS",
+	"max-topics":                   "most distinct topics held (with messages pending, and the embedded nsqd's topics, about 0.82 MB of heap each at the default --embedded-nsqd-mem-queue-size: 100 are ~82 MB); a publish to a new topic past it gets 503 TOO_MANY_TOPICS; -1: 100 with the embedded nsqd, 10000 without",
 	"retry-backoff":                "wait before a failed publish is tried again (messages are never dropped)",
 	"park-backoff":                 "wait before a message nsqd refused, or whose journal record failed to read, is tried again",
 	"fsync":                        "when the journal reaches the disk: always (before each reply), interval (every --fsync-interval), never (OS decides); every reply waits for the write to the OS",
