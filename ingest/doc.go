@@ -150,7 +150,7 @@
 //     Connection: close and the connection lingers (half-closed, draining,
 //     at most 3 s) so the client reads the answer, as Go's net/http does.
 //     A body the body budget refused (503 BODY_BUDGET_EXCEEDED) is not
-//     drained: the connection is half-closed and closed 250 ms after the
+//     drained: the connection is half-closed and closed 1 s after the
 //     answer, so a refused sender costs no copying; a client that reads
 //     the answer only after sending all of its body may see a reset.
 //     With Expect: 100-continue fasthttp sends 100 Continue before the

@@ -201,11 +201,12 @@ func (s *Server) bodyError(err error) *Error {
 // stays open after its 503, reading nothing: long enough for a client
 // still sending to read the answer before the close (closing with unread
 // data resets the connection, and a reset can destroy the 503 before the
-// client reads it), short enough that a refused sender costs deferd a
-// socket and a sleeping goroutine for that long. Nothing of the refused
-// body is read: a sender reopening at once and sending 5 MB each time
-// (TestAttack) would otherwise have deferd's cores copying its bytes.
-const refuseWait = 250 * time.Millisecond
+// client reads it), and it paces a sender that reopens as soon as deferd
+// closes to one refused body per connection per refuseWait. A waiting
+// connection costs a socket and a sleeping goroutine. Nothing of the
+// refused body is read: a sender reopening at once and sending 5 MB each
+// time (TestAttack) would otherwise have deferd's cores copying its bytes.
+const refuseWait = time.Second
 
 // refuseBody answers a body the budget refused: 503 BODY_BUDGET_EXCEEDED
 // with Connection: close, the write side half-closed at once; the

@@ -51,8 +51,8 @@ type Options struct {
 	// BODY_BUDGET_EXCEEDED before its body is buffered; its bytes return
 	// to the budget when the request ends. Bodies over 64 KiB may use only
 	// 7/8 of it, so large half-sent bodies cannot starve small requests.
-	// A refused body is not read: the connection is closed 250 ms after
-	// the 503 (refuseWait).
+	// A refused body is not read: the connection is closed 1 s after the
+	// 503 (refuseWait).
 	MaxInflightBodyBytes int64
 	// Listener, if set, is the bound listener to serve on instead of
 	// binding Addr (a caller can bind before it starts its backend);
