@@ -21,9 +21,11 @@ const AutoCapacity int64 = -1
 // The capacity rule's constants (see Capacity).
 const (
 	// CapacityRAMPerPending is the memory, in bytes, one pending message
-	// is budgeted in deferd's process: its wheel entry (24-32 B) and
-	// segment-table handle (8 B) make 41-49 B of live Go heap at 1M-12M
-	// pending (BENCHMARKS.md, "12M pending messages"), about twice that
+	// is budgeted in deferd's process: its wheel entry (24-32 B),
+	// segment-table handle (8 B) and ingest protocol (1 B) make 42-50 B of
+	// live Go heap at 1M-12M pending (41-49 B measured before the
+	// protocol byte; BenchmarkPendingMemory at 2M, BENCHMARKS.md Session
+	// 8: 42.5 B before it, 43.6 B with it), about twice that
 	// with the GC's headroom (GOGC=100); the RSS of a deferd process
 	// holding 100k-12M messages came to 100-122 B per message. The body
 	// stays in the journal on disk, not in deferd's memory.
