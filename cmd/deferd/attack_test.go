@@ -80,7 +80,7 @@ func TestAttack(t *testing.T) {
 	const workers = 8
 
 	produce(t, base, workers, time.Second) // warm up
-	t.Logf("deferd RSS idle: %.0f MB", float64(vmRSS(pid))/1e6)
+	t.Logf("deferd RSS idle: %.0f MiB", float64(vmRSS(pid))/(1<<20))
 	for i, nice := range strings.Split(nices, ",") {
 		perf := ""
 		if i == 0 {
@@ -159,7 +159,7 @@ func attackPhase(t *testing.T, r attackRun) {
 	<-sampled
 
 	t.Logf("attacker at nice %d: %d slowloris, %d half bodies", map[bool]int{true: 19}[r.nice], r.slow, r.half)
-	t.Logf("  deferd RSS peak under attack %.0f MB (bound %d MB)", float64(peak.Load())/1e6, r.maxRSS>>20)
+	t.Logf("  deferd RSS peak under attack %.0f MiB (bound %d MiB)", float64(peak.Load())/(1<<20), r.maxRSS>>20)
 	t.Logf("  slowloris: %d opened, %d closed by deferd, longest life %v (header timeout %v)", as.SlowOpen, as.SlowClosed, as.SlowLongest.Round(time.Millisecond), r.headerTimeout)
 	t.Logf("  half bodies: %d opened, %d closed by deferd, first answers %v", as.HalfOpen, as.HalfClosed, as.Answers)
 	t.Logf("  producer alone: %v", before)
