@@ -168,7 +168,7 @@ func attackPhase(t *testing.T, r attackRun) {
 		beforeCPU[0], beforeCPU[1], duringCPU[0], duringCPU[1], duringCPU[2])
 	t.Logf("  producer ratio under attack / alone: %.2f", during.rate/before.rate)
 	if peak.Load() > r.maxRSS {
-		t.Errorf("deferd RSS peaked at %d MB under attack, bound %d MB", peak.Load()>>20, r.maxRSS>>20)
+		t.Errorf("deferd RSS peaked at %d MiB under attack, bound %d MiB", peak.Load()>>20, r.maxRSS>>20)
 	}
 	if !r.heavy && as.SlowClosed < int64(r.slow) {
 		t.Errorf("%d of %d slowloris connections closed by deferd within %v (header timeout %v)", as.SlowClosed, r.slow, r.attackFor, r.headerTimeout)
