@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/deferd/deferd/internal/sat"
@@ -434,9 +435,18 @@ func (c cursor) before(o cursor) bool {
 // returns (plus the messages due within listSlack after the page's last
 // one); with a topic it also passes the other topics' messages due before
 // the page's last one, at most MaxPendingPass per call: then the page may
-// be short, with a cursor to go on from. ErrInvalid (wrapped) for a bad
-// cursor; ErrClosed while closing. Safe for concurrent use; the wheel's
-// lock is held for at most 1024 entries at a time.
+// be short, with a cursor to go on from. Its latency adds the wait of
+// the pacing, which bounds what listings cost ingest: calls run one at a
+// time, and together take at most ListShare of one core. A call that took
+// c (wall time) lets the next one start only c*(1-ListShare)/ListShare
+// (9c) after it ended: a client listing back to back gets a page every
+// 10c (about 50 ms for the first page of 12M messages in one coarse
+// slot), one listing once per 100 ms waits only for pages over 10 ms, and
+// a pass over everything (the cluster's hand-off) takes 10 times the
+// pages' cost. The wheel's lock, held by a call for at most 1024 entries
+// at a time, is held by listings at most ListShare of the time.
+// ErrInvalid (wrapped) for a bad cursor; ErrClosed while closing (also
+// while waiting its turn). Safe for concurrent use.
 func (s *Scheduler) ListPending(q PendingQuery) (PendingPage, error) {
 	limit := q.Limit
 	if limit <= 0 {
@@ -451,6 +461,61 @@ func (s *Scheduler) ListPending(q PendingQuery) (PendingPage, error) {
 		return PendingPage{}, ErrClosed
 	}
 	defer s.leave()
+	if !s.op.list.start(s.stop) {
+		return PendingPage{}, ErrClosed
+	}
+	defer s.op.list.end()
+	return s.listPending(q, limit, after), nil
+}
+
+// ListShare is the most of one core that ListPending's calls take
+// together (see its Pacing).
+const ListShare = 0.1
+
+// listPacer runs ListPending's calls one at a time, each started no
+// sooner than next. The zero value is ready (no call before).
+type listPacer struct {
+	mu    sync.Mutex
+	next  time.Time // the earliest start of the next call
+	began time.Time // of the call running
+}
+
+// start waits for the calls before to end and for next, and reports true,
+// or false if stop is closed meanwhile (then it holds nothing). A true is
+// followed by one end.
+func (p *listPacer) start(stop <-chan struct{}) bool {
+	p.mu.Lock()
+	if d := time.Until(p.next); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-stop:
+			p.mu.Unlock()
+			return false
+		}
+	}
+	select {
+	case <-stop:
+		p.mu.Unlock()
+		return false
+	default:
+	}
+	p.began = time.Now()
+	return true
+}
+
+// end sets next by the cost of the call that ends, and lets the next one
+// in.
+func (p *listPacer) end() {
+	now := time.Now()
+	c := now.Sub(p.began)
+	p.next = now.Add(time.Duration(float64(c) * (1 - ListShare) / ListShare))
+	p.mu.Unlock()
+}
+
+// listPending is ListPending's page, after its checks.
+func (s *Scheduler) listPending(q PendingQuery, limit int, after cursor) PendingPage {
 	page := PendingPage{Messages: []PendingMessage{}}
 	chunk := max(limit, 256)
 	// The wheel is scanned in its order (wheel time); the listing is in
@@ -542,5 +607,5 @@ func (s *Scheduler) ListPending(q PendingQuery) (PendingPage, error) {
 	if !done {
 		flush(false)
 	}
-	return page, nil
+	return page
 }

@@ -3,9 +3,13 @@ package deferd
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -14,9 +18,10 @@ import (
 // (opt-in: DEFERD_BENCH_OPERATOR=1; DEFERD_BENCH_OPERATOR_N overrides the
 // count): ListPending pages (first, topic-filtered, deep cursor), Lookup,
 // Due, and the publish rate of 8 producers with and without a client
-// paging through /pending meanwhile. The messages are due from 10 min to
-// 10 min + 120 s ahead (200 B bodies, 10 topics). It prints a markdown
-// table (and writes it to DEFERD_BENCH_OPERATOR_OUT if set).
+// listing first pages of /pending meanwhile (see ingestWhileListing). The
+// messages are due from 10 min (DEFERD_BENCH_OPERATOR_AHEAD) to 10 min +
+// 120 s ahead (200 B bodies, 10 topics). It prints a markdown table (and
+// writes it to DEFERD_BENCH_OPERATOR_OUT if set).
 func TestOperatorAt12M(t *testing.T) {
 	if os.Getenv("DEFERD_BENCH_OPERATOR") == "" {
 		t.Skip("DEFERD_BENCH_OPERATOR=1 to run (12M messages, minutes, ~3 GB of journal)")
@@ -40,8 +45,14 @@ func TestOperatorAt12M(t *testing.T) {
 	}
 	defer s.Close(10 * time.Second)
 	body := make([]byte, 200)
-	base := time.Now().Add(10 * time.Minute)
-	publishN := func(total, workers, batch int, stop *atomic.Bool) (int, time.Duration) {
+	ahead := 10 * time.Minute
+	if v := os.Getenv("DEFERD_BENCH_OPERATOR_AHEAD"); v != "" {
+		if ahead, err = time.ParseDuration(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := time.Now().Add(ahead)
+	publishN := func(base time.Time, total, workers, batch int, stop *atomic.Bool) (int, time.Duration) {
 		var done atomic.Int64
 		var wg sync.WaitGroup
 		start := time.Now()
@@ -69,8 +80,8 @@ func TestOperatorAt12M(t *testing.T) {
 		wg.Wait()
 		return int(done.Load()), time.Since(start)
 	}
-	got, d := publishN(n, 8, 100, nil)
-	t.Logf("filled %d in %v (%.0f msg/s)", got, d, float64(got)/d.Seconds())
+	got, d := publishN(base, n, 8, 100, nil)
+	t.Logf("filled %d in %v (%.0f msg/s), due %v ahead", got, d, float64(got)/d.Seconds(), ahead)
 	var out []string
 	row := func(what string, ds []time.Duration, note string) {
 		slices.Sort(ds)
@@ -106,34 +117,11 @@ func TestOperatorAt12M(t *testing.T) {
 	row("Lookup by key", timeIt(1000, func() { s.Lookup(Ref{Key: key}, false) }), "one record read")
 	row("Lookup by key with body", timeIt(1000, func() { s.Lookup(Ref{Key: key}, true) }), "")
 	row("Due() (computed, not cached)", timeIt(10, func() { s.op.mu.Lock(); s.op.at = time.Time{}; s.op.mu.Unlock(); s.Due() }), "4096 sampled")
-	// Ingest with and without a client paging through /pending.
-	rate := func(list bool) float64 {
-		var stop atomic.Bool
-		var lists atomic.Int64
-		var wg sync.WaitGroup
-		if list {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for !stop.Load() {
-					s.ListPending(PendingQuery{Limit: 100})
-					lists.Add(1)
-				}
-			}()
-		}
-		go func() { time.Sleep(3 * time.Second); stop.Store(true) }()
-		got, d := publishN(0, 8, 100, &stop)
-		wg.Wait()
-		if list {
-			out = append(out, fmt.Sprintf("| (listing client: %d first pages in %v) | | | |", lists.Load(), d.Round(time.Millisecond)))
-		}
-		return float64(got) / d.Seconds()
-	}
-	r0 := rate(false)
-	r1 := rate(true)
-	out = append(out, fmt.Sprintf("| publish rate, 8 producers x /mpub of 100 (Publish), alone | %.0f msg/s | | |", r0))
-	out = append(out, fmt.Sprintf("| publish rate, same, with a client listing first pages back to back | %.0f msg/s | | %.2fx |", r1, r1/r0))
-	t.Logf("ingest alone %.0f msg/s, with listing %.0f msg/s (%.2fx)", r0, r1, r1/r0)
+	// The producers measured add after the 120 s listed, so every page
+	// finds the same 12M layout.
+	out = append(out, ingestWhileListing(t, s, func(total, workers, batch int, stop *atomic.Bool) (int, time.Duration) {
+		return publishN(base.Add(130*time.Second), total, workers, batch, stop)
+	})...)
 	text := fmt.Sprintf("pending: %d\n\n| what | median | max | note |\n| --- | --- | --- | --- |\n", s.Pending())
 	for _, l := range out {
 		text += l + "\n"
@@ -141,5 +129,150 @@ func TestOperatorAt12M(t *testing.T) {
 	fmt.Println(text)
 	if p := os.Getenv("DEFERD_BENCH_OPERATOR_OUT"); p != "" {
 		os.WriteFile(p, []byte(text), 0o644)
+	}
+}
+
+// publishFunc is TestOperatorAt12M's producers: total messages (or until
+// stop) from workers goroutines in Publishes of batch; it returns how many
+// and in what time.
+type publishFunc func(total, workers, batch int, stop *atomic.Bool) (int, time.Duration)
+
+// ingestWhileListing measures the publish rate of 8 producers for 2 s
+// alone, and with one client listing first pages (limit 100) back to back,
+// one every 100 ms and one every second; 3 rounds (DEFERD_BENCH_OPERATOR_ROUNDS),
+// each case's rate as a ratio to the round's alone, after an uncounted
+// warm-up phase alone. Each phase starts
+// after a sync(2), with no dirty pages: the journal's writes then go to
+// the page cache at memory speed (the machine's dirty-page throttling
+// would otherwise set the rate after the first few GB, whatever the
+// listing does), so ingest is CPU-bound, the case where a listing costs
+// it most. With
+// DEFERD_BENCH_OPERATOR_PROF set to a directory it writes the CPU, mutex
+// and block profiles of the first back-to-back phase there (or of
+// DEFERD_BENCH_OPERATOR_PROF_AT, "round/case").
+func ingestWhileListing(t *testing.T, s *Scheduler, publishN publishFunc) (out []string) {
+	rounds := 3
+	if v := os.Getenv("DEFERD_BENCH_OPERATOR_ROUNDS"); v != "" {
+		fmt.Sscan(v, &rounds)
+	}
+	prof, profAt := os.Getenv("DEFERD_BENCH_OPERATOR_PROF"), "1/1"
+	if v := os.Getenv("DEFERD_BENCH_OPERATOR_PROF_AT"); v != "" {
+		profAt = v // round/case, case 0 alone, 1 back to back, 2 100 ms, 3 1 s
+	}
+	cases := []struct {
+		name  string
+		every time.Duration // -1: no lister; 0: back to back
+	}{{"alone", -1}, {"back to back", 0}, {"1 page / 100 ms", 100 * time.Millisecond}, {"1 page / 1 s", time.Second}}
+	type result struct {
+		ratios []float64
+		rates  []float64
+		pages  []time.Duration
+		n      []int
+	}
+	res := make([]result, len(cases))
+	// The first GB the journal writes go to the page cache at 4-7M msg/s,
+	// the rest at about 1.3M (its writer's pwrite, on this box): a phase
+	// alone first, uncounted, so every phase measured runs after it.
+	warm, _ := ingestRate(s, publishN, -1)
+	t.Logf("warm-up alone: %.0f msg/s", warm)
+	for r := range rounds {
+		var alone float64
+		for ci, c := range cases {
+			var stopProf func()
+			if prof != "" && fmt.Sprintf("%d/%d", r+1, ci) == profAt {
+				stopProf = startProfiles(t, prof)
+			}
+			rate, pages := ingestRate(s, publishN, c.every)
+			if stopProf != nil {
+				stopProf()
+			}
+			if c.every < 0 {
+				alone = rate
+			}
+			res[ci].rates = append(res[ci].rates, rate)
+			res[ci].ratios = append(res[ci].ratios, rate/alone)
+			res[ci].pages = append(res[ci].pages, pages...)
+			res[ci].n = append(res[ci].n, len(pages))
+			t.Logf("round %d %s: %.0f msg/s (%.2fx), %d pages", r+1, c.name, rate, rate/alone, len(pages))
+		}
+	}
+	for ci, c := range cases {
+		rs := res[ci]
+		lat := ""
+		if len(rs.pages) > 0 {
+			slices.Sort(rs.pages)
+			lat = fmt.Sprintf("page median %v, p99 %v, max %v; pages per 2 s %v", rs.pages[len(rs.pages)/2].Round(10*time.Microsecond),
+				rs.pages[len(rs.pages)*99/100].Round(10*time.Microsecond), rs.pages[len(rs.pages)-1].Round(10*time.Microsecond), rs.n)
+		}
+		out = append(out, fmt.Sprintf("| ingest, 8 producers x Publish of 100, %s | %.0f-%.0f msg/s | %s | %s |", c.name,
+			slices.Min(rs.rates), slices.Max(rs.rates), fmtRatios(rs.ratios), lat))
+	}
+	return out
+}
+
+func fmtRatios(rs []float64) string {
+	s := ""
+	for i, r := range rs {
+		if i > 0 {
+			s += ", "
+		}
+		s += fmt.Sprintf("%.2fx", r)
+	}
+	return s
+}
+
+// ingestRate is the publish rate of 8 producers over 2 s, with a client
+// listing first pages every every (back to back if 0; none if < 0), and
+// the latency of each of its pages.
+func ingestRate(s *Scheduler, publishN publishFunc, every time.Duration) (float64, []time.Duration) {
+	syscall.Sync()
+	var stop atomic.Bool
+	var pages []time.Duration
+	var wg sync.WaitGroup
+	if every >= 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next := time.Now(); !stop.Load(); {
+				if d := time.Until(next); d > 0 {
+					time.Sleep(d)
+					continue
+				}
+				st := time.Now()
+				s.ListPending(PendingQuery{Limit: 100})
+				pages = append(pages, time.Since(st))
+				next = st.Add(every)
+			}
+		}()
+	}
+	go func() { time.Sleep(2 * time.Second); stop.Store(true) }()
+	got, d := publishN(0, 8, 100, &stop)
+	wg.Wait()
+	return float64(got) / d.Seconds(), pages
+}
+
+// startProfiles starts a CPU profile and mutex and block profiling (every
+// event) into dir; the func it returns writes them and turns them off.
+func startProfiles(t *testing.T, dir string) func() {
+	cpu, err := os.Create(filepath.Join(dir, "cpu.pprof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pprof.StartCPUProfile(cpu)
+	runtime.SetMutexProfileFraction(1)
+	runtime.SetBlockProfileRate(1)
+	return func() {
+		pprof.StopCPUProfile()
+		cpu.Close()
+		for _, name := range []string{"mutex", "block"} {
+			f, err := os.Create(filepath.Join(dir, name+".pprof"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pprof.Lookup(name).WriteTo(f, 0)
+			f.Close()
+		}
+		runtime.SetMutexProfileFraction(0)
+		runtime.SetBlockProfileRate(0)
 	}
 }

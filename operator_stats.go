@@ -21,6 +21,7 @@ import (
 type operatorState struct {
 	rescheduled atomic.Uint64
 	retMu       sync.Mutex // serialises retention expiry with compaction's moves of retention records
+	list        listPacer  // paces ListPending (operator.go)
 
 	mu    sync.Mutex
 	ring  [rateWindow + 1]rateSnap // per-second counts, ring by second
