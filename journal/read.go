@@ -123,6 +123,11 @@ func (j *Journal) ReadBatch(r *BatchReader, ps []Pos, fn func(i int, m Message, 
 		k = e
 		base := len(r.buf)
 		seed, err := j.readSpan(t, first.Seg, from, to, r)
+		// The run's records are moved down over the gaps between them
+		// (other records), so r keeps the records, not the whole span,
+		// until its next call. w <= off: a record is moved only onto
+		// bytes already passed.
+		w := int64(base)
 		for _, i := range run {
 			p := ps[i]
 			if err != nil {
@@ -134,9 +139,14 @@ func (j *Journal) ReadBatch(r *BatchReader, ps []Pos, fn func(i int, m Message, 
 				continue
 			}
 			off := int64(base) + int64(p.Off) - from
-			m, derr := j.decodeAt(p, seed, r.buf[off:off+int64(p.Len):off+int64(p.Len)])
+			if off != w {
+				copy(r.buf[w:w+int64(p.Len)], r.buf[off:off+int64(p.Len)])
+			}
+			m, derr := j.decodeAt(p, seed, r.buf[w:w+int64(p.Len):w+int64(p.Len)])
+			w += int64(p.Len)
 			fn(int(i), m, derr)
 		}
+		r.buf = r.buf[:w]
 	}
 }
 
