@@ -147,6 +147,13 @@ func (l *link) enqueue(ans chan error) bool {
 	if l.closed {
 		return false
 	}
+	if l.head > 0 && 2*l.head >= len(l.waiting) {
+		// Give back the answered slots: a link never idle never reaches
+		// answer's reset, and the queue would keep one per MPUB sent.
+		n := copy(l.waiting, l.waiting[l.head:])
+		clear(l.waiting[n:])
+		l.waiting, l.head = l.waiting[:n], 0
+	}
 	l.waiting = append(l.waiting, ans)
 	return true
 }
