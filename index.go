@@ -80,8 +80,13 @@ type backoff struct {
 	retryMs  int64  // due in unix ms (ceiled; ListPending's order), 0 if not a retry
 }
 
-// topicCount2 is one topic's cumulative accepted and published counts.
-type topicCount2 struct{ accepted, published uint64 }
+// topicCount2 is one topic's cumulative accepted and published counts,
+// and how many rate samples in a row found them unchanged (sampleRates
+// drops a topic quiet for a whole window with nothing pending).
+type topicCount2 struct {
+	accepted, published uint64
+	quiet               int
+}
 
 // idRef is where the pending message of a client id is: its journal
 // position (its handle in segs, to cancel it, and its key, to mark it

@@ -22,6 +22,7 @@ type operatorState struct {
 	rescheduled atomic.Uint64
 	retMu       sync.Mutex // serialises retention expiry with compaction's moves of retention records
 	list        listPacer  // paces ListPending (operator.go)
+	sampleMu    sync.Mutex // serialises sampleRates
 
 	mu    sync.Mutex
 	ring  [rateWindow + 1]rateSnap // per-second counts, ring by second
@@ -61,16 +62,44 @@ func (s *Scheduler) startOperator() {
 	s.goLoop(s.retentionLoop)
 }
 
-// sampleRates takes this second's snapshot of the counts. O(topics).
+// sampleRates takes this second's snapshot of the counts. It drops the
+// counts of a topic with nothing pending that stayed unchanged for a whole
+// rate window (its rates are 0), here and in the snapshots, so topics that
+// go quiet cost nothing after a minute and one that comes back is counted
+// anew. O(topics), plus O(rateWindow) per topic dropped.
 func (s *Scheduler) sampleRates() {
+	s.op.sampleMu.Lock()
+	defer s.op.sampleMu.Unlock()
 	snap := rateSnap{at: time.Now(), accepted: s.accepted.Load(), published: s.published.Load()}
+	var prev map[string]topicCount2 // the last snapshot
+	s.op.mu.Lock()
+	if s.op.nring > 0 {
+		prev = s.op.ring[(s.op.nring-1)%len(s.op.ring)].topics
+	}
+	s.op.mu.Unlock()
+	var dropped []string
 	s.ix.mu.Lock()
 	snap.topics = make(map[string]topicCount2, len(s.ix.counts))
 	for t, c := range s.ix.counts {
+		if p, ok := prev[t]; ok && p.accepted == c.accepted && p.published == c.published {
+			c.quiet++
+		} else {
+			c.quiet = 0
+		}
+		if c.quiet > rateWindow && s.ix.topics[t] == 0 {
+			delete(s.ix.counts, t)
+			dropped = append(dropped, t)
+			continue
+		}
 		snap.topics[t] = *c
 	}
 	s.ix.mu.Unlock()
 	s.op.mu.Lock()
+	for _, t := range dropped {
+		for i := range s.op.ring {
+			delete(s.op.ring[i].topics, t)
+		}
+	}
 	s.op.ring[s.op.nring%len(s.op.ring)] = snap
 	s.op.nring++
 	s.op.mu.Unlock()
