@@ -439,11 +439,11 @@ func (c cursor) before(o cursor) bool {
 // the pacing, which bounds what listings cost ingest: calls run one at a
 // time, and together take at most ListShare of one core. A call that took
 // c (wall time) lets the next one start only c*(1-ListShare)/ListShare
-// (9c) after it ended: a client listing back to back gets a page every
-// 10c (about 50 ms for the first page of 12M messages in one coarse
-// slot), one listing once per 100 ms waits only for pages over 10 ms, and
-// a pass over everything (the cluster's hand-off) takes 10 times the
-// pages' cost. The wheel's lock, held by a call for at most 1024 entries
+// (3c) after it ended: a client listing back to back gets a page every
+// 4c (20-60 ms for the first page of 12M messages in one coarse slot,
+// which costs 4-16 ms), one listing once per 100 ms waits only for pages
+// over 25 ms, and a pass over everything (the cluster's hand-off) takes 4
+// times the pages' cost. The wheel's lock, held by a call for at most 1024 entries
 // at a time, is held by listings at most ListShare of the time.
 // ErrInvalid (wrapped) for a bad cursor; ErrClosed while closing (also
 // while waiting its turn). Safe for concurrent use.
@@ -470,7 +470,7 @@ func (s *Scheduler) ListPending(q PendingQuery) (PendingPage, error) {
 
 // ListShare is the most of one core that ListPending's calls take
 // together (see its Pacing).
-const ListShare = 0.1
+const ListShare = 0.25
 
 // listPacer runs ListPending's calls one at a time, each started no
 // sooner than next. The zero value is ready (no call before).

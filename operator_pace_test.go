@@ -18,7 +18,7 @@ func TestListPacerDutyCycle(t *testing.T) {
 	p.began = time.Now().Add(-c) // as if the call took c
 	p.end()
 	want := time.Duration(float64(c) * (1 - ListShare) / ListShare)
-	if got := time.Until(p.next); got > want+want/20 || got < want-want/20 { // 9c, not c or 10c
+	if got := time.Until(p.next); got > want+want/20 || got < want-want/20 { // 3c, not c or 4c
 		t.Fatalf("next in %v, want %v", got, want)
 	}
 	// The next call waits for next; a second one for the first to end.
