@@ -151,7 +151,7 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, st *reqState, limit int64) (
 // finish closes a /pub, /mpub or /cancel request: the connection lingers
 // if much of the body is unread, and st goes back to the pool.
 func (s *Server) finish(ctx *fasthttp.RequestCtx, st *reqState) {
-	lingerIfUnread(ctx, st.read, st.ended)
+	s.lingerIfUnread(ctx, st.read, st.ended)
 	putState(st)
 }
 
@@ -176,7 +176,7 @@ const (
 // Go's net/http, and so nsqd, delays its close the same way, so a client
 // sending an oversized body gets nsqd's 413, not a reset. read is how much
 // of the body the handler read, ended whether that was all.
-func lingerIfUnread(ctx *fasthttp.RequestCtx, read int64, ended bool) {
+func (s *Server) lingerIfUnread(ctx *fasthttp.RequestCtx, read int64, ended bool) {
 	if ended {
 		return
 	}
@@ -196,36 +196,51 @@ func lingerIfUnread(ctx *fasthttp.RequestCtx, read int64, ended bool) {
 	default:
 		return
 	}
-	lingerClose(ctx)
+	s.lingerClose(ctx)
 }
 
 // lingerClose sends the response itself on the hijacked connection with
 // Connection: close, half-closes it, and reads and drops what the client
 // still sends until it closes, lingerTimeout passes or lingerMaxBytes
 // arrive; then fasthttp closes it.
-func lingerClose(ctx *fasthttp.RequestCtx) { lingerCloseFor(ctx, lingerTimeout, lingerMaxBytes) }
+func (s *Server) lingerClose(ctx *fasthttp.RequestCtx) {
+	s.lingerCloseFor(ctx, lingerTimeout, lingerMaxBytes)
+}
 
 // lingerCloseFor is lingerClose with its own bounds on the wait and the
 // bytes read; with maxBytes 0 it reads nothing and closes timeout after the
-// answer (the client's close is not noticed then).
-func lingerCloseFor(ctx *fasthttp.RequestCtx, timeout time.Duration, maxBytes int64) {
+// answer, or when the client closes first (waitLinger). The lingering
+// connection is in s.conns: it counts against MaxConns and Shutdown closes
+// it; with more than MaxConns open, or after Shutdown, the answer is sent
+// (waiting at most cutWriteWait) and the connection closed at once.
+func (s *Server) lingerCloseFor(ctx *fasthttp.RequestCtx, timeout time.Duration, maxBytes int64) {
 	ctx.Response.SetConnectionClose()
 	resp := ctx.Response.String()
-	raw := ctx.Conn()
+	tc, _ := ctx.Conn().(*trackedConn)
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
-		c.SetWriteDeadline(time.Now().Add(timeout))
+		gone, keep := s.conns.begin(tc)
+		if !keep {
+			c.SetWriteDeadline(time.Now().Add(cutWriteWait))
+			io.WriteString(c, resp)
+			return // fasthttp closes c
+		}
+		defer s.conns.end(tc)
+		deadline := time.Now().Add(timeout)
+		c.SetWriteDeadline(deadline)
 		if _, err := io.WriteString(c, resp); err != nil {
 			return
 		}
-		if cw, ok := raw.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		}
+		tc.CloseWrite()
+		c.SetReadDeadline(deadline)
 		if maxBytes == 0 {
-			time.Sleep(timeout)
+			waitLinger(tc.Conn, gone, deadline)
 			return
 		}
-		c.SetReadDeadline(time.Now().Add(timeout))
 		io.CopyN(io.Discard, c, maxBytes)
 	})
 }
+
+// cutWriteWait bounds the write of the answer on a refused connection
+// closed at once instead of lingering.
+const cutWriteWait = 100 * time.Millisecond

@@ -61,7 +61,7 @@ func sameOriginOnly(h func(*Server, *fasthttp.RequestCtx)) func(*Server, *fastht
 	return func(s *Server, ctx *fasthttp.RequestCtx) {
 		if !sameOrigin(ctx) {
 			s.writeError(ctx, ErrCrossOrigin)
-			lingerIfUnread(ctx, 0, false)
+			s.lingerIfUnread(ctx, 0, false)
 			return
 		}
 		h(s, ctx)

@@ -151,8 +151,14 @@
 //     at most 3 s) so the client reads the answer, as Go's net/http does.
 //     A body the body budget refused (503 BODY_BUDGET_EXCEEDED) is not
 //     drained: the connection is half-closed and closed 1 s after the
-//     answer, so a refused sender costs no copying; a client that reads
-//     the answer only after sending all of its body may see a reset.
+//     answer, or when the client closes first (seen on Linux without
+//     reading, POLLRDHUP; elsewhere only the 1 s ends it), so a refused
+//     sender costs no copying; a client that reads the answer only after
+//     sending all of its body may see a reset. Lingering connections
+//     (either kind) count against Options.MaxConns: one accepted past it
+//     closes a lingering one at once, and a refusal with more than
+//     MaxConns open closes at once instead of lingering. Shutdown closes
+//     them all and waits for their goroutines.
 //     With Expect: 100-continue fasthttp sends 100 Continue before the
 //     handler runs, so a body the handler refuses unread (oversized, a bad
 //     topic, a wrong method) is sent and drained where nsqd (which never

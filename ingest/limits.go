@@ -198,12 +198,14 @@ func (s *Server) bodyError(err error) *Error {
 }
 
 // refuseWait is how long a connection whose body the budget refused
-// stays open after its 503, reading nothing: long enough for a client
+// stays open after its 503 at most, reading nothing (it ends early when
+// the client closes, or at Shutdown): long enough for a client
 // still sending to read the answer before the close (closing with unread
 // data resets the connection, and a reset can destroy the 503 before the
 // client reads it), and it paces a sender that reopens as soon as deferd
 // closes to one refused body per connection per refuseWait. A waiting
-// connection costs a socket and a sleeping goroutine. Nothing of the
+// connection costs a socket and a parked goroutine, and counts against
+// Options.MaxConns (connTracker). Nothing of the
 // refused body is read: a sender reopening at once and sending 5 MB each
 // time (TestAttack) would otherwise have deferd's cores copying its bytes.
 const refuseWait = time.Second
@@ -217,7 +219,7 @@ const refuseWait = time.Second
 func (s *Server) refuseBody(ctx *fasthttp.RequestCtx, st *reqState) {
 	s.writeError(ctx, ErrBodyBudget)
 	st.ended = true // finish must not linger again
-	lingerCloseFor(ctx, refuseWait, 0)
+	s.lingerCloseFor(ctx, refuseWait, 0)
 }
 
 // countBodyError counts a failed body read (not the budget's refusal),
@@ -234,11 +236,22 @@ func (s *Server) countBodyError(err error, code int) {
 
 // trackedConn is an accepted connection with its fasthttp state, so that
 // a read timing out while the connection is idle between requests counts
-// as an idle timeout.
+// as an idle timeout, counted among the open connections (connTracker)
+// until its first Close.
 type trackedConn struct {
 	net.Conn
-	idle atomic.Bool
-	m    *limitMetrics
+	idle   atomic.Bool
+	closed atomic.Bool
+	m      *limitMetrics
+	t      *connTracker
+}
+
+// Close closes the connection; the first call counts it closed.
+func (c *trackedConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.t.open.Add(-1)
+	}
+	return c.Conn.Close()
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
@@ -263,6 +276,7 @@ func (c *trackedConn) CloseWrite() error {
 type trackingListener struct {
 	net.Listener
 	m *limitMetrics
+	t *connTracker
 }
 
 func (l trackingListener) Accept() (net.Conn, error) {
@@ -270,7 +284,8 @@ func (l trackingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &trackedConn{Conn: c, m: l.m}, nil
+	l.t.accepted()
+	return &trackedConn{Conn: c, m: l.m, t: l.t}, nil
 }
 
 // connState is fasthttp's ConnState hook: it marks the idle connections.

@@ -83,7 +83,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		path = p
 	}
 	if s.ui && ctx.IsGet() && s.serveUI(ctx, path) { // ui.go
-		lingerIfUnread(ctx, 0, false)
+		s.lingerIfUnread(ctx, 0, false)
 		return
 	}
 	r := findRoute(path)
@@ -92,11 +92,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if r != nil && (r.get && isGet || !r.get && isPost) {
 		r.h(s, ctx)
 		if r.get {
-			lingerIfUnread(ctx, 0, false)
+			s.lingerIfUnread(ctx, 0, false)
 		}
 		return
 	}
-	defer lingerIfUnread(ctx, 0, false)
+	defer s.lingerIfUnread(ctx, 0, false)
 	if (isGet || isPost) && string(path) != "/" {
 		if to := fixPath(path, isGet); to != "" {
 			redirect(ctx, to, isGet)

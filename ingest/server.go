@@ -30,7 +30,10 @@ type Options struct {
 	// Limits on clients (ingest/limits.go has the defaults and why).
 	// MaxConns bounds the open connections, default DefaultMaxConns: one
 	// beyond it gets fasthttp's plain-text "503 Service Unavailable" and
-	// is closed (deferd_ingest_http_connections_refused_total).
+	// is closed (deferd_ingest_http_connections_refused_total). Connections
+	// lingering after a refused body count too: one accepted past
+	// MaxConns closes a lingering one, and a refusal with more than
+	// MaxConns open is closed at once instead of lingering.
 	MaxConns int
 	// HeaderTimeout bounds the wait for a request's head, from the
 	// connection's open (first request) or the request's first byte
@@ -52,7 +55,7 @@ type Options struct {
 	// to the budget when the request ends. Bodies over 64 KiB may use only
 	// 7/8 of it, so large half-sent bodies cannot starve small requests.
 	// A refused body is not read: the connection is closed 1 s after the
-	// 503 (refuseWait).
+	// 503 (refuseWait), or when the client closes first.
 	MaxInflightBodyBytes int64
 	// Listener, if set, is the bound listener to serve on instead of
 	// binding Addr (a caller can bind before it starts its backend);
@@ -164,7 +167,8 @@ type Server struct {
 	m          serverMetrics
 	lim        limitMetrics // in m.set
 	budget     *bodyBudget
-	ui         bool // Options.UI
+	ui         bool        // Options.UI
+	conns      connTracker // open connections, and those lingering after a refusal
 
 	mu       sync.Mutex
 	state    int // stateNew, stateServing, stateShut
@@ -250,6 +254,7 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 		budget:     newBodyBudget(opts.MaxInflightBodyBytes),
 		ui:         opts.UI,
 	}
+	s.conns.max = int64(opts.MaxConns)
 	s.initLimits()
 	s.srv = &fasthttp.Server{
 		Handler:               s.handle,
@@ -272,7 +277,7 @@ func NewServer(opts Options, b Backend) (*Server, error) {
 		HeaderReceived: bodyDeadline(opts.BodyTimeout),
 		ConnState:      connState,
 	}
-	s.ln = trackingListener{Listener: ln, m: &s.lim}
+	s.ln = trackingListener{Listener: ln, m: &s.lim, t: &s.conns}
 	return s, nil
 }
 
@@ -335,7 +340,9 @@ func (s *Server) Serve() error {
 }
 
 // Shutdown stops accepting connections, waits for in-flight requests to
-// finish (closing idle keep-alive connections) and makes Serve return. As
+// finish (closing idle keep-alive connections), closes the connections
+// lingering after a refused body (their answer sent) and waits for their
+// goroutines, and makes Serve return. As
 // in net/http, a connection that has not sent its first request counts as
 // idle only 5 s after it was opened, so a client's spare connection can
 // delay Shutdown that long. It waits for as long as requests take; see
@@ -362,6 +369,11 @@ func (s *Server) shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		if was == stateServing {
 			s.shutErr = s.srv.ShutdownWithContext(ctx)
+		}
+		// fasthttp leaves hijacked connections alone: close the lingering
+		// ones (a 503 or 413 already answered) and wait for them.
+		if err := s.conns.shutdown(ctx); err != nil && s.shutErr == nil {
+			s.shutErr = err
 		}
 		// Serve may not have registered the listener with fasthttp yet;
 		// closing it here makes that Serve return too.
