@@ -176,7 +176,11 @@ func attackPhase(t *testing.T, r attackRun) {
 	if as.SlowLongest > r.headerTimeout+3*time.Second {
 		t.Errorf("a slowloris connection lived %v, header timeout %v", as.SlowLongest, r.headerTimeout)
 	}
-	if during.dials > int64(r.workers) {
+	// Go's Transport may dial one more connection for a request that
+	// starts while the last response's connection is on its way back to
+	// the idle pool, and then keeps both: up to one extra per worker is
+	// not a close by deferd; more is.
+	if during.dials > int64(2*r.workers) {
 		t.Errorf("the producer's %d workers opened %d connections under attack: keep-alive connections were closed", r.workers, during.dials)
 	}
 }
