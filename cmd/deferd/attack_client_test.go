@@ -50,10 +50,11 @@ func (a *attack) stats() attackStats {
 	return s
 }
 
-// slowloris keeps n connections sending a request head one header byte
-// per second, never ending it; each closed by deferd is opened again if
-// reopen.
-func (a *attack) slowloris(n int, reopen bool) {
+// keep runs n clients, each dialling addr and handing the connection to
+// use, which returns false once stop closed; a client whose connection
+// ended is dialled again if reopen, else waits for stop. A failed dial is
+// retried 100 ms later.
+func (a *attack) keep(n int, reopen bool, use func(c net.Conn) bool) {
 	for range n {
 		a.wg.Add(1)
 		go func() {
@@ -63,28 +64,11 @@ func (a *attack) slowloris(n int, reopen bool) {
 				if err != nil {
 					time.Sleep(100 * time.Millisecond)
 				} else {
-					a.slowOpen.Add(1)
-					opened := time.Now()
-					closed := make(chan struct{})
-					go func() { io.Copy(io.Discard, c); close(closed) }()
-					io.WriteString(c, "POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-				loop:
-					for {
-						select {
-						case <-a.stop:
-							c.Close()
-							return
-						case <-closed:
-							a.slowClosed.Add(1)
-							life := int64(time.Since(opened))
-							for l := a.slowLongest.Load(); life > l && !a.slowLongest.CompareAndSwap(l, life); l = a.slowLongest.Load() {
-							}
-							break loop
-						case <-time.After(time.Second):
-							c.Write([]byte("a"))
-						}
-					}
+					more := use(c)
 					c.Close()
+					if !more {
+						return
+					}
 				}
 				if !reopen {
 					<-a.stop
@@ -95,51 +79,62 @@ func (a *attack) slowloris(n int, reopen bool) {
 	}
 }
 
+// slowloris keeps n connections sending a request head one header byte
+// per second, never ending it; each closed by deferd is opened again if
+// reopen.
+func (a *attack) slowloris(n int, reopen bool) {
+	a.keep(n, reopen, func(c net.Conn) bool {
+		a.slowOpen.Add(1)
+		opened := time.Now()
+		closed := make(chan struct{})
+		go func() { io.Copy(io.Discard, c); close(closed) }()
+		io.WriteString(c, "POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+		for {
+			select {
+			case <-a.stop:
+				return false
+			case <-closed:
+				a.slowClosed.Add(1)
+				life := int64(time.Since(opened))
+				for l := a.slowLongest.Load(); life > l && !a.slowLongest.CompareAndSwap(l, life); l = a.slowLongest.Load() {
+				}
+				return true
+			case <-time.After(time.Second):
+				c.Write([]byte("a"))
+			}
+		}
+	})
+}
+
 // halfBodies keeps n connections that declare a size-byte /mpub body,
 // send all but 100 KB of it and stall.
 func (a *attack) halfBodies(n, size int, reopen bool) {
 	line := bytes.Repeat([]byte("x"), 999)
 	line = append(line, '\n')
 	part := bytes.Repeat(line, (size-100_000)/len(line))
-	for range n {
-		a.wg.Add(1)
+	a.keep(n, reopen, func(c net.Conn) bool {
+		a.halfOpen.Add(1)
+		closed := make(chan struct{})
 		go func() {
-			defer a.wg.Done()
-			for {
-				c, err := net.Dial("tcp", a.addr)
-				if err != nil {
-					time.Sleep(100 * time.Millisecond)
-				} else {
-					a.halfOpen.Add(1)
-					closed := make(chan struct{})
-					go func() {
-						buf := make([]byte, 64)
-						n, _ := io.ReadAtLeast(c, buf, 12)
-						if n >= 12 {
-							v, _ := a.answers.LoadOrStore(string(buf[9:12]), new(atomic.Int64))
-							v.(*atomic.Int64).Add(1)
-						}
-						io.Copy(io.Discard, c)
-						close(closed)
-					}()
-					fmt.Fprintf(c, "POST /mpub?topic=t&defer=60000 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", size)
-					c.Write(part)
-					select {
-					case <-a.stop:
-						c.Close()
-						return
-					case <-closed:
-						a.halfClosed.Add(1)
-					}
-					c.Close()
-				}
-				if !reopen {
-					<-a.stop
-					return
-				}
+			buf := make([]byte, 64)
+			n, _ := io.ReadAtLeast(c, buf, 12)
+			if n >= 12 {
+				v, _ := a.answers.LoadOrStore(string(buf[9:12]), new(atomic.Int64))
+				v.(*atomic.Int64).Add(1)
 			}
+			io.Copy(io.Discard, c)
+			close(closed)
 		}()
-	}
+		fmt.Fprintf(c, "POST /mpub?topic=t&defer=60000 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", size)
+		c.Write(part)
+		select {
+		case <-a.stop:
+			return false
+		case <-closed:
+			a.halfClosed.Add(1)
+			return true
+		}
+	})
 }
 
 // TestAttackerChild is the attacker process of TestAttack: with
