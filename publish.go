@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/deferd/deferd/ingest"
+	"github.com/deferd/deferd/internal/nsqname"
 	"github.com/deferd/deferd/journal"
 )
 
@@ -50,7 +51,7 @@ func (s *Scheduler) checkPub(p *Pub) (int64, error) {
 	invalid := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 	}
-	if !ingest.ValidTopic(p.Topic) {
+	if !nsqname.ValidTopic(p.Topic) {
 		return 0, invalid("topic %q", p.Topic)
 	}
 	if len(p.Bodies) == 0 {

@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+
+	"github.com/deferd/deferd/internal/nsqname"
 )
 
 // nsqdText is nsqd 1.3.0's text /mpub loop (nsqd/http.go doMPUB), kept as
@@ -161,8 +163,8 @@ func FuzzQueryPieces(f *testing.F) {
 			t.Fatalf("parseInt(%q) = %d %v, strconv %d %v", s, got, ok, want, err)
 		}
 		nsqdOK := len(s) >= 1 && len(s) <= 64 && nsqdTopicRegex.MatchString(s)
-		if validTopic([]byte(s)) != nsqdOK {
-			t.Fatalf("validTopic(%q) = %v, nsqd %v", s, !nsqdOK, nsqdOK)
+		if nsqname.ValidTopic([]byte(s)) != nsqdOK {
+			t.Fatalf("nsqname.ValidTopic(%q) = %v, nsqd %v", s, !nsqdOK, nsqdOK)
 		}
 	})
 }

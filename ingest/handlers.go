@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/deferd/deferd/internal/nsqname"
 )
 
 // Response pieces, preallocated.
@@ -111,7 +113,7 @@ func (s *Server) topic(args *fasthttp.Args) (string, *Error) {
 		return "", errMissingTopic
 	}
 	name := args.Peek("topic")
-	if !validTopic(name) {
+	if !nsqname.ValidTopic(name) {
 		return "", errInvalidTopic
 	}
 	return s.topics.Get(name), nil

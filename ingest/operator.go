@@ -4,6 +4,8 @@ import (
 	"strconv"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/deferd/deferd/internal/nsqname"
 )
 
 // OperatorBackend is what a Backend also implements to serve the operator
@@ -115,7 +117,7 @@ func (s *Server) pending(ctx *fasthttp.RequestCtx) {
 	topic := ""
 	if st.args.Has("topic") {
 		t := st.args.Peek("topic")
-		if !validTopic(t) {
+		if !nsqname.ValidTopic(t) {
 			s.writeError(ctx, errInvalidTopic)
 			return
 		}

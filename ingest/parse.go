@@ -62,24 +62,6 @@ func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
-// validTopic is nsqd's protocol.IsValidTopicName without the regexp:
-// 1..64 bytes of [.a-zA-Z0-9_-], optionally followed by "#ephemeral".
-func validTopic(name []byte) bool {
-	if len(name) < 1 || len(name) > 64 {
-		return false
-	}
-	name = bytes.TrimSuffix(name, []byte("#ephemeral"))
-	if len(name) == 0 {
-		return false
-	}
-	for _, c := range name {
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
 // MaxIDLen is the longest client id /pub accepts.
 const MaxIDLen = 128
 
@@ -206,10 +188,6 @@ func splitBinary(dst [][]byte, body []byte, maxMsg, maxBody int64, truncated boo
 	}
 	return dst, nil
 }
-
-// ValidTopic reports whether name is a valid nsqd topic name, by nsqd's
-// rules (as /pub checks it). O(len(name)); no allocation.
-func ValidTopic(name string) bool { return validTopic([]byte(name)) }
 
 // ValidID reports whether id is a valid client id (1..MaxIDLen bytes of
 // printable ASCII from '!' to '~'). O(len(id)); no allocation.

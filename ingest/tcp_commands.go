@@ -6,6 +6,8 @@ import (
 	"math"
 	"strconv"
 	"time"
+
+	"github.com/deferd/deferd/internal/nsqname"
 )
 
 // tcpError is an error frame's text, nsqd's "CODE description". Every one
@@ -74,7 +76,7 @@ func (tc *tcpConn) auth() *tcpError {
 // checkTopic is nsqd's topic check; cmd is the command, and MPUB's
 // description repeats the code, as nsqd's does.
 func checkTopic(cmd string, name []byte) *tcpError {
-	if validTopic(name) {
+	if nsqname.ValidTopic(name) {
 		return nil
 	}
 	desc := fmt.Sprintf("%s topic name %q is not valid", cmd, string(name))
